@@ -1,0 +1,6 @@
+"""posterity.datasets: loaders for binarized MNIST and small embedded data sets."""
+
+from .digits import binarized_digits
+from .mnist import binarized_mnist
+
+__all__ = ["binarized_digits", "binarized_mnist"]

@@ -1,0 +1,80 @@
+"""Recognition networks ``q(z | x)`` for amortized inference."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import Tensor
+from torch.nn import functional as F
+
+from posterity.models.nn import mlp
+from posterity.models.plates import check_width, data_plate
+
+
+class GaussianEncoder(PyroModule):
+    """``q(z | x) = N(mu(x), diag(sigma(x)^2))`` from an MLP (Kingma & Welling 2014).
+
+    The network maps ``x`` to ``2 * z_dim`` outputs: the mean and a raw scale that
+    passes through ``softplus`` (plus ``min_scale``) to stay positive.
+
+    Args:
+        x_dim: data width.
+        z_dim: latent width; the site is named ``latent_name`` (default ``"z"``).
+        hidden: hidden widths from ``x`` to ``z``; ``()`` gives a linear encoder.
+        activation: hidden nonlinearity.
+
+    Example:
+        >>> guide = GaussianEncoder(x_dim=784, z_dim=50, hidden=(200, 200))
+        >>> loc, scale = guide.posterior_params(torch.zeros(2, 784))
+        >>> loc.shape
+        torch.Size([2, 50])
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        hidden: Sequence[int] = (200, 200),
+        activation: str = "tanh",
+        latent_name: str = "z",
+        min_scale: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.x_dim, self.z_dim, self.latent_name = x_dim, z_dim, latent_name
+        self.min_scale = min_scale
+        self.net = mlp(x_dim, hidden, 2 * z_dim, activation)
+
+    def posterior_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and scale of ``q(z | x)``, each ``[..., z_dim]``."""
+        loc, raw_scale = self.net(x).chunk(2, dim=-1)
+        return loc, F.softplus(raw_scale) + self.min_scale
+
+    def forward(self, x: Tensor, num_data: int | None = None) -> None:
+        check_width(x, self.x_dim, "x")
+        loc, scale = self.posterior_params(x)
+        with data_plate(x, num_data):
+            pyro.sample(self.latent_name, dist.Normal(loc, scale).to_event(1))
+
+    def sample_latents(
+        self, x: Tensor, num_particles: int, num_data: int | None = None
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """``K`` reparameterized draws per row and their log density (density protocol).
+
+        Returns ``({latent_name: [K, B, z_dim]}, log_q [K, B])``; draws the same random
+        numbers as the traced ``forward`` under a particle plate.
+        """
+        check_width(x, self.x_dim, "x")
+        loc, scale = self.posterior_params(x)
+        noise = torch.empty((num_particles, *loc.shape), dtype=loc.dtype, device=loc.device)
+        noise.normal_()
+        z = loc + noise * scale
+        log_q = -0.5 * noise.pow(2).sum(-1) - scale.log().sum(-1) - _HALF_LOG_2PI * self.z_dim
+        return {self.latent_name: z}, log_q
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)

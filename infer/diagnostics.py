@@ -1,0 +1,165 @@
+"""Conversion of posterity results to ArviZ ``InferenceData``.
+
+Groups written for amortized inference:
+
+* ``posterior``: guide draws of each latent site, dims ``(chain, draw, data, ...)``;
+* ``sample_stats``: ``log_importance_weight`` ``(chain, draw, data)``;
+* ``amortization``: per data point, the PSIS shape ``pareto_k`` (Vehtari et al. 2024;
+  Yao et al. 2018 read ``k > 0.5`` as a poor and ``k > 0.7`` as a failed
+  approximation), the importance-sampled ``log_likelihood`` and the relative ESS;
+* ``observed_data``: the data points;
+* ``training_history``: every logged quantity, by ``epoch`` and by ``step``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import arviz as az
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor
+
+from .importance import weighted_particles
+from .train import History
+from .validation import check_int, prepare_pair
+
+KHAT_GOOD, KHAT_BAD = 0.5, 0.7
+
+
+def to_inference_data(source: Any, *args: Any, **kwargs: Any) -> az.InferenceData:
+    """ArviZ ``InferenceData`` for any posterity engine or result.
+
+    Every engine and result object has a ``to_inference_data(...)`` method; this
+    function calls it, so ``to_inference_data(vi, test[:100])`` works for an
+    :class:`~posterity.infer.AmortizedVI` as for later engines.
+    """
+    method = getattr(source, "to_inference_data", None)
+    if not callable(method):
+        raise TypeError(
+            f"to_inference_data needs a posterity engine or result, got {type(source).__name__}"
+        )
+    return method(*args, **kwargs)
+
+
+def pareto_khat(log_weights: Tensor) -> np.ndarray:
+    """PSIS ``k̂`` of each column of ``log_weights`` ``[S, N]`` (``arviz.psislw``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # small-S warnings from arviz
+        _, khat = az.psislw(log_weights.T.double().cpu().numpy())
+    return np.asarray(khat)
+
+
+def relative_ess(log_weights: Tensor) -> Tensor:
+    """Importance-sampling ESS / S of each column: ``(Σw)^2 / (S Σw^2)``."""
+    num = 2 * torch.logsumexp(log_weights, 0)
+    den = torch.logsumexp(2 * log_weights, 0) + math.log(log_weights.shape[0])
+    return torch.exp(num - den)
+
+
+def history_dataset(history: History) -> xr.Dataset:
+    """A history as an ``xarray.Dataset`` with ``epoch`` and ``step`` dimensions."""
+    variables = {}
+    for name, values in history.epochs.items():
+        if name != "epoch":
+            variables[name] = ("epoch", np.asarray(values, dtype=float))
+    for name, values in history.steps.items():
+        variables[f"step_{name}"] = ("step", np.asarray(values, dtype=float))
+    coords = {}
+    if history.epochs.get("epoch"):
+        coords["epoch"] = np.asarray(history.epochs["epoch"], dtype=int)
+    if history.steps:
+        coords["step"] = np.arange(1, len(next(iter(history.steps.values()))) + 1)
+    attrs = {"stopped_early": int(history.stopped_early)}
+    if history.best_epoch is not None:
+        attrs["best_epoch"] = history.best_epoch
+    return xr.Dataset(variables, coords=coords, attrs=attrs)
+
+
+@torch.no_grad()
+def amortized_inference_data(
+    model: Callable,
+    guide: Callable,
+    x: Tensor,
+    num_samples: int = 200,
+    *,
+    num_chains: int = 1,
+    history: History | None = None,
+    attrs: dict[str, Any] | None = None,
+    batch_size: int = 100,
+) -> az.InferenceData:
+    """Guide draws, importance weights and PSIS diagnostics for the rows of ``x``.
+
+    Args:
+        model, guide: the trained pair.
+        x: the data points to describe, ``[N, D]``.
+        num_samples: draws per data point (``S``); PSIS needs about 100 or more.
+        num_chains: split the independent draws into this many chains, so that ArviZ's
+            R-hat and ESS can be read (they should be about 1 and about ``S``).
+        history: a training history to include.
+        attrs: extra attributes (engine name, objective, ...).
+
+    Returns:
+        ``InferenceData`` with the groups listed in this module's docstring.
+    """
+    check_int("num_samples", num_samples, 2)
+    check_int("num_chains", num_chains, 1)
+    if num_samples % num_chains:
+        raise ValueError(
+            f"num_samples ({num_samples}) must be a multiple of num_chains ({num_chains})"
+        )
+    x, nesting = prepare_pair(model, guide, x, "x")
+    latents: dict[str, list[Tensor]] = {}
+    log_weights = []
+    for batch in x.split(batch_size):
+        particles = weighted_particles(
+            model, guide, (batch,), num_particles=num_samples, plate_nesting=nesting
+        )
+        log_weights.append(particles.log_weights)
+        for name, value in particles.latents.items():
+            latents.setdefault(name, []).append(value)
+    log_weights = torch.cat(log_weights, dim=1)  # [S, N]
+
+    def draws(t: Tensor) -> np.ndarray:
+        """``[S, N, ...]`` -> ``[chains, S / chains, N, ...]``."""
+        array = t.detach().cpu().numpy()
+        return array.reshape(num_chains, num_samples // num_chains, *array.shape[1:])
+
+    posterior = {}
+    dims = {}
+    for name, parts in latents.items():
+        value = torch.cat(parts, dim=1)
+        posterior[name] = draws(value)
+        dims[name] = ["data"] + [f"{name}_dim_{i}" for i in range(value.dim() - 2)]
+    coords = {"data": np.arange(x.shape[0])}
+    log_lik = torch.logsumexp(log_weights, 0) - math.log(num_samples)
+    groups = {
+        "posterior": az.dict_to_dataset(posterior, library=None, coords=coords, dims=dims),
+        "sample_stats": az.dict_to_dataset(
+            {"log_importance_weight": draws(log_weights)},
+            library=None, coords=coords, dims={"log_importance_weight": ["data"]},
+        ),
+        "observed_data": xr.Dataset(
+            {"x": (("data", "x_dim_0"), x.reshape(x.shape[0], -1).cpu().numpy())},
+            coords=coords,
+        ),
+        "amortization": xr.Dataset(
+            {
+                "pareto_k": ("data", pareto_khat(log_weights)),
+                "log_likelihood": ("data", log_lik.cpu().numpy()),
+                "relative_ess": ("data", relative_ess(log_weights).cpu().numpy()),
+            },
+            coords=coords,
+            attrs={"num_samples": num_samples, "khat_good": KHAT_GOOD, "khat_bad": KHAT_BAD},
+        ),
+    }
+    if history is not None and (history.epochs or history.steps):
+        groups["training_history"] = history_dataset(history)
+    idata = az.InferenceData(**groups)
+    for name, value in (attrs or {}).items():
+        idata.posterior.attrs[name] = value
+    return idata

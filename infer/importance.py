@@ -1,0 +1,214 @@
+"""Per-data-point importance weights of a Pyro model against its amortized guide.
+
+Every amortized engine (VI, evaluation, diagnostics, wake-sleep) needs the same thing:
+draw ``K`` particles ``z_k ~ q(z | x_n)`` for every data point of a minibatch in one
+vectorized pass, score them under the model, and keep each term of
+
+    log w_{k,n} = log p(x_n | z_k) + log p(z_k) - log q(z_k | x_n)
+
+separately, with shape ``[K, B]``. This module does that with Pyro's own machinery
+(``poutine.trace``, ``poutine.replay`` and a particle ``pyro.plate``, as Pyro's
+vectorized ELBOs do) for any pair of ``PyroModule`` programs that put their data
+points in a plate named ``"data"``.
+
+Fast path. Tracing costs about 1 ms per call in Python overhead, which is 20% of a
+CPU training step of a 784-200-200-50 VAE at batch 100 (measured in ``bench/vi.py``).
+A model and guide may therefore also implement the *density protocol*:
+
+* ``guide.sample_latents(x, num_particles) -> (latents, log_guide)`` with
+  ``latents[name]`` of shape ``[K, B, ...]`` and ``log_guide`` of shape ``[K, B]``;
+* ``model.log_joint(x, latents) -> (log_likelihood, log_prior)``, each ``[K, B]``.
+
+When both do and no Pyro handler is active, :func:`weighted_particles` calls them
+instead of tracing. They must draw the same random numbers and return the same values
+as the traced programs; ``tests/test_importance.py`` checks that for every built-in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.runtime import _PYRO_STACK
+from pyro.poutine.util import site_is_subsample
+from torch import Tensor
+
+PARTICLE_PLATE = "_particles"
+
+
+@dataclass
+class WeightedParticles:
+    """The terms of the log importance weights, each ``[K, B]``.
+
+    Attributes:
+        log_likelihood: ``log p(x | z)``, the sum over observed sites.
+        log_prior: ``log p(z)``, the sum over the model's latent sites.
+        log_guide: ``log q(z | x)``, the sum over the guide's sites.
+        latents: the latent values by site name, each ``[K, B, ...]``.
+    """
+
+    log_likelihood: Tensor
+    log_prior: Tensor
+    log_guide: Tensor
+    latents: dict[str, Tensor]
+
+    @property
+    def log_weights(self) -> Tensor:
+        """``log p(x, z) - log q(z | x)``, shape ``[K, B]``."""
+        return self.log_likelihood + self.log_prior - self.log_guide
+
+    @property
+    def log_density_ratio(self) -> Tensor:
+        """``log p(z) - log q(z | x)``: minus the single-sample rate, ``[K, B]``."""
+        return self.log_prior - self.log_guide
+
+
+def sample_sites(trace: poutine.Trace) -> dict[str, dict]:
+    """The sample sites of a trace that carry a density (no subsample sites)."""
+    return {
+        name: site
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site_is_subsample(site)
+    }
+
+
+def latent_names(trace: poutine.Trace) -> set[str]:
+    return {name for name, site in sample_sites(trace).items() if not site["is_observed"]}
+
+
+def max_plate_nesting(model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> int:
+    """How many batch dimensions the plates of ``model`` and ``guide`` use.
+
+    Found by tracing both once, as ``pyro.infer.TraceEnum_ELBO`` guesses it.
+    """
+    with poutine.block(), torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+    dims = [
+        -frame.dim
+        for trace in (guide_trace, model_trace)
+        for site in sample_sites(trace).values()
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized
+    ]
+    return max(dims, default=0)
+
+
+def _per_data_point(site: dict, data_plate: str, particle_dim: int, num_particles: int) -> Tensor:
+    """Sum a site's ``log_prob`` over every batch dimension but particles and data.
+
+    Returns ``[K, B]``. ``particle_dim`` is negative (``-(max_plate_nesting + 1)``).
+    """
+    log_prob = site["fn"].log_prob(site["value"])
+    mask = site["mask"]
+    if mask is not None and mask is not True:
+        log_prob = log_prob * mask if isinstance(mask, Tensor) else log_prob * float(mask)
+    data_frames = [f for f in site["cond_indep_stack"] if f.name == data_plate]
+    if not data_frames:
+        kind = "observed" if site["is_observed"] else "latent"
+        raise ValueError(
+            f"{kind} site '{site['name']}' is outside the '{data_plate}' plate: amortized "
+            f"inference needs every site inside pyro.plate('{data_plate}', ...)"
+        )
+    ndim = -particle_dim
+    if log_prob.dim() < ndim:
+        log_prob = log_prob.reshape((1,) * (ndim - log_prob.dim()) + log_prob.shape)
+    elif log_prob.dim() > ndim:
+        raise ValueError(
+            f"site '{site['name']}' has batch shape {tuple(log_prob.shape)} with more "
+            f"dimensions than its plates declare; use .to_event() for event dimensions"
+        )
+    data_dim = ndim + data_frames[0].dim
+    other_dims = [d for d in range(1, ndim) if d != data_dim]
+    if other_dims:
+        log_prob = log_prob.sum(other_dims, keepdim=True)
+    log_prob = log_prob.reshape(log_prob.shape[0], log_prob.shape[data_dim])
+    return log_prob.expand(num_particles, log_prob.shape[1])
+
+
+def has_density_protocol(model: Callable, guide: Callable) -> bool:
+    """Whether the fast path applies: both sides implement it and no handler is active."""
+    return (
+        not _PYRO_STACK
+        and callable(getattr(guide, "sample_latents", None))
+        and callable(getattr(model, "log_joint", None))
+    )
+
+
+def weighted_particles(
+    model: Callable,
+    guide: Callable,
+    args: tuple = (),
+    kwargs: dict | None = None,
+    *,
+    num_particles: int,
+    plate_nesting: int,
+    data_plate: str = "data",
+) -> WeightedParticles:
+    """Draw ``num_particles`` particles per data point and score them.
+
+    Args:
+        model, guide: Pyro programs whose data points sit in ``pyro.plate(data_plate)``.
+        args, kwargs: passed to both programs (the minibatch first).
+        num_particles: ``K``, drawn in one vectorized pass under a particle plate at
+            dimension ``-(plate_nesting + 1)``.
+        plate_nesting: from :func:`max_plate_nesting`.
+
+    Returns:
+        :class:`WeightedParticles` whose terms are ``[K, B]``.
+    """
+    kwargs = kwargs or {}
+    if has_density_protocol(model, guide):
+        latents, log_guide = guide.sample_latents(*args, num_particles=num_particles, **kwargs)
+        log_likelihood, log_prior = model.log_joint(*args, latents=latents, **kwargs)
+        return WeightedParticles(log_likelihood, log_prior, log_guide, latents)
+    return traced_particles(
+        model, guide, args, kwargs,
+        num_particles=num_particles, plate_nesting=plate_nesting, data_plate=data_plate,
+    )
+
+
+def traced_particles(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_particles: int,
+    plate_nesting: int,
+    data_plate: str = "data",
+) -> WeightedParticles:
+    """:func:`weighted_particles` through Pyro traces, for any pair of programs."""
+    particle_dim = -(plate_nesting + 1)
+    with pyro.plate(PARTICLE_PLATE, num_particles, dim=particle_dim):
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+    guide_sites = sample_sites(guide_trace)
+    model_sites = sample_sites(model_trace)
+
+    def total(sites: list[dict]) -> Tensor:
+        terms = [_per_data_point(s, data_plate, particle_dim, num_particles) for s in sites]
+        if not terms:
+            raise ValueError("no sample sites to score")
+        return sum(terms[1:], terms[0])
+
+    observed = [s for s in model_sites.values() if s["is_observed"]]
+    latent = [s for s in model_sites.values() if not s["is_observed"]]
+    log_likelihood = total(observed)
+    zero = log_likelihood.new_zeros(())
+    return WeightedParticles(
+        log_likelihood=log_likelihood,
+        log_prior=total(latent) if latent else zero.expand_as(log_likelihood),
+        log_guide=total(list(guide_sites.values()))
+        if guide_sites
+        else zero.expand_as(log_likelihood),
+        latents={name: site["value"] for name, site in guide_sites.items()},
+    )

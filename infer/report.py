@@ -1,0 +1,204 @@
+"""Self-contained HTML reports of ``InferenceData``: tables and embedded PNG plots.
+
+A report is a list of sections. Each section builder looks at an ``InferenceData``
+and returns an HTML fragment, or ``None`` when the groups it describes are absent.
+Engines add builders with :func:`register_section`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+from matplotlib.figure import Figure
+
+SectionBuilder = Callable[[az.InferenceData], "str | None"]
+_SECTIONS: list[SectionBuilder] = []
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;margin-top:1.6em}
+h3{font-size:1.05em}table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:2px 8px;text-align:right}th{background:#f5f5f5}
+img{max-width:100%}.note{color:#555;font-size:.9em}.bad{color:#b00}
+"""
+
+
+def register_section(builder: SectionBuilder) -> SectionBuilder:
+    """Add a section builder to every report (usable as a decorator)."""
+    _SECTIONS.append(builder)
+    return builder
+
+
+def figure_html(fig: Figure, alt: str = "") -> str:
+    """A matplotlib figure as an embedded PNG ``<img>``."""
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=90)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/>'
+
+
+def table_html(frame) -> str:
+    return frame.to_html(float_format=lambda v: f"{v:.4g}", border=0)
+
+
+@register_section
+def _attributes(idata: az.InferenceData) -> str | None:
+    if "posterior" not in idata.groups():
+        return None
+    attrs = {k: v for k, v in idata.posterior.attrs.items() if k not in ("created_at",)}
+    if not attrs:
+        return None
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in attrs.items()
+    )
+    return f"<h2>Run</h2><table>{rows}</table>"
+
+
+@register_section
+def _summary(idata: az.InferenceData, max_data: int = 5, max_rows: int = 60) -> str | None:
+    if "posterior" not in idata.groups():
+        return None
+    posterior = idata.posterior
+    note = ""
+    if "data" in posterior.dims and posterior.sizes["data"] > max_data:
+        posterior = posterior.isel(data=slice(0, max_data))
+        note = f"first {max_data} of {idata.posterior.sizes['data']} data points; "
+    multi_chain = posterior.sizes.get("chain", 1) > 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = az.summary(posterior, kind="all" if multi_chain else "stats")
+    if len(summary) > max_rows:
+        note += f"first {max_rows} of {len(summary)} rows; "
+        summary = summary.iloc[:max_rows]
+    if not multi_chain:
+        note += "one chain: R-hat needs several"
+    return (
+        "<h2>Posterior summary (ArviZ)</h2>"
+        f'<p class="note">{html.escape(note)}</p>{table_html(summary)}'
+    )
+
+
+@register_section
+def _amortization(idata: az.InferenceData) -> str | None:
+    if "amortization" not in idata.groups():
+        return None
+    group = idata.amortization
+    khat = np.asarray(group["pareto_k"].values)
+    good, bad = float(group.attrs.get("khat_good", 0.5)), float(group.attrs.get("khat_bad", 0.7))
+    counts = [
+        (f"k ≤ {good:.1f} (good)", int((khat <= good).sum())),
+        (f"{good:.1f} < k ≤ {bad:.1f} (poor)", int(((khat > good) & (khat <= bad)).sum())),
+        (f"k > {bad:.1f} (failed)", int((khat > bad).sum())),
+    ]
+    rows = "".join(
+        f"<tr><th>{label}</th><td>{n}</td><td>{100 * n / khat.size:.1f}%</td></tr>"
+        for label, n in counts
+    )
+    fig = Figure(figsize=(9, 3.2))
+    ax_k, ax_ll = fig.subplots(1, 2)
+    ax_k.scatter(np.arange(khat.size), khat, s=8, c=np.where(khat > bad, "C3", "C0"))
+    for level, style in ((good, ":"), (bad, "--")):
+        ax_k.axhline(level, color="C3", linestyle=style, linewidth=1)
+    ax_k.set_xlabel("data point")
+    ax_k.set_ylabel("PSIS k̂")
+    ax_k.set_title("where amortization fails (Yao et al. 2018)")
+    ll = np.asarray(group["log_likelihood"].values)
+    ax_ll.scatter(ll, khat, s=8)
+    ax_ll.set_xlabel("importance-sampled log p(x) (nats)")
+    ax_ll.set_ylabel("PSIS k̂")
+    n = int(group.attrs.get("num_samples", 0))
+    return (
+        "<h2>Amortization: PSIS k̂ per data point</h2>"
+        f'<p class="note">S = {n} guide draws per data point; mean log p(x) = '
+        f"{ll.mean():.3f} nats (importance-sampled with the same draws).</p>"
+        f"<table>{rows}</table>{figure_html(fig, 'k-hat')}"
+    )
+
+
+@register_section
+def _training(idata: az.InferenceData) -> str | None:
+    if "training_history" not in idata.groups():
+        return None
+    history = idata.training_history
+    per_epoch = [v for v in history.data_vars if history[v].dims == ("epoch",)]
+    per_step = [v for v in history.data_vars if history[v].dims == ("step",)]
+    panels = per_epoch + per_step
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4 * cols, 2.8 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, name in zip(axes, panels):
+        values = np.asarray(history[name].values)
+        dim = history[name].dims[0]
+        ax.plot(np.asarray(history[dim].values), values, lw=1)
+        if dim == "step" and values.size > 50:
+            width = max(values.size // 50, 2)
+            smooth = np.convolve(values, np.ones(width) / width, mode="valid")
+            ax.plot(np.asarray(history[dim].values)[width - 1 :], smooth, lw=1.5)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(dim)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    return f"<h2>Training history</h2>{figure_html(fig, 'training curves')}"
+
+
+def render(idata: az.InferenceData) -> str:
+    """The HTML fragments of every registered section that applies to ``idata``."""
+    parts = []
+    for builder in _SECTIONS:
+        fragment = builder(idata)
+        if fragment:
+            parts.append(fragment)
+    return "\n".join(parts)
+
+
+def page(title: str, body: str) -> str:
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"</title><style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"{body}</body></html>"
+    )
+
+
+def report(
+    idata: az.InferenceData, path: str | os.PathLike, title: str = "posterity report"
+) -> Path:
+    """Write a self-contained HTML report of ``idata`` to ``path``; returns the path.
+
+    Example:
+        >>> report(vi.to_inference_data(test[:100]), "out/report.html")  # doctest: +SKIP
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page(title, render(idata)), encoding="utf-8")
+    return path
+
+
+def combined_report(
+    entries: Iterable[tuple[str, az.InferenceData, str]],
+    path: str | os.PathLike,
+    title: str = "posterity diagnostics",
+) -> Path:
+    """One page for several ``(heading, idata, note)`` entries (used by the tests)."""
+    body = []
+    for heading, idata, note in entries:
+        body.append(f"<h2 style='border:0;font-size:1.4em'>{html.escape(heading)}</h2>")
+        if note:
+            body.append(f'<p class="note">{html.escape(note)}</p>')
+        body.append(render(idata).replace("<h2>", "<h3>").replace("</h2>", "</h3>"))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page(title, "\n".join(body)), encoding="utf-8")
+    return path

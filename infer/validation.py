@@ -1,0 +1,158 @@
+"""Checks of user input that fail early with a message naming the argument."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from torch import Tensor
+
+from .importance import latent_names, sample_sites
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int at least ``minimum``, or a ``ValueError``/``TypeError``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not (value > 0 or (allow_zero and value == 0)) or value != value:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_data(
+    x: Any,
+    name: str = "data",
+    *,
+    event_dim: int | None = None,
+    like: Iterable[Tensor] = (),
+) -> Tensor:
+    """A finite floating tensor ``[N, event_dim]`` on the device of ``like``'s tensors."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape [N, D], got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if event_dim is not None and x.shape[1] != event_dim:
+        raise ValueError(f"{name} must have {event_dim} columns, got shape {tuple(x.shape)}")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        rows = bad.any(-1).nonzero().flatten()[:5].tolist()
+        raise ValueError(
+            f"{name} contains NaN or Inf ({int(bad.sum())} entries; first rows {rows})"
+        )
+    for tensor in like:
+        if tensor.device != x.device:
+            raise ValueError(
+                f"{name} is on {x.device} but the model's parameters are on "
+                f"{tensor.device}; move one of them with .to(device)"
+            )
+        break
+    return x
+
+
+def check_model_guide(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict | None = None
+) -> set[str]:
+    """Trace both programs once; their latent sites must carry the same names.
+
+    Returns the latent names.
+    """
+    kwargs = kwargs or {}
+    with poutine.block(), torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+    model_latents = latent_names(model_trace)
+    guide_latents = set(sample_sites(guide_trace))
+    if model_latents != guide_latents:
+        raise ValueError(
+            "the guide's latent sites must match the model's: "
+            f"model has {sorted(model_latents)}, guide has {sorted(guide_latents)} "
+            f"(missing in guide: {sorted(model_latents - guide_latents)}, "
+            f"unknown to model: {sorted(guide_latents - model_latents)})"
+        )
+    observed = [n for n, s in sample_sites(model_trace).items() if s["is_observed"]]
+    if not observed:
+        raise ValueError("the model observes nothing: pass the data as obs= of a sample site")
+    return model_latents
+
+
+def validate_data_for(module: Any, x: Tensor, name: str = "data") -> None:
+    """Run a module's own ``validate_data(x)`` hook when it declares one."""
+    hook = getattr(module, "validate_data", None)
+    if callable(hook):
+        hook(x, name=name)
+
+
+@contextlib.contextmanager
+def preserved_rng(device: torch.device) -> Iterator[None]:
+    """Run a probe without moving the random streams that the real work will use."""
+    state = pyro.util.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    try:
+        yield
+    finally:
+        pyro.util.set_rng_state(state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state, device)
+
+
+def prepare_pair(
+    model: Any,
+    guide: Any,
+    x: Any,
+    name: str = "data",
+    *,
+    require_rsample: bool = False,
+) -> tuple[Tensor, int]:
+    """Check data and a model/guide pair once, before any hot loop.
+
+    The probe traces leave the random number generators as they found them.
+    Returns the checked data and the plate nesting that the particle plate sits beyond.
+    """
+    like = [p for m in (model, guide) if hasattr(m, "parameters") for p in m.parameters()]
+    x = check_data(x, name, like=like)
+    validate_data_for(model, x, name)
+    with preserved_rng(x.device):
+        return x, _probe_pair(model, guide, x[:2], require_rsample)
+
+
+def _probe_pair(model: Any, guide: Any, probe: Tensor, require_rsample: bool) -> int:
+    from .importance import max_plate_nesting
+
+    check_model_guide(model, guide, (probe,))
+    if require_rsample:
+        with poutine.block(), torch.no_grad():
+            guide_trace = poutine.trace(guide).get_trace(probe)
+        for site in sample_sites(guide_trace).values():
+            if not site["fn"].has_rsample:
+                raise ValueError(
+                    f"guide site '{site['name']}' ({type(site['fn']).__name__}) is not "
+                    "reparameterizable; AmortizedVI needs rsample. For discrete latents "
+                    "use a wake-sleep engine"
+                )
+    return max_plate_nesting(model, guide, probe)

@@ -1,0 +1,205 @@
+"""Amortized variational inference: ELBO, β-ELBO and IWAE.
+
+Objectives, per data point ``x`` with ``K`` particles ``z_k ~ q(z | x)`` and
+``log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x)``:
+
+* ``"elbo"``  (Kingma & Welling 2014, eq. 3): ``mean_k log w_k``.
+* ``"beta"``  (Higgins et al. 2017, eq. 4):
+  ``mean_k [log p(x | z_k) + β (log p(z_k) - log q(z_k | x))]``, i.e. the expected
+  log-likelihood minus β times the (Monte Carlo) KL.
+* ``"iwae"``  (Burda et al. 2016, eq. 8): ``log (1/K) Σ_k w_k``.
+
+All particles are drawn in one vectorized pass (:mod:`posterity.infer.importance`);
+gradients are the reparameterization gradients of these estimates, which is what
+Pyro's ``Trace_ELBO`` (``K=1``) and ``RenyiELBO(alpha=0)`` compute. The loss is
+the negative objective averaged over the minibatch, so it reads in nats per data point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import train
+from .importance import WeightedParticles, weighted_particles
+from .validation import check_choice, check_int, check_positive, prepare_pair
+
+OBJECTIVES = ("elbo", "beta", "iwae")
+
+
+def objective_per_data_point(
+    particles: WeightedParticles, objective: str, beta: float | Tensor = 1.0
+) -> Tensor:
+    """The objective of each data point, shape ``[B]``, from ``[K, B]`` particle terms."""
+    if objective == "iwae":
+        log_weights = particles.log_weights
+        return torch.logsumexp(log_weights, 0) - math.log(log_weights.shape[0])
+    if objective == "elbo":
+        return particles.log_weights.mean(0)
+    return (particles.log_likelihood + beta * particles.log_density_ratio).mean(0)
+
+
+class AmortizedVI:
+    """Fit a Pyro model and its amortized guide by stochastic gradient ascent.
+
+    Args:
+        model: a ``PyroModule`` program ``model(x)`` with its data in
+            ``pyro.plate("data")``.
+        guide: a ``PyroModule`` program ``guide(x)`` with the same latent sites,
+            all reparameterizable.
+        objective: ``"elbo"``, ``"beta"`` or ``"iwae"``.
+        num_particles: ``K`` particles per data point (vectorized).
+        lr: learning rate of the default Adam optimizer.
+        beta: the KL weight of the ``"beta"`` objective.
+        optimizer: a ``torch.optim`` class or a ``params -> Optimizer`` factory.
+        grad_clip: clip the global gradient norm to this value (``None``: no clip).
+
+    Example:
+        >>> from posterity.models import VAE
+        >>> from posterity.guides import GaussianEncoder
+        >>> x = torch.bernoulli(torch.full((64, 20), 0.3))
+        >>> vi = AmortizedVI(VAE(20, 4, (32,)), GaussianEncoder(20, 4, (32,)),
+        ...                  objective="iwae", num_particles=5)
+        >>> history = vi.fit(x, epochs=2, batch_size=16, progress=False)
+        >>> len(history.epochs["train_loss"])
+        2
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        guide: nn.Module,
+        objective: str = "elbo",
+        num_particles: int = 1,
+        lr: float = 1e-3,
+        beta: float = 1.0,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        grad_clip: float | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module) or not isinstance(guide, nn.Module):
+            raise TypeError("model and guide must be torch.nn.Module (e.g. PyroModule) programs")
+        self.model, self.guide = model, guide
+        self.objective = check_choice("objective", objective, OBJECTIVES)
+        self.num_particles = check_int("num_particles", num_particles, 1)
+        self.beta = check_positive("beta", beta, allow_zero=True)
+        self.lr = check_positive("lr", lr)
+        self.grad_clip = None if grad_clip is None else check_positive("grad_clip", grad_clip)
+        params = self.parameters()
+        if not params:
+            raise ValueError("model and guide have no parameters to train")
+        self.optimizer = (optimizer or torch.optim.Adam)(params, lr=self.lr)
+        self.history = train.History()
+        self._plate_nesting: int | None = None
+
+    @property
+    def monitor(self) -> tuple[str, str]:
+        return (f"valid_{self.objective}", "max")
+
+    def parameters(self) -> list[nn.Parameter]:
+        seen: dict[int, nn.Parameter] = {}
+        for module in (self.model, self.guide):
+            for p in module.parameters():
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    # --- checks done once, not in the hot path -------------------------------------
+    def prepare(self, x: Tensor, name: str = "data") -> Tensor:
+        """Check data and the model/guide pair once; cache the plate nesting."""
+        x, self._plate_nesting = prepare_pair(self.model, self.guide, x, name, require_rsample=True)
+        return x
+
+    # --- the objective ----------------------------------------------------------
+    def particles(self, x: Tensor, num_particles: int | None = None) -> WeightedParticles:
+        if self._plate_nesting is None:
+            self.prepare(x)
+        return weighted_particles(
+            self.model,
+            self.guide,
+            (x,),
+            num_particles=num_particles or self.num_particles,
+            plate_nesting=self._plate_nesting,
+        )
+
+    def objective_value(self, x: Tensor, num_particles: int | None = None) -> Tensor:
+        """The objective of each row of ``x``, ``[B]``, differentiable."""
+        return objective_per_data_point(
+            self.particles(x, num_particles), self.objective, self.beta
+        )
+
+    def loss(self, x: Tensor) -> Tensor:
+        """Minus the objective, averaged over the rows of ``x`` (nats per data point)."""
+        return -self.objective_value(x).mean()
+
+    def step(self, x: Tensor) -> dict[str, float]:
+        """One gradient update on the minibatch ``x``; returns ``{"loss": ...}``."""
+        loss = self.loss(x)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def validate(self, data: Tensor, batch_size: int = 1000) -> dict[str, float]:
+        """The objective on ``data`` (nats per data point), without gradients."""
+        total = sum(
+            self.objective_value(chunk).sum().item() for chunk in data.split(batch_size)
+        )
+        return {f"valid_{self.objective}": total / data.shape[0]}
+
+    def fit(
+        self,
+        data: Tensor,
+        epochs: int,
+        batch_size: int = 100,
+        valid: Tensor | None = None,
+        **kwargs: Any,
+    ) -> train.History:
+        """Train on ``data`` (``[N, D]``); see :func:`posterity.infer.train.fit`.
+
+        Keyword arguments (``patience``, ``checkpoint``, ``resume``, ``seed``,
+        ``progress``, ...) go to the shared training loop.
+        """
+        data = self.prepare(data, "data")
+        if valid is not None:
+            valid = self.prepare(valid, "valid")
+        self.history = train.fit(
+            self,
+            data,
+            epochs=epochs,
+            batch_size=batch_size,
+            valid=valid,
+            history=self.history,
+            **kwargs,
+        )
+        return self.history
+
+    # --- state ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "guide": self.guide.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.guide.load_state_dict(state["guide"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def to_inference_data(self, x: Tensor, num_samples: int = 200, **kwargs: Any):
+        """ArviZ ``InferenceData`` for the rows of ``x``; see :func:`to_inference_data`."""
+        from .diagnostics import amortized_inference_data
+
+        return amortized_inference_data(
+            self.model, self.guide, x, num_samples=num_samples, history=self.history,
+            attrs={"engine": "AmortizedVI", "objective": self.objective,
+                   "num_particles": self.num_particles, "beta": self.beta},
+            **kwargs,
+        )
+

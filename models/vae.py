@@ -1,0 +1,184 @@
+"""Variational autoencoders as Pyro programs (Kingma & Welling 2014).
+
+Both models draw ``z ~ N(0, I)`` for each data point in ``pyro.plate("data")`` and
+observe ``x`` given ``z``. The matching guides live in :mod:`posterity.guides`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .nn import mlp
+from .plates import check_binary, check_width, data_plate
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """``log N(z; 0, I)`` summed over the last dimension."""
+    return -0.5 * z.pow(2).sum(-1) - _HALF_LOG_2PI * z.shape[-1]
+
+
+class VAE(PyroModule):
+    """A VAE with an MLP decoder of any depth.
+
+    ``p(z) = N(0, I)`` and ``p(x | z) = Bernoulli(logits=f(z))`` or
+    ``N(f(z), diag(exp(2 s)))`` with a learned per-feature log scale ``s``.
+
+    Args:
+        x_dim: data width ``D``.
+        z_dim: latent width.
+        hidden: widths of the decoder's hidden layers, from ``z`` up to ``x``.
+        likelihood: ``"bernoulli"`` or ``"gaussian"``.
+        activation: hidden nonlinearity (``"tanh"``, ``"relu"``, ...).
+
+    Example:
+        >>> model = VAE(x_dim=784, z_dim=50, hidden=(200, 200))
+        >>> x = torch.bernoulli(torch.full((3, 784), 0.5))
+        >>> trace = pyro.poutine.trace(model).get_trace(x)
+        >>> trace.nodes["z"]["value"].shape
+        torch.Size([3, 50])
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        hidden: Sequence[int] = (200, 200),
+        likelihood: str = "bernoulli",
+        activation: str = "tanh",
+    ) -> None:
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        self.x_dim, self.z_dim, self.likelihood = x_dim, z_dim, likelihood
+        self.decoder = mlp(z_dim, tuple(reversed(tuple(hidden))), x_dim, activation)
+        if likelihood == "gaussian":
+            self.log_scale = nn.Parameter(torch.zeros(x_dim))
+
+    def observation_dist(self, z: Tensor) -> dist.TorchDistribution:
+        """``p(x | z)`` with event shape ``[x_dim]``, batched like ``z[..., 0]``."""
+        out = self.decoder(z)
+        if self.likelihood == "bernoulli":
+            # Data are checked once per fit by validate_data, not at every step.
+            return dist.Bernoulli(logits=out, validate_args=False).to_event(1)
+        return dist.Normal(out, self.log_scale.exp()).to_event(1)
+
+    def log_joint(
+        self, x: Tensor, latents: dict[str, Tensor], num_data: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(log p(x | z), log p(z))``, each ``[K, B]`` (density protocol)."""
+        z = latents["z"]
+        out = self.decoder(z)
+        if self.likelihood == "bernoulli":
+            log_lik = -F.binary_cross_entropy_with_logits(
+                out, x.expand_as(out), reduction="none"
+            ).sum(-1)
+        else:
+            log_lik = dist.Normal(out, self.log_scale.exp()).log_prob(x).sum(-1)
+        return log_lik, standard_normal_log_prob(z)
+
+    def forward(self, x: Tensor, num_data: int | None = None) -> None:
+        check_width(x, self.x_dim, "x")
+        with data_plate(x, num_data):
+            prior = dist.Normal(x.new_zeros(()), x.new_ones(())).expand([self.z_dim])
+            z = pyro.sample("z", prior.to_event(1))
+            pyro.sample("x", self.observation_dist(z), obs=x)
+
+    def validate_data(self, x: Tensor, name: str = "data") -> None:
+        check_width(x, self.x_dim, name)
+        if self.likelihood == "bernoulli":
+            check_binary(x, name)
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """The mean of ``p(x | z)``: pixel probabilities or Gaussian means."""
+        out = self.decoder(z)
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    @torch.no_grad()
+    def sample(self, num_samples: int) -> Tensor:
+        """Mean images ``E[x | z]`` for ``z ~ p(z)``, shape ``[num_samples, x_dim]``."""
+        ref = next(self.parameters())
+        return self.decode(torch.randn(num_samples, self.z_dim, device=ref.device, dtype=ref.dtype))
+
+
+class LinearGaussianVAE(PyroModule):
+    """Probabilistic PCA (Tipping & Bishop 1999) as a VAE with an exact likelihood.
+
+    ``z ~ N(0, I_d)``, ``x | z ~ N(W z + b, sigma^2 I_D)``, so that
+    ``log p(x) = log N(x; b, W W^T + sigma^2 I)`` and the posterior is
+    ``N(M^{-1} W^T (x - b), sigma^2 M^{-1})`` with ``M = W^T W + sigma^2 I``.
+
+    Args:
+        x_dim: ``D``.
+        z_dim: ``d``.
+        noise_scale: initial ``sigma``.
+        learn_noise: whether ``sigma`` is a learned parameter.
+    """
+
+    def __init__(
+        self, x_dim: int, z_dim: int, noise_scale: float = 1.0, learn_noise: bool = True
+    ) -> None:
+        super().__init__()
+        self.x_dim, self.z_dim = x_dim, z_dim
+        self.weight = nn.Parameter(torch.randn(x_dim, z_dim) / math.sqrt(z_dim))
+        self.bias = nn.Parameter(torch.zeros(x_dim))
+        log_noise = torch.tensor(math.log(noise_scale))
+        if learn_noise:
+            self.log_noise_scale = nn.Parameter(log_noise)
+        else:
+            self.register_buffer("log_noise_scale", log_noise)
+
+    @property
+    def noise_scale(self) -> Tensor:
+        return self.log_noise_scale.exp()
+
+    def forward(self, x: Tensor, num_data: int | None = None) -> None:
+        check_width(x, self.x_dim, "x")
+        with data_plate(x, num_data):
+            prior = dist.Normal(x.new_zeros(()), x.new_ones(())).expand([self.z_dim])
+            z = pyro.sample("z", prior.to_event(1))
+            loc = F.linear(z, self.weight, self.bias)
+            pyro.sample("x", dist.Normal(loc, self.noise_scale).to_event(1), obs=x)
+
+    def validate_data(self, x: Tensor, name: str = "data") -> None:
+        check_width(x, self.x_dim, name)
+
+    def log_joint(
+        self, x: Tensor, latents: dict[str, Tensor], num_data: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(log p(x | z), log p(z))``, each ``[K, B]`` (density protocol)."""
+        z = latents["z"]
+        loc = F.linear(z, self.weight, self.bias)
+        log_lik = dist.Normal(loc, self.noise_scale).log_prob(x).sum(-1)
+        return log_lik, standard_normal_log_prob(z)
+
+    def marginal(self) -> dist.MultivariateNormal:
+        """``p(x) = N(b, W W^T + sigma^2 I)``."""
+        eye = torch.eye(self.x_dim, dtype=self.weight.dtype, device=self.weight.device)
+        cov = self.weight @ self.weight.T + self.noise_scale**2 * eye
+        return dist.MultivariateNormal(self.bias, covariance_matrix=cov)
+
+    def exact_log_likelihood(self, x: Tensor) -> Tensor:
+        """``log p(x)`` for each row of ``x``: shape ``[N]``."""
+        check_width(x, self.x_dim, "x")
+        return self.marginal().log_prob(x)
+
+    def exact_posterior(self, x: Tensor) -> dist.MultivariateNormal:
+        """``p(z | x)`` for each row of ``x``, batch shape ``[N]``."""
+        w, var = self.weight, self.noise_scale**2
+        eye = torch.eye(self.z_dim, dtype=w.dtype, device=w.device)
+        precision = (w.T @ w + var * eye) / var
+        cov = torch.linalg.inv(precision)
+        loc = (x - self.bias) @ w @ cov.T / var
+        return dist.MultivariateNormal(loc, covariance_matrix=cov.expand(x.shape[0], -1, -1))
