@@ -12,11 +12,13 @@ from pyro.nn import PyroModule
 from torch import Tensor
 from torch.nn import functional as F
 
+from posterity.models.gated import DEFAULT_BETA_RANGE, GatedMLP
 from posterity.models.nn import mlp
 from posterity.models.plates import check_width, data_plate
+from posterity.models.vae import MultiRateMixin
 
 
-class GaussianEncoder(PyroModule):
+class GaussianEncoder(MultiRateMixin, PyroModule):
     """``q(z | x) = N(mu(x), diag(sigma(x)^2))`` from an MLP (Kingma & Welling 2014).
 
     The network maps ``x`` to ``2 * z_dim`` outputs: the mean and a raw scale that
@@ -27,6 +29,9 @@ class GaussianEncoder(PyroModule):
         z_dim: latent width; the site is named ``latent_name`` (default ``"z"``).
         hidden: hidden widths from ``x`` to ``z``; ``()`` gives a linear encoder.
         activation: hidden nonlinearity.
+        multi_rate: gate every layer by ``log β`` with sigmoid gates (Multi-Rate VAE,
+            Bae et al. 2023); the program then takes ``beta=`` (``None``: β = 1).
+        beta_range: the β range that ``log β`` is standardized over.
 
     Example:
         >>> guide = GaussianEncoder(x_dim=784, z_dim=50, hidden=(200, 200))
@@ -43,25 +48,33 @@ class GaussianEncoder(PyroModule):
         activation: str = "tanh",
         latent_name: str = "z",
         min_scale: float = 1e-5,
+        multi_rate: bool = False,
+        beta_range: tuple[float, float] = DEFAULT_BETA_RANGE,
     ) -> None:
         super().__init__()
         self.x_dim, self.z_dim, self.latent_name = x_dim, z_dim, latent_name
         self.min_scale = min_scale
-        self.net = mlp(x_dim, hidden, 2 * z_dim, activation)
+        self._init_multi_rate(multi_rate, beta_range)
+        if self.multi_rate:
+            self.net = GatedMLP(x_dim, hidden, 2 * z_dim, "encoder", activation)
+        else:
+            self.net = mlp(x_dim, hidden, 2 * z_dim, activation)
 
-    def posterior_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and scale of ``q(z | x)``, each ``[..., z_dim]``."""
-        loc, raw_scale = self.net(x).chunk(2, dim=-1)
+    def posterior_params(self, x: Tensor, beta=None) -> tuple[Tensor, Tensor]:
+        """Mean and scale of ``q(z | x)`` (at ``beta``), each ``[..., z_dim]``."""
+        u = self._standardized(beta, x)
+        out = self.net(x) if u is None else self.net(x, u)
+        loc, raw_scale = out.chunk(2, dim=-1)
         return loc, F.softplus(raw_scale) + self.min_scale
 
-    def forward(self, x: Tensor, num_data: int | None = None) -> None:
+    def forward(self, x: Tensor, num_data: int | None = None, beta=None) -> None:
         check_width(x, self.x_dim, "x")
-        loc, scale = self.posterior_params(x)
+        loc, scale = self.posterior_params(x, beta)
         with data_plate(x, num_data):
             pyro.sample(self.latent_name, dist.Normal(loc, scale).to_event(1))
 
     def sample_latents(
-        self, x: Tensor, num_particles: int, num_data: int | None = None
+        self, x: Tensor, num_particles: int, num_data: int | None = None, beta=None
     ) -> tuple[dict[str, Tensor], Tensor]:
         """``K`` reparameterized draws per row and their log density (density protocol).
 
@@ -69,7 +82,7 @@ class GaussianEncoder(PyroModule):
         numbers as the traced ``forward`` under a particle plate.
         """
         check_width(x, self.x_dim, "x")
-        loc, scale = self.posterior_params(x)
+        loc, scale = self.posterior_params(x, beta)
         noise = torch.empty((num_particles, *loc.shape), dtype=loc.dtype, device=loc.device)
         noise.normal_()
         z = loc + noise * scale

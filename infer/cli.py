@@ -5,7 +5,8 @@ trains, evaluates and writes ``report.html``, ``idata.nc``, ``metrics.json`` and
 ``checkpoint.pt`` into ``--out``. ``--data`` takes ``digits`` (embedded, no download),
 ``mnist`` (binarized MNIST, see :func:`posterity.datasets.binarized_mnist`) or a file:
 ``.npz`` with ``train``/``valid``/``test`` arrays, or one ``.npy``/``.csv`` array that is
-split 80/10/10.
+split 80/10/10. ``--objective multi_rate --beta-range 0.01 10`` trains one Multi-Rate
+VAE and writes its rate-distortion curve into the report and ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from posterity.datasets import binarized_digits, binarized_mnist
 from posterity.guides import GaussianEncoder
 from posterity.models import VAE
 
-from .diagnostics import to_inference_data
+from .diagnostics import rate_distortion_dataset, to_inference_data
 from .evaluate import log_likelihood, rate_distortion
 from .report import report
 from .vi import OBJECTIVES, AmortizedVI
@@ -62,8 +63,12 @@ def _fit_vae(args: argparse.Namespace) -> int:
         likelihood = "bernoulli" if bool(((train == 0) | (train == 1)).all()) else "gaussian"
     x_dim = train.shape[1]
     hidden = tuple(args.hidden)
-    model = VAE(x_dim, args.z_dim, hidden, likelihood=likelihood, activation=args.activation)
-    guide = GaussianEncoder(x_dim, args.z_dim, hidden, activation=args.activation)
+    multi_rate = args.objective == "multi_rate"
+    rate_kwargs = {"multi_rate": True, "beta_range": tuple(args.beta_range)} if multi_rate else {}
+    model = VAE(x_dim, args.z_dim, hidden, likelihood=likelihood, activation=args.activation,
+                **rate_kwargs)
+    guide = GaussianEncoder(x_dim, args.z_dim, hidden, activation=args.activation,
+                            **rate_kwargs)
     vi = AmortizedVI(
         model, guide, objective=args.objective, num_particles=args.num_particles,
         lr=args.lr, beta=args.beta,
@@ -81,6 +86,11 @@ def _fit_vae(args: argparse.Namespace) -> int:
     ll = log_likelihood(model, guide, test_eval, args.eval_samples, progress=not args.quiet)
     curve = rate_distortion(model, guide, test_eval)
     idata = to_inference_data(vi, test_eval[: args.diagnostic_points])
+    if multi_rate:  # the curve of the whole evaluation set, not only the diagnostic points
+        low, high = args.beta_range
+        betas = torch.logspace(np.log10(low), np.log10(high), args.num_betas)
+        idata.rate_distortion = rate_distortion_dataset(rate_distortion(model, guide,
+                                                                         test_eval, betas))
     idata.posterior.attrs.update(
         data=args.data, test_log_likelihood=float(ll.mean()), eval_samples=args.eval_samples,
         rate=float(curve.rate), distortion=float(curve.distortion),
@@ -96,6 +106,12 @@ def _fit_vae(args: argparse.Namespace) -> int:
         "epochs": vi.history.num_epochs,
         "train_seconds": train_seconds,
     }
+    if multi_rate:
+        metrics["rate_distortion"] = {
+            "beta": idata.rate_distortion["beta"].values.tolist(),
+            "rate": idata.rate_distortion["rate"].values.tolist(),
+            "distortion": idata.rate_distortion["distortion"].values.tolist(),
+        }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(
         f"test log p(x) = {metrics['test_log_likelihood']:.3f} nats "
@@ -112,6 +128,10 @@ def _vae_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     parser.add_argument("--objective", choices=OBJECTIVES, default="iwae")
     parser.add_argument("-k", "--num-particles", type=int, default=5)
     parser.add_argument("--beta", type=float, default=1.0, help="KL weight for --objective beta")
+    parser.add_argument("--beta-range", type=float, nargs=2, default=[0.01, 10.0],
+                        metavar=("LOW", "HIGH"), help="β range of --objective multi_rate")
+    parser.add_argument("--num-betas", type=int, default=20,
+                        help="β grid of the rate-distortion curve (multi_rate)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -8,7 +8,8 @@ Groups written for amortized inference:
   Yao et al. 2018 read ``k > 0.5`` as a poor and ``k > 0.7`` as a failed
   approximation), the importance-sampled ``log_likelihood`` and the relative ESS;
 * ``observed_data``: the data points;
-* ``training_history``: every logged quantity, by ``epoch`` and by ``step``.
+* ``training_history``: every logged quantity, by ``epoch`` and by ``step``;
+* ``rate_distortion`` (multi-rate runs): rate and distortion by ``beta``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
+from .evaluate import RateDistortion
 from .importance import weighted_particles
 from .train import History
 from .validation import check_int, prepare_pair
@@ -78,6 +80,18 @@ def history_dataset(history: History) -> xr.Dataset:
     if history.best_epoch is not None:
         attrs["best_epoch"] = history.best_epoch
     return xr.Dataset(variables, coords=coords, attrs=attrs)
+
+
+def rate_distortion_dataset(curve: RateDistortion) -> xr.Dataset:
+    """A rate-distortion curve as a dataset over ``beta`` (nats per data point)."""
+    beta = curve.beta if curve.beta is not None else torch.ones(1)
+    return xr.Dataset(
+        {
+            "rate": ("beta", np.atleast_1d(curve.rate.cpu().numpy())),
+            "distortion": ("beta", np.atleast_1d(curve.distortion.cpu().numpy())),
+        },
+        coords={"beta": beta.cpu().numpy()},
+    )
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .importance import WeightedParticles, weighted_particles
 from .validation import check_int, prepare_pair

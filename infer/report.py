@@ -154,6 +154,37 @@ def _training(idata: az.InferenceData) -> str | None:
     return f"<h2>Training history</h2>{figure_html(fig, 'training curves')}"
 
 
+@register_section
+def _rate_distortion(idata: az.InferenceData) -> str | None:
+    if "rate_distortion" not in idata.groups():
+        return None
+    curve = idata.rate_distortion
+    beta = np.asarray(curve["beta"].values)
+    rate, distortion = np.asarray(curve["rate"].values), np.asarray(curve["distortion"].values)
+    fig = Figure(figsize=(9, 3.4))
+    ax_rd, ax_beta = fig.subplots(1, 2)
+    points = ax_rd.scatter(rate, distortion, c=np.log10(beta), cmap="viridis", s=18)
+    ax_rd.plot(rate, distortion, lw=0.8, color="0.5")
+    fig.colorbar(points, ax=ax_rd, label="log10 β")
+    ax_rd.set_xlabel("rate (nats)")
+    ax_rd.set_ylabel("distortion (nats)")
+    ax_beta.semilogx(beta, rate, "o-", label="rate", ms=3)
+    ax_beta.semilogx(beta, distortion, "o-", label="distortion", ms=3)
+    ax_beta.semilogx(beta, rate + distortion, "--", label="rate + distortion (-ELBO)", lw=1)
+    ax_beta.set_xlabel("β")
+    ax_beta.set_ylabel("nats")
+    ax_beta.legend(fontsize=7)
+    rows = "".join(
+        f"<tr><td>{b:.3g}</td><td>{r:.3f}</td><td>{d:.3f}</td></tr>"
+        for b, r, d in zip(beta, rate, distortion)
+    )
+    return (
+        "<h2>Rate-distortion curve</h2>"
+        f"{figure_html(fig, 'rate-distortion')}"
+        f"<table><tr><th>β</th><th>rate</th><th>distortion</th></tr>{rows}</table>"
+    )
+
+
 def render(idata: az.InferenceData) -> str:
     """The HTML fragments of every registered section that applies to ``idata``."""
     parts = []

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import pyro
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .validation import check_int
 

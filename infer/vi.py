@@ -8,6 +8,9 @@ Objectives, per data point ``x`` with ``K`` particles ``z_k ~ q(z | x)`` and
   ``mean_k [log p(x | z_k) + β (log p(z_k) - log q(z_k | x))]``, i.e. the expected
   log-likelihood minus β times the (Monte Carlo) KL.
 * ``"iwae"``  (Burda et al. 2016, eq. 8): ``log (1/K) Σ_k w_k``.
+* ``"multi_rate"`` (Bae et al. 2023, eq. 9): the β objective with one β per data point
+  drawn log-uniformly on ``beta_range`` at every step, given to the model and guide as
+  ``beta=`` so that their gated networks learn the response β ↦ optimal parameters.
 
 All particles are drawn in one vectorized pass (:mod:`posterity.infer.importance`);
 gradients are the reparameterization gradients of these estimates, which is what
@@ -24,11 +27,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from posterity.models.gated import check_beta_range
+
 from . import train
 from .importance import WeightedParticles, weighted_particles
 from .validation import check_choice, check_int, check_positive, prepare_pair
 
-OBJECTIVES = ("elbo", "beta", "iwae")
+OBJECTIVES = ("elbo", "beta", "iwae", "multi_rate")
+# β values at which a multi-rate run is validated: the mean β-objective over them.
+_VALIDATION_BETAS = 5
 
 
 def objective_per_data_point(
@@ -43,6 +50,12 @@ def objective_per_data_point(
     return (particles.log_likelihood + beta * particles.log_density_ratio).mean(0)
 
 
+def log_uniform(low: float, high: float, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """β drawn log-uniformly on ``[low, high]``, on ``like``'s device and dtype."""
+    u = torch.rand(shape, dtype=like.dtype, device=like.device)
+    return torch.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+
+
 class AmortizedVI:
     """Fit a Pyro model and its amortized guide by stochastic gradient ascent.
 
@@ -51,10 +64,12 @@ class AmortizedVI:
             ``pyro.plate("data")``.
         guide: a ``PyroModule`` program ``guide(x)`` with the same latent sites,
             all reparameterizable.
-        objective: ``"elbo"``, ``"beta"`` or ``"iwae"``.
+        objective: ``"elbo"``, ``"beta"``, ``"iwae"`` or ``"multi_rate"``.
         num_particles: ``K`` particles per data point (vectorized).
         lr: learning rate of the default Adam optimizer.
         beta: the KL weight of the ``"beta"`` objective.
+        beta_range: ``(low, high)`` for ``"multi_rate"``; by default the modules' own
+            (``VAE(..., multi_rate=True)`` and ``GaussianEncoder(..., multi_rate=True)``).
         optimizer: a ``torch.optim`` class or a ``params -> Optimizer`` factory.
         grad_clip: clip the global gradient norm to this value (``None``: no clip).
 
@@ -77,6 +92,7 @@ class AmortizedVI:
         num_particles: int = 1,
         lr: float = 1e-3,
         beta: float = 1.0,
+        beta_range: tuple[float, float] | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         grad_clip: float | None = None,
     ) -> None:
@@ -88,12 +104,38 @@ class AmortizedVI:
         self.beta = check_positive("beta", beta, allow_zero=True)
         self.lr = check_positive("lr", lr)
         self.grad_clip = None if grad_clip is None else check_positive("grad_clip", grad_clip)
+        self.beta_range = self._check_beta_range(beta_range)
         params = self.parameters()
         if not params:
             raise ValueError("model and guide have no parameters to train")
         self.optimizer = (optimizer or torch.optim.Adam)(params, lr=self.lr)
         self.history = train.History()
         self._plate_nesting: int | None = None
+
+    def _check_beta_range(self, beta_range) -> tuple[float, float] | None:
+        module_ranges = {getattr(m, "beta_range", None) for m in (self.model, self.guide)}
+        if self.objective != "multi_rate":
+            if beta_range is not None:
+                raise ValueError("beta_range applies to objective='multi_rate' only")
+            return None
+        if None in module_ranges:
+            raise ValueError(
+                "objective='multi_rate' needs a multi-rate model and guide (built with "
+                "multi_rate=True, taking beta=)"
+            )
+        if len(module_ranges) > 1:
+            raise ValueError(f"model and guide standardize β over different ranges: "
+                             f"{sorted(module_ranges)}")
+        (module_range,) = module_ranges
+        if beta_range is None:
+            return module_range
+        beta_range = check_beta_range(beta_range)
+        if beta_range != module_range:
+            raise ValueError(
+                f"beta_range {beta_range} differs from the range {module_range} the modules "
+                "were built with; pass beta_range= to VAE and GaussianEncoder too"
+            )
+        return beta_range
 
     @property
     def monitor(self) -> tuple[str, str]:
@@ -124,11 +166,26 @@ class AmortizedVI:
             plate_nesting=self._plate_nesting,
         )
 
-    def objective_value(self, x: Tensor, num_particles: int | None = None) -> Tensor:
-        """The objective of each row of ``x``, ``[B]``, differentiable."""
-        return objective_per_data_point(
-            self.particles(x, num_particles), self.objective, self.beta
+    def objective_value(
+        self, x: Tensor, num_particles: int | None = None, beta: Tensor | None = None
+    ) -> Tensor:
+        """The objective of each row of ``x``, ``[B]``, differentiable.
+
+        For ``"multi_rate"`` a β per row is drawn unless ``beta`` (``[B]``) is given.
+        """
+        if self.objective != "multi_rate":
+            return objective_per_data_point(
+                self.particles(x, num_particles), self.objective, self.beta
+            )
+        if beta is None:
+            beta = log_uniform(*self.beta_range, (x.shape[0],), x)
+        if self._plate_nesting is None:
+            self.prepare(x)
+        particles = weighted_particles(
+            self.model, self.guide, (x,), {"beta": beta},
+            num_particles=num_particles or self.num_particles, plate_nesting=self._plate_nesting,
         )
+        return objective_per_data_point(particles, "beta", beta)
 
     def loss(self, x: Tensor) -> Tensor:
         """Minus the objective, averaged over the rows of ``x`` (nats per data point)."""
@@ -146,11 +203,24 @@ class AmortizedVI:
 
     @torch.no_grad()
     def validate(self, data: Tensor, batch_size: int = 1000) -> dict[str, float]:
-        """The objective on ``data`` (nats per data point), without gradients."""
+        """The objective on ``data`` (nats per data point), without gradients.
+
+        A multi-rate run reports the mean β-objective over 5 log-spaced β in its range.
+        """
+        if self.objective != "multi_rate":
+            total = sum(
+                self.objective_value(chunk).sum().item() for chunk in data.split(batch_size)
+            )
+            return {f"valid_{self.objective}": total / data.shape[0]}
+        low, high = self.beta_range
+        betas = torch.logspace(math.log10(low), math.log10(high), _VALIDATION_BETAS)
         total = sum(
-            self.objective_value(chunk).sum().item() for chunk in data.split(batch_size)
+            self.objective_value(chunk, beta=chunk.new_full((chunk.shape[0],), float(b)))
+            .sum().item()
+            for b in betas
+            for chunk in data.split(batch_size)
         )
-        return {f"valid_{self.objective}": total / data.shape[0]}
+        return {"valid_multi_rate": total / (data.shape[0] * len(betas))}
 
     def fit(
         self,
@@ -192,14 +262,29 @@ class AmortizedVI:
         self.guide.load_state_dict(state["guide"])
         self.optimizer.load_state_dict(state["optimizer"])
 
-    def to_inference_data(self, x: Tensor, num_samples: int = 200, **kwargs: Any):
-        """ArviZ ``InferenceData`` for the rows of ``x``; see :func:`to_inference_data`."""
-        from .diagnostics import amortized_inference_data
+    def to_inference_data(
+        self, x: Tensor, num_samples: int = 200, num_betas: int = 20, **kwargs: Any
+    ):
+        """ArviZ ``InferenceData`` for the rows of ``x``; see :func:`to_inference_data`.
 
-        return amortized_inference_data(
+        A multi-rate run also gets a ``rate_distortion`` group: rate and distortion of
+        ``x`` at ``num_betas`` log-spaced β across its range.
+        """
+        from .diagnostics import amortized_inference_data, rate_distortion_dataset
+        from .evaluate import rate_distortion
+
+        attrs = {"engine": "AmortizedVI", "objective": self.objective,
+                 "num_particles": self.num_particles}
+        if self.objective == "beta":
+            attrs["beta"] = self.beta
+        idata = amortized_inference_data(
             self.model, self.guide, x, num_samples=num_samples, history=self.history,
-            attrs={"engine": "AmortizedVI", "objective": self.objective,
-                   "num_particles": self.num_particles, "beta": self.beta},
-            **kwargs,
+            attrs=attrs, **kwargs,
         )
+        if self.objective == "multi_rate":
+            low, high = self.beta_range
+            betas = torch.logspace(math.log10(low), math.log10(high), num_betas)
+            curve = rate_distortion(self.model, self.guide, x, betas)
+            idata.add_groups(rate_distortion=rate_distortion_dataset(curve))
+        return idata
 

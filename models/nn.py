@@ -13,6 +13,7 @@ ACTIVATIONS = {
     "elu": nn.ELU,
     "gelu": nn.GELU,
     "sigmoid": nn.Sigmoid,
+    "identity": nn.Identity,
 }
 
 

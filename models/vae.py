@@ -16,6 +16,7 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .gated import DEFAULT_BETA_RANGE, BetaStandardizer, GatedMLP
 from .nn import mlp
 from .plates import check_binary, check_width, data_plate
 
@@ -28,7 +29,38 @@ def standard_normal_log_prob(z: Tensor) -> Tensor:
     return -0.5 * z.pow(2).sum(-1) - _HALF_LOG_2PI * z.shape[-1]
 
 
-class VAE(PyroModule):
+class MultiRateMixin:
+    """β handling shared by multi-rate models and guides (Bae et al. 2023).
+
+    ``beta`` is ``None`` (the plain VAE, β = 1), a float, or a ``[B]`` tensor with one
+    β per data point; the gated networks see its standardized logarithm.
+    """
+
+    multi_rate: bool
+    beta_range: tuple[float, float] | None
+
+    def _init_multi_rate(self, multi_rate: bool, beta_range) -> None:
+        self.multi_rate = bool(multi_rate)
+        if self.multi_rate:
+            self.standardize = BetaStandardizer(beta_range)
+            self.beta_range = self.standardize.beta_range
+        else:
+            self.beta_range = None
+
+    def _standardized(self, beta, like: Tensor) -> Tensor | None:
+        if not self.multi_rate:
+            if beta is not None:
+                raise ValueError(
+                    f"beta= needs a multi-rate {type(self).__name__} (multi_rate=True)"
+                )
+            return None
+        beta = torch.as_tensor(1.0 if beta is None else beta, dtype=like.dtype, device=like.device)
+        if (beta <= 0).any():
+            raise ValueError("beta must be positive")
+        return self.standardize(beta)
+
+
+class VAE(MultiRateMixin, PyroModule):
     """A VAE with an MLP decoder of any depth.
 
     ``p(z) = N(0, I)`` and ``p(x | z) = Bernoulli(logits=f(z))`` or
@@ -37,9 +69,14 @@ class VAE(PyroModule):
     Args:
         x_dim: data width ``D``.
         z_dim: latent width.
-        hidden: widths of the decoder's hidden layers, from ``z`` up to ``x``.
+        hidden: widths of the hidden layers of the encoder, from ``x`` to ``z``; the
+            decoder mirrors them (so ``VAE`` and ``GaussianEncoder`` take the same tuple).
         likelihood: ``"bernoulli"`` or ``"gaussian"``.
-        activation: hidden nonlinearity (``"tanh"``, ``"relu"``, ...).
+        activation: hidden nonlinearity (``"tanh"``, ``"relu"``, ``"identity"``, ...).
+        multi_rate: gate every decoder layer by ``log β`` (Multi-Rate VAE, Bae et al.
+            2023); the program then takes ``beta=`` (``None``: β = 1).
+        beta_range: the β range that ``log β`` is standardized over.
+        scale: a fixed Gaussian observation scale (default: learned per feature).
 
     Example:
         >>> model = VAE(x_dim=784, z_dim=50, hidden=(200, 200))
@@ -56,29 +93,46 @@ class VAE(PyroModule):
         hidden: Sequence[int] = (200, 200),
         likelihood: str = "bernoulli",
         activation: str = "tanh",
+        multi_rate: bool = False,
+        beta_range: tuple[float, float] = DEFAULT_BETA_RANGE,
+        scale: float | None = None,
     ) -> None:
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         self.x_dim, self.z_dim, self.likelihood = x_dim, z_dim, likelihood
-        self.decoder = mlp(z_dim, tuple(reversed(tuple(hidden))), x_dim, activation)
+        self._init_multi_rate(multi_rate, beta_range)
+        layers = tuple(reversed(tuple(hidden)))
+        if self.multi_rate:
+            self.decoder = GatedMLP(z_dim, layers, x_dim, "decoder", activation)
+        else:
+            self.decoder = mlp(z_dim, layers, x_dim, activation)
         if likelihood == "gaussian":
-            self.log_scale = nn.Parameter(torch.zeros(x_dim))
+            log_scale = torch.zeros(x_dim) + (0.0 if scale is None else math.log(scale))
+            if scale is None:
+                self.log_scale = nn.Parameter(log_scale)
+            else:
+                self.register_buffer("log_scale", log_scale)
 
-    def observation_dist(self, z: Tensor) -> dist.TorchDistribution:
+    def decoder_output(self, z: Tensor, beta=None) -> Tensor:
+        """Logits (Bernoulli) or means (Gaussian) of ``p(x | z)`` at ``beta``."""
+        u = self._standardized(beta, z)
+        return self.decoder(z) if u is None else self.decoder(z, u)
+
+    def observation_dist(self, z: Tensor, beta=None) -> dist.TorchDistribution:
         """``p(x | z)`` with event shape ``[x_dim]``, batched like ``z[..., 0]``."""
-        out = self.decoder(z)
+        out = self.decoder_output(z, beta)
         if self.likelihood == "bernoulli":
             # Data are checked once per fit by validate_data, not at every step.
             return dist.Bernoulli(logits=out, validate_args=False).to_event(1)
         return dist.Normal(out, self.log_scale.exp()).to_event(1)
 
     def log_joint(
-        self, x: Tensor, latents: dict[str, Tensor], num_data: int | None = None
+        self, x: Tensor, latents: dict[str, Tensor], num_data: int | None = None, beta=None
     ) -> tuple[Tensor, Tensor]:
         """``(log p(x | z), log p(z))``, each ``[K, B]`` (density protocol)."""
         z = latents["z"]
-        out = self.decoder(z)
+        out = self.decoder_output(z, beta)
         if self.likelihood == "bernoulli":
             log_lik = -F.binary_cross_entropy_with_logits(
                 out, x.expand_as(out), reduction="none"
@@ -87,12 +141,12 @@ class VAE(PyroModule):
             log_lik = dist.Normal(out, self.log_scale.exp()).log_prob(x).sum(-1)
         return log_lik, standard_normal_log_prob(z)
 
-    def forward(self, x: Tensor, num_data: int | None = None) -> None:
+    def forward(self, x: Tensor, num_data: int | None = None, beta=None) -> None:
         check_width(x, self.x_dim, "x")
         with data_plate(x, num_data):
             prior = dist.Normal(x.new_zeros(()), x.new_ones(())).expand([self.z_dim])
             z = pyro.sample("z", prior.to_event(1))
-            pyro.sample("x", self.observation_dist(z), obs=x)
+            pyro.sample("x", self.observation_dist(z, beta), obs=x)
 
     def validate_data(self, x: Tensor, name: str = "data") -> None:
         check_width(x, self.x_dim, name)
@@ -100,16 +154,17 @@ class VAE(PyroModule):
             check_binary(x, name)
 
     @torch.no_grad()
-    def decode(self, z: Tensor) -> Tensor:
+    def decode(self, z: Tensor, beta=None) -> Tensor:
         """The mean of ``p(x | z)``: pixel probabilities or Gaussian means."""
-        out = self.decoder(z)
+        out = self.decoder_output(z, beta)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
     @torch.no_grad()
-    def sample(self, num_samples: int) -> Tensor:
+    def sample(self, num_samples: int, beta=None) -> Tensor:
         """Mean images ``E[x | z]`` for ``z ~ p(z)``, shape ``[num_samples, x_dim]``."""
         ref = next(self.parameters())
-        return self.decode(torch.randn(num_samples, self.z_dim, device=ref.device, dtype=ref.dtype))
+        z = torch.randn(num_samples, self.z_dim, device=ref.device, dtype=ref.dtype)
+        return self.decode(z, beta)
 
 
 class LinearGaussianVAE(PyroModule):

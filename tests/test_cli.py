@@ -36,3 +36,18 @@ def test_fit_vae_takes_a_csv(tmp_path):
         "--hidden", "4", "--eval-samples", "10", "--out", str(tmp_path / "o"), "--quiet",
     ])
     assert code == 0
+
+
+def test_fit_multi_rate_writes_the_rate_distortion_curve(tmp_path):
+    out = tmp_path / "mr"
+    code = main([
+        "fit", "vae", "--data", "digits", "--objective", "multi_rate", "--epochs", "1",
+        "--z-dim", "4", "--hidden", "16", "--eval-samples", "20", "--eval-points", "30",
+        "--diagnostic-points", "10", "--num-betas", "6", "--out", str(out), "--quiet",
+    ])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["rate_distortion"]["rate"]) == 6
+    assert "Rate-distortion curve" in (out / "report.html").read_text()
+    idata = az.from_netcdf(str(out / "idata.nc"))
+    assert idata.rate_distortion["distortion"].sizes["beta"] == 6

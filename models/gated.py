@@ -1,0 +1,97 @@
+"""β-gated layers of the Multi-Rate VAE (Bae et al., ICLR 2023, section 3.2).
+
+Each linear layer's pre-activations are multiplied, unit by unit, by
+``gate(w * u + b)``, where ``u`` is the standardized ``log β`` and ``(w, b)`` are two
+parameters per unit. The encoder gate is the sigmoid; the decoder gate is
+``sqrt(relu(1 - exp(x)))``, the form of the linear β-VAE's optimal decoder scales
+``sqrt(1 - β σ² / λ)`` (section 4 of the paper; ``log β`` enters linearly).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .nn import activation_module, check_layer_sizes
+
+DEFAULT_BETA_RANGE = (0.01, 10.0)
+
+
+def encoder_gate(x: Tensor) -> Tensor:
+    return torch.sigmoid(x)
+
+
+def decoder_gate(x: Tensor) -> Tensor:
+    # clamp: the gradient of sqrt at 0 is infinite; relu already zeroes those units
+    return torch.relu(-torch.expm1(x)).clamp(min=1e-12).sqrt()
+
+
+GATES = {"encoder": (encoder_gate, 2.0), "decoder": (decoder_gate, -2.0)}  # gate, initial b
+
+
+def check_beta_range(beta_range: Sequence[float]) -> tuple[float, float]:
+    low, high = (float(b) for b in beta_range)
+    if not 0 < low < high:
+        raise ValueError(f"beta_range must be (low, high) with 0 < low < high, got {beta_range}")
+    return low, high
+
+
+class BetaStandardizer(nn.Module):
+    """``u = (log β - m) / s``, with ``m`` and ``s`` the mean and standard deviation of
+    ``log β`` when β is log-uniform on ``beta_range``; ``u`` has mean 0 and variance 1."""
+
+    def __init__(self, beta_range: Sequence[float] = DEFAULT_BETA_RANGE) -> None:
+        super().__init__()
+        low, high = check_beta_range(beta_range)
+        self.beta_range = (low, high)
+        self.register_buffer("center", torch.tensor(0.5 * (math.log(low) + math.log(high))))
+        self.register_buffer("spread", torch.tensor((math.log(high) - math.log(low)) / 12**0.5))
+
+    def forward(self, beta: Tensor) -> Tensor:
+        return (beta.log() - self.center) / self.spread
+
+
+class GatedLinear(nn.Module):
+    """``(W h + c) * gate(w u + b)`` with one ``(w, b)`` per output unit."""
+
+    def __init__(self, in_features: int, out_features: int, gate: str) -> None:
+        super().__init__()
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {sorted(GATES)}, got {gate!r}")
+        self.gate, initial_bias = GATES[gate]
+        self.linear = nn.Linear(in_features, out_features)
+        self.gate_weight = nn.Parameter(torch.zeros(out_features))
+        self.gate_bias = nn.Parameter(torch.full((out_features,), initial_bias))
+
+    def forward(self, h: Tensor, u: Tensor) -> Tensor:
+        """``h``: ``[..., B, in]``; ``u``: ``[B]`` (one standardized log β per row)."""
+        return self.linear(h) * self.gate(u.unsqueeze(-1) * self.gate_weight + self.gate_bias)
+
+
+class GatedMLP(nn.Module):
+    """An MLP of :class:`GatedLinear` layers: ``forward(h, u)``."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int],
+        out_dim: int,
+        gate: str,
+        activation: str = "tanh",
+    ) -> None:
+        super().__init__()
+        sizes = (in_dim, *check_layer_sizes("hidden", hidden), out_dim)
+        self.layers = nn.ModuleList(
+            GatedLinear(a, b, gate) for a, b in zip(sizes[:-1], sizes[1:])
+        )
+        self.activation = activation_module(activation)
+
+    def forward(self, h: Tensor, u: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            h = layer(h, u)
+            if i < len(self.layers) - 1:
+                h = self.activation(h)
+        return h

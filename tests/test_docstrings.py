@@ -1,0 +1,20 @@
+"""The examples in the public docstrings run and print what they claim."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "posterity.infer.vi",
+    "posterity.infer.evaluate",
+    "posterity.models.vae",
+    "posterity.guides.encoders",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

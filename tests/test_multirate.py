@@ -1,0 +1,121 @@
+"""Multi-Rate VAE (Bae et al. 2023): β-gated layers, per-example β, the curve."""
+
+import math
+
+import pyro
+import pytest
+import torch
+from torch import nn
+
+from posterity.guides import GaussianEncoder
+from posterity.infer import AmortizedVI, rate_distortion
+from posterity.infer.vi import log_uniform
+from posterity.models import VAE
+from posterity.models.gated import BetaStandardizer, GatedLinear, GatedMLP, decoder_gate
+from posterity.models.nn import mlp
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_gates_add_two_parameters_per_unit_and_nothing_more():
+    plain, gated = mlp(784, (200, 200), 100), GatedMLP(784, (200, 200), 100, "encoder")
+    assert count(gated) - count(plain) == 2 * (200 + 200 + 100)
+    model = VAE(784, 50, (200, 200), multi_rate=True)
+    assert count(model) - count(VAE(784, 50, (200, 200))) == 2 * (200 + 200 + 784)
+
+
+def test_gate_functions():
+    layer = GatedLinear(3, 2, "encoder")
+    h, u = torch.randn(5, 3), torch.randn(5)
+    with torch.no_grad():
+        layer.gate_weight.copy_(torch.tensor([0.5, -1.0]))
+        layer.gate_bias.copy_(torch.tensor([0.1, 0.2]))
+    expected = layer.linear(h) * torch.sigmoid(u[:, None] * layer.gate_weight + layer.gate_bias)
+    torch.testing.assert_close(layer(h, u), expected)
+    x = torch.tensor([-3.0, -0.5, 0.0, 2.0])
+    torch.testing.assert_close(
+        decoder_gate(x), torch.sqrt(torch.relu(1 - torch.exp(x))), atol=1e-6, rtol=0
+    )
+
+
+def test_log_beta_is_standardized_over_the_range():
+    standardize = BetaStandardizer((0.01, 10.0))
+    # log β uniform on [log a, log b]: the endpoints sit at ±sqrt(3) standard deviations
+    torch.testing.assert_close(standardize(torch.tensor([0.01, 10.0])),
+                               torch.tensor([-math.sqrt(3), math.sqrt(3)]))
+    beta = log_uniform(0.01, 10.0, (200_000,), torch.zeros(()))
+    u = standardize(beta)
+    assert beta.min() >= 0.01 and beta.max() <= 10.0
+    assert abs(u.mean()) < 4 / math.sqrt(len(u))  # sd of u is 1
+    assert abs(u.var() - 1) < 4 * math.sqrt(0.8 / len(u))  # var of the sample variance
+
+
+def test_beta_none_is_the_plain_vae_at_beta_one():
+    model, guide = VAE(10, 3, (8,), multi_rate=True), GaussianEncoder(10, 3, (8,), multi_rate=True)
+    z, x = torch.randn(4, 3), torch.randn(4, 10)
+    torch.testing.assert_close(model.decoder_output(z), model.decoder_output(z, beta=1.0))
+    torch.testing.assert_close(guide.posterior_params(x)[0], guide.posterior_params(x, 1.0)[0])
+    with pytest.raises(ValueError, match="beta= needs a multi-rate VAE"):
+        VAE(10, 3, (8,)).decoder_output(z, beta=2.0)
+
+
+def test_objective_is_distortion_plus_beta_rate_per_example():
+    model, guide = VAE(10, 3, (8,), multi_rate=True), GaussianEncoder(10, 3, (8,), multi_rate=True)
+    vi = AmortizedVI(model, guide, objective="multi_rate", num_particles=2)
+    x = torch.bernoulli(torch.full((6, 10), 0.4))
+    beta = torch.tensor([0.01, 0.1, 1.0, 2.0, 5.0, 10.0])
+    pyro.set_rng_seed(1)
+    value = vi.objective_value(x, beta=beta)
+    pyro.set_rng_seed(1)
+    particles = vi.particles(x)  # fresh draws at β = 1 would differ: redo at each β by hand
+    pyro.set_rng_seed(1)
+    from posterity.infer.importance import weighted_particles
+
+    particles = weighted_particles(model, guide, (x,), {"beta": beta}, num_particles=2,
+                                   plate_nesting=1)
+    expected = (particles.log_likelihood + beta * particles.log_density_ratio).mean(0)
+    torch.testing.assert_close(value, expected)
+
+
+def test_one_run_gives_a_curve_whose_rate_falls_as_beta_grows():
+    from posterity.datasets import binarized_digits
+
+    train, _, test = binarized_digits()
+    pyro.set_rng_seed(0)
+    model = VAE(64, 8, (64,), multi_rate=True)
+    guide = GaussianEncoder(64, 8, (64,), multi_rate=True)
+    AmortizedVI(model, guide, objective="multi_rate", lr=3e-3).fit(
+        train, epochs=15, batch_size=50, progress=False, seed=0
+    )
+    betas = torch.tensor([0.01, 0.1, 1.0, 10.0])
+    curve = rate_distortion(model, guide, test, betas, num_samples=32)
+    assert curve.rate.shape == (4,) and curve.beta is not None
+    # Each step is worth nats, far above the Monte Carlo error of 250 points x 32 draws.
+    assert (curve.rate[:-1] > curve.rate[1:] + 0.5).all(), curve
+    assert (curve.distortion[:-1] < curve.distortion[1:]).all(), curve
+
+
+def test_multi_rate_needs_multi_rate_modules():
+    with pytest.raises(ValueError, match="needs a multi-rate model and guide"):
+        AmortizedVI(VAE(10, 3), GaussianEncoder(10, 3), objective="multi_rate")
+
+
+def test_beta_range_must_agree_with_the_modules():
+    model = VAE(10, 3, multi_rate=True, beta_range=(0.1, 1.0))
+    guide = GaussianEncoder(10, 3, multi_rate=True, beta_range=(0.1, 1.0))
+    with pytest.raises(ValueError, match="differs from the range"):
+        AmortizedVI(model, guide, objective="multi_rate", beta_range=(0.01, 10.0))
+    assert AmortizedVI(model, guide, objective="multi_rate").beta_range == (0.1, 1.0)
+
+
+@pytest.mark.parametrize("beta_range", [(0.0, 1.0), (2.0, 1.0), (-1.0, 3.0)])
+def test_bad_beta_range(beta_range):
+    with pytest.raises(ValueError, match="beta_range must be"):
+        VAE(10, 3, multi_rate=True, beta_range=beta_range)
+
+
+def test_beta_range_is_for_multi_rate_only():
+    with pytest.raises(ValueError, match="beta_range applies to objective='multi_rate'"):
+        AmortizedVI(VAE(10, 3), GaussianEncoder(10, 3), beta_range=(0.1, 1.0))
