@@ -26,6 +26,7 @@ test-slow: install
 
 bench: install
 	$(BIN)/python bench/vi.py
+	$(BIN)/python bench/mrvae.py
 
 lint: install
 	$(BIN)/ruff check .

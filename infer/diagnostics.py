@@ -38,8 +38,20 @@ def to_inference_data(source: Any, *args: Any, **kwargs: Any) -> az.InferenceDat
 
     Every engine and result object has a ``to_inference_data(...)`` method; this
     function calls it, so ``to_inference_data(vi, test[:100])`` works for an
-    :class:`~posterity.infer.AmortizedVI` as for later engines.
+    :class:`~posterity.infer.AmortizedVI` as for later engines. A ``pyro.infer.MCMC``
+    run with a posterity SG-MCMC kernel gets the posterior predictive, the pointwise
+    log-likelihood and the step sizes
+    (:func:`~posterity.infer.sgmcmc.predictive.sgmcmc_inference_data`).
     """
+    from pyro.infer import MCMC
+
+    if isinstance(source, MCMC):
+        from .sgmcmc.kernels import SGMCMCKernel
+        from .sgmcmc.predictive import sgmcmc_inference_data
+
+        if isinstance(source.kernel, SGMCMCKernel):
+            return sgmcmc_inference_data(source, *args, **kwargs)
+        return az.from_pyro(source, *args, **kwargs)
     method = getattr(source, "to_inference_data", None)
     if not callable(method):
         raise TypeError(

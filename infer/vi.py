@@ -70,7 +70,16 @@ class AmortizedVI:
         beta: the KL weight of the ``"beta"`` objective.
         beta_range: ``(low, high)`` for ``"multi_rate"``; by default the modules' own
             (``VAE(..., multi_rate=True)`` and ``GaussianEncoder(..., multi_rate=True)``).
+        beta_warmup: for ``"multi_rate"``, the number of updates over which the upper
+            end of the sampled β range grows log-linearly from ``low`` to ``high``. Units
+            that only pay off at small β are then recruited before large β can switch
+            them off: in the linear check (``tests/test_multirate.py``) training without
+            it left the two smallest principal directions unused (0.46 nats short of the
+            optimum at β = 0.1); with a third of the updates as warm-up it is within
+            0.01 nats at every β.
         optimizer: a ``torch.optim`` class or a ``params -> Optimizer`` factory.
+        scheduler: an ``optimizer -> LRScheduler`` factory, stepped after every update
+            (e.g. ``lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, 5000)``).
         grad_clip: clip the global gradient norm to this value (``None``: no clip).
 
     Example:
@@ -93,7 +102,9 @@ class AmortizedVI:
         lr: float = 1e-3,
         beta: float = 1.0,
         beta_range: tuple[float, float] | None = None,
+        beta_warmup: int = 0,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         grad_clip: float | None = None,
     ) -> None:
         if not isinstance(model, nn.Module) or not isinstance(guide, nn.Module):
@@ -105,10 +116,13 @@ class AmortizedVI:
         self.lr = check_positive("lr", lr)
         self.grad_clip = None if grad_clip is None else check_positive("grad_clip", grad_clip)
         self.beta_range = self._check_beta_range(beta_range)
+        self.beta_warmup = check_int("beta_warmup", beta_warmup, 0)
+        self.num_steps = 0
         params = self.parameters()
         if not params:
             raise ValueError("model and guide have no parameters to train")
         self.optimizer = (optimizer or torch.optim.Adam)(params, lr=self.lr)
+        self.scheduler = scheduler(self.optimizer) if scheduler is not None else None
         self.history = train.History()
         self._plate_nesting: int | None = None
 
@@ -136,6 +150,13 @@ class AmortizedVI:
                 "were built with; pass beta_range= to VAE and GaussianEncoder too"
             )
         return beta_range
+
+    def current_beta_range(self) -> tuple[float, float]:
+        """The range β is drawn from at this update (grows during ``beta_warmup``)."""
+        low, high = self.beta_range
+        if self.beta_warmup and self.num_steps < self.beta_warmup:
+            high = low * (high / low) ** ((self.num_steps + 1) / self.beta_warmup)
+        return low, high
 
     @property
     def monitor(self) -> tuple[str, str]:
@@ -178,7 +199,7 @@ class AmortizedVI:
                 self.particles(x, num_particles), self.objective, self.beta
             )
         if beta is None:
-            beta = log_uniform(*self.beta_range, (x.shape[0],), x)
+            beta = log_uniform(*self.current_beta_range(), (x.shape[0],), x)
         if self._plate_nesting is None:
             self.prepare(x)
         particles = weighted_particles(
@@ -199,6 +220,9 @@ class AmortizedVI:
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip)
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.num_steps += 1
         return {"loss": loss.item()}
 
     @torch.no_grad()
@@ -255,12 +279,17 @@ class AmortizedVI:
             "model": self.model.state_dict(),
             "guide": self.guide.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "num_steps": self.num_steps,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.guide.load_state_dict(state["guide"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.num_steps = state.get("num_steps", 0)
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
 
     def to_inference_data(
         self, x: Tensor, num_samples: int = 200, num_betas: int = 20, **kwargs: Any

@@ -1,7 +1,15 @@
 """posterity.models: Pyro programs that generate data, and nothing else."""
 
+from .bnn import BayesianLogisticRegression, BayesianMLP
 from .nn import mlp
 from .plates import data_plate
 from .vae import VAE, LinearGaussianVAE
 
-__all__ = ["VAE", "LinearGaussianVAE", "data_plate", "mlp"]
+__all__ = [
+    "VAE",
+    "BayesianLogisticRegression",
+    "BayesianMLP",
+    "LinearGaussianVAE",
+    "data_plate",
+    "mlp",
+]

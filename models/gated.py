@@ -5,6 +5,12 @@ Each linear layer's pre-activations are multiplied, unit by unit, by
 parameters per unit. The encoder gate is the sigmoid; the decoder gate is
 ``sqrt(relu(1 - exp(x)))``, the form of the linear β-VAE's optimal decoder scales
 ``sqrt(1 - β σ² / λ)`` (section 4 of the paper; ``log β`` enters linearly).
+
+The decoder's output layer is left ungated. A sqrt-ReLU gate that reaches zero has zero
+gradient, so a gated output unit that switches off early in training stays off: its
+pixel's logit is frozen at 0 for every β. In the linear check this cost 0.23 nats at
+β = 0.01 (``tests/test_multirate.py``). The exact linear response needs no output gate:
+it is a scaling of the latent-side units, which stay gated.
 """
 
 from __future__ import annotations
@@ -72,7 +78,11 @@ class GatedLinear(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """An MLP of :class:`GatedLinear` layers: ``forward(h, u)``."""
+    """An MLP of :class:`GatedLinear` layers: ``forward(h, u)``.
+
+    With ``gate_output=False`` the last layer is a plain ``nn.Linear`` (the decoder's
+    choice, see the module docstring); that needs at least one hidden layer.
+    """
 
     def __init__(
         self,
@@ -81,17 +91,29 @@ class GatedMLP(nn.Module):
         out_dim: int,
         gate: str,
         activation: str = "tanh",
+        gate_output: bool = True,
     ) -> None:
         super().__init__()
         sizes = (in_dim, *check_layer_sizes("hidden", hidden), out_dim)
-        self.layers = nn.ModuleList(
-            GatedLinear(a, b, gate) for a, b in zip(sizes[:-1], sizes[1:])
+        if not gate_output and len(sizes) < 3:
+            raise ValueError(
+                "a multi-rate decoder gates its hidden layers: give it at least one "
+                "(hidden=(...) must not be empty)"
+            )
+        layers: list[nn.Module] = [
+            GatedLinear(a, b, gate) for a, b in zip(sizes[:-2], sizes[1:-1])
+        ]
+        layers.append(
+            GatedLinear(sizes[-2], sizes[-1], gate) if gate_output
+            else nn.Linear(sizes[-2], sizes[-1])
         )
+        self.layers = nn.ModuleList(layers)
         self.activation = activation_module(activation)
 
     def forward(self, h: Tensor, u: Tensor) -> Tensor:
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            h = layer(h, u)
-            if i < len(self.layers) - 1:
+            h = layer(h, u) if isinstance(layer, GatedLinear) else layer(h)
+            if i < last:
                 h = self.activation(h)
         return h

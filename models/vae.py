@@ -73,8 +73,9 @@ class VAE(MultiRateMixin, PyroModule):
             decoder mirrors them (so ``VAE`` and ``GaussianEncoder`` take the same tuple).
         likelihood: ``"bernoulli"`` or ``"gaussian"``.
         activation: hidden nonlinearity (``"tanh"``, ``"relu"``, ``"identity"``, ...).
-        multi_rate: gate every decoder layer by ``log β`` (Multi-Rate VAE, Bae et al.
-            2023); the program then takes ``beta=`` (``None``: β = 1).
+        multi_rate: gate the decoder's hidden layers by ``log β`` (Multi-Rate VAE, Bae
+            et al. 2023; see :mod:`posterity.models.gated` for why not its output
+            layer); the program then takes ``beta=`` (``None``: β = 1).
         beta_range: the β range that ``log β`` is standardized over.
         scale: a fixed Gaussian observation scale (default: learned per feature).
 
@@ -104,7 +105,7 @@ class VAE(MultiRateMixin, PyroModule):
         self._init_multi_rate(multi_rate, beta_range)
         layers = tuple(reversed(tuple(hidden)))
         if self.multi_rate:
-            self.decoder = GatedMLP(z_dim, layers, x_dim, "decoder", activation)
+            self.decoder = GatedMLP(z_dim, layers, x_dim, "decoder", activation, gate_output=False)
         else:
             self.decoder = mlp(z_dim, layers, x_dim, activation)
         if likelihood == "gaussian":
