@@ -14,7 +14,7 @@ SG-MCMC potential uses to skip Pyro's tracing overhead (see
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -140,7 +140,7 @@ class BayesianMLP(PyroModule):
         """The scaled minibatch log joint, as the traced program's ``log_prob_sum()``."""
         log_prior = X.new_zeros(())
         weights = []
-        for i, (fan_out, fan_in) in enumerate(self.layer_shapes):
+        for i, (_, fan_in) in enumerate(self.layer_shapes):
             w, b = values[f"layer{i}.weight"], values[f"layer{i}.bias"]
             scale = self._layer_scale(fan_in)
             log_prior = log_prior + _normal_log_prob(w, scale) + _normal_log_prob(b, scale)
@@ -166,7 +166,8 @@ class BayesianMLP(PyroModule):
             scale = self._layer_scale(fan_in)
             w = pyro.sample(f"layer{i}.weight",
                             dist.Normal(zero, scale).expand([fan_out, fan_in]).to_event(2))
-            b = pyro.sample(f"layer{i}.bias", dist.Normal(zero, scale).expand([fan_out]).to_event(1))
+            b = pyro.sample(f"layer{i}.bias",
+                            dist.Normal(zero, scale).expand([fan_out]).to_event(1))
             weights.append((w, b))
         if self.likelihood == "gaussian":
             noise = pyro.sample("noise_scale", dist.LogNormal(zero - 1.0, 1.0))

@@ -29,7 +29,8 @@ noise-free optimization steps and those updates never produce samples.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
@@ -268,6 +269,6 @@ class SGHMC(SGMCMCKernel):
         return new
 
 
-pSGLD = PreconditionedSGLD
+pSGLD = PreconditionedSGLD  # noqa: N816 (the name Li et al. 2016 use)
 
 __all__ = ["SGLD", "SGHMC", "PreconditionedSGLD", "SGMCMCKernel", "pSGLD"]

@@ -20,7 +20,7 @@ tracing; ``tests/test_sgmcmc.py`` checks that both give the same value and gradi
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pyro.poutine as poutine
 import torch

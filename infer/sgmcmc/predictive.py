@@ -8,7 +8,8 @@ conditioned on the draw: a loop over draws after sampling, not in any hot path.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import arviz as az
 import numpy as np

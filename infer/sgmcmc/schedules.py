@@ -7,7 +7,7 @@ update ``t`` belongs to an exploration stage (optimization: no noise, no samples
 from __future__ import annotations
 
 import math
-from typing import Union
+
 
 from ..validation import check_int, check_positive
 
@@ -94,7 +94,7 @@ class CyclicalSchedule(Schedule):
                 f"total_steps={self.total_steps}, exploration_ratio={self.exploration_ratio:g})")
 
 
-StepSize = Union[float, Schedule]
+StepSize = float | Schedule
 
 
 def as_schedule(step_size: StepSize, name: str = "step_size") -> Schedule:
