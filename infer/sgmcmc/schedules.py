@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-
 from ..validation import check_int, check_positive
 
 
