@@ -19,7 +19,8 @@ A model and guide may therefore also implement the *density protocol*:
   ``latents[name]`` of shape ``[K, B, ...]`` and ``log_guide`` of shape ``[K, B]``;
 * ``model.log_joint(x, latents) -> (log_likelihood, log_prior)``, each ``[K, B]``.
 
-When both do and no Pyro handler is active, :func:`weighted_particles` calls them
+When both do and no Pyro handler that could change a density is active (see
+:mod:`posterity.infer.handlers`), :func:`weighted_particles` calls them
 instead of tracing. They must draw the same random numbers and return the same values
 as the traced programs; ``tests/test_importance.py`` checks that for every built-in.
 """
@@ -33,9 +34,10 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
+
+from .handlers import densities_unaltered
 
 PARTICLE_PLATE = "_particles"
 
@@ -133,9 +135,10 @@ def _per_data_point(site: dict, data_plate: str, particle_dim: int, num_particle
 
 
 def has_density_protocol(model: Callable, guide: Callable) -> bool:
-    """Whether the fast path applies: both sides implement it and no handler is active."""
+    """Whether the fast path applies: both sides implement it and no handler that could
+    change a density is active."""
     return (
-        not _PYRO_STACK
+        densities_unaltered()
         and callable(getattr(guide, "sample_latents", None))
         and callable(getattr(model, "log_joint", None))
     )

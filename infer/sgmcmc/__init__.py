@@ -2,7 +2,14 @@
 
 from .kernels import SGHMC, SGLD, PreconditionedSGLD, SGMCMCKernel, pSGLD
 from .potential import Potential
+from .predictive import (
+    classification_metrics,
+    pointwise_predictive,
+    regression_metrics,
+    sgmcmc_inference_data,
+)
 from .schedules import ConstantSchedule, CyclicalSchedule, PolynomialDecay, Schedule
+from .structured import StructuredSGLD, StructuredSGMCMC
 
 __all__ = [
     "SGHMC",
@@ -14,5 +21,11 @@ __all__ = [
     "PreconditionedSGLD",
     "SGMCMCKernel",
     "Schedule",
+    "StructuredSGLD",
+    "StructuredSGMCMC",
+    "classification_metrics",
     "pSGLD",
+    "pointwise_predictive",
+    "regression_metrics",
+    "sgmcmc_inference_data",
 ]

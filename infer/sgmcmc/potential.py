@@ -14,8 +14,8 @@ Fast path. Tracing costs about 1 ms a call in Python, several times the arithmet
 a small network's minibatch. A model may implement
 ``minibatch_log_joint(values, *args, **kwargs)``: the same scaled log joint at the
 constrained ``values``, drawing its minibatch with the same random numbers as its
-plate. When it does and no Pyro handler is active, the potential calls it instead of
-tracing; ``tests/test_sgmcmc.py`` checks that both give the same value and gradient.
+plate. When it does and no Pyro handler that could change a density is active, the
+potential calls it instead of tracing; ``tests/test_sgmcmc.py`` checks that both give the same value and gradient.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from collections.abc import Callable
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.transforms import biject_to
-from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
+
+from ..handlers import densities_unaltered
 
 
 def subsampled_plates(trace: poutine.Trace) -> dict[str, tuple[int, int]]:
@@ -94,7 +95,7 @@ class Potential:
     def log_joint(self, constrained: dict[str, Tensor]) -> Tensor:
         """The scaled minibatch ``log p̃`` at constrained values (fast path or trace)."""
         fast = getattr(self.model, "minibatch_log_joint", None)
-        if callable(fast) and not _PYRO_STACK:
+        if callable(fast) and densities_unaltered():
             return fast(constrained, *self.args, **self.kwargs)
         conditioned = poutine.condition(self.model, data=constrained)
         trace = poutine.trace(conditioned).get_trace(*self.args, **self.kwargs)
