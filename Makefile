@@ -25,8 +25,10 @@ test-slow: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 bench: install
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/vi.py
 	$(BIN)/python bench/mrvae.py
+	$(BIN)/python bench/sgmcmc.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -4,8 +4,9 @@ UCI concrete.
 Speed (one process, one thread): a Bayesian MLP 784-100-10 with a categorical
 likelihood on random data (N = 10 000), minibatch 128, 1000 SGLD updates. Three ways,
 interleaved over several rounds: posterity ``SGLD`` driven by ``pyro.infer.MCMC``
-(progress bar off, every 10th update kept), a hand-written PyTorch SGLD loop computing the same potential,
-and ``posteriors.sgmcmc.sgld`` where it is installed (``pip install -e '.[bench]'``).
+(progress bar off, every 10th update kept), a hand-written PyTorch SGLD loop computing
+the same potential, and ``posteriors.sgmcmc.sgld`` where it is installed
+(``pip install -e '.[bench]'``).
 
 Quality: UCI concrete (shipped in ``particles``), 90/10 splits over several seeds,
 inputs and targets standardized on the training split, a 50-unit MLP sampled with

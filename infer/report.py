@@ -185,6 +185,72 @@ def _rate_distortion(idata: az.InferenceData) -> str | None:
     )
 
 
+def _scalar_components(idata: az.InferenceData, limit: int = 6) -> az.InferenceData | None:
+    """Up to ``limit`` scalar components of the posterior, for trace and rank plots."""
+    posterior = idata.posterior
+    if "data" in posterior.dims or posterior.sizes.get("chain", 1) < 2:
+        return None
+    components = {}
+    for name, variable in posterior.data_vars.items():
+        values = np.asarray(variable.values)
+        flat = values.reshape(values.shape[0], values.shape[1], -1)
+        for j in range(min(2, flat.shape[-1])):
+            label = name if flat.shape[-1] == 1 else f"{name}[{j}]"
+            components[label] = flat[:, :, j]
+            if len(components) == limit:
+                return az.from_dict(posterior=components)
+    return az.from_dict(posterior=components) if components else None
+
+
+def _pyplot_figure_html(axes, alt: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig = np.atleast_1d(axes).ravel()[0].figure
+    html_img = figure_html(fig, alt)
+    plt.close(fig)
+    return html_img
+
+
+@register_section
+def _mcmc_traces(idata: az.InferenceData) -> str | None:
+    if "posterior" not in idata.groups():
+        return None
+    small = _scalar_components(idata)
+    if small is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traces = az.plot_trace(small, compact=False, show=False, figsize=(10, 1.8 * len(
+            small.posterior.data_vars)))
+        ranks = az.plot_rank(small, show=False, figsize=(10, 2.2 * -(-len(
+            small.posterior.data_vars) // 3)))
+    return (
+        "<h2>Chains: traces and rank plots</h2>"
+        '<p class="note">Rank plots are near uniform when the chains mix (Vehtari et al. '
+        "2021); a few scalar components are shown.</p>"
+        f"{_pyplot_figure_html(traces, 'traces')}{_pyplot_figure_html(ranks, 'ranks')}"
+    )
+
+
+@register_section
+def _step_sizes(idata: az.InferenceData) -> str | None:
+    if "sample_stats" not in idata.groups() or "step_size" not in idata.sample_stats:
+        return None
+    stats = idata.sample_stats
+    step = np.asarray(stats["step_size"].values)[0]
+    update = np.asarray(stats["update"].values)[0] if "update" in stats else np.arange(step.size)
+    fig = Figure(figsize=(9, 2.6))
+    ax = fig.subplots()
+    ax.plot(update, step, ".", ms=2)
+    ax.set_xlabel("update")
+    ax.set_ylabel("step size")
+    ax.set_title("step size of the update behind each draw")
+    temperature = stats.attrs.get("temperature", idata.posterior.attrs.get("temperature"))
+    note = f"temperature {temperature}" if temperature is not None else ""
+    return (f"<h2>Step-size schedule</h2><p class=\"note\">{html.escape(str(note))}</p>"
+            f"{figure_html(fig, 'step sizes')}")
+
+
 def render(idata: az.InferenceData) -> str:
     """The HTML fragments of every registered section that applies to ``idata``."""
     parts = []

@@ -51,3 +51,26 @@ def test_fit_multi_rate_writes_the_rate_distortion_curve(tmp_path):
     assert "Rate-distortion curve" in (out / "report.html").read_text()
     idata = az.from_netcdf(str(out / "idata.nc"))
     assert idata.rate_distortion["distortion"].sizes["beta"] == 6
+
+
+def test_fit_bnn_on_a_csv_writes_metrics_and_report(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 3))
+    y = X @ np.array([1.0, -1.0, 0.5]) + 0.1 * rng.normal(size=80)
+    np.savetxt(tmp_path / "table.csv", np.column_stack([X, y]), delimiter=",",
+               header="a,b,c,y", comments="")
+    out = tmp_path / "bnn"
+    code = main([
+        "fit", "bnn", "--data", str(tmp_path / "table.csv"), "--hidden", "8",
+        "--steps", "400", "--samples", "20", "--chains", "2", "--kernel", "sgld",
+        "--step-size", "1e-3", "--out", str(out), "--quiet",
+    ])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_points"] == 8 and np.isfinite(metrics["log_likelihood"])
+    text = (out / "report.html").read_text()
+    assert "Step-size schedule" in text and "traces" in text
+    idata = az.from_netcdf(str(out / "idata.nc"))
+    assert idata.log_likelihood["obs"].shape == (2, 20, 8)

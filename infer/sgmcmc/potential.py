@@ -15,7 +15,8 @@ a small network's minibatch. A model may implement
 ``minibatch_log_joint(values, *args, **kwargs)``: the same scaled log joint at the
 constrained ``values``, drawing its minibatch with the same random numbers as its
 plate. When it does and no Pyro handler that could change a density is active, the
-potential calls it instead of tracing; ``tests/test_sgmcmc.py`` checks that both give the same value and gradient.
+potential calls it instead of tracing; ``tests/test_sgmcmc.py`` checks that both give
+the same value and gradient.
 """
 
 from __future__ import annotations

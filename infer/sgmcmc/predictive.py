@@ -1,8 +1,9 @@
 """Posterior predictive, pointwise log-likelihood and metrics of SG-MCMC draws, and their
 conversion to ArviZ ``InferenceData``.
 
-Prediction runs the model once per posterior draw on all rows (``subsample=False``),
-conditioned on the draw: a loop over draws after sampling, not in any hot path.
+Predicted values come from ``pyro.infer.Predictive``; the pointwise log-likelihood and
+the predictive means come from the model traced once per posterior draw on all rows
+(``subsample=False``): a loop over draws after sampling, not in any hot path.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
+from pyro.infer import Predictive
 from torch import Tensor
 
 OBSERVED_SITE = "obs"
@@ -47,19 +49,21 @@ def pointwise_predictive(
     first = next(iter(samples.values()))
     chains, draws = first.shape[:2]
     flat = {k: v.reshape(chains * draws, *v.shape[2:]) for k, v in samples.items()}
-    predictions, means, log_liks = [], [], []
+    predicted = Predictive(model, posterior_samples=flat, return_sites=[site])(
+        X, None, subsample=False
+    )[site]
+    means, log_liks = [], []
     for i in range(chains * draws):
         values = {k: v[i] for k, v in flat.items()}
         trace = poutine.trace(poutine.condition(model, data=values)).get_trace(
             X, None, subsample=False
         )
         fn = trace.nodes[site]["fn"]
-        predictions.append(trace.nodes[site]["value"])
         means.append(fn.probs if isinstance(fn, dist.Categorical) else fn.mean)
         if y is not None:
             log_liks.append(fn.log_prob(y))
     out = {
-        "prediction": torch.stack(predictions).reshape(chains, draws, -1),
+        "prediction": predicted.reshape(chains, draws, -1),
         "mean": torch.stack(means).reshape(chains, draws, *means[0].shape),
     }
     if y is not None:
