@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import pyro.poutine as poutine
 import torch
+from pyro.distributions import constraints
 from pyro.distributions.transforms import biject_to
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
@@ -73,6 +74,11 @@ class Potential:
             raise ValueError(f"SG-MCMC needs continuous latents; {discrete} are discrete")
         self.names = list(latents)
         self.transforms = {n: biject_to(s["fn"].support).inv for n, s in latents.items()}
+        # real-valued sites need neither a transform nor a Jacobian in the hot path
+        self.unconstrained = {n for n, s in latents.items()
+                              if s["fn"].support in (constraints.real, constraints.real_vector)
+                              or getattr(s["fn"].support, "base_constraint", None)
+                              is constraints.real}
         self.shapes = {n: s["value"].shape for n, s in latents.items()}
         self.plates = subsampled_plates(trace)
 
@@ -88,6 +94,9 @@ class Potential:
     def __call__(self, unconstrained: dict[str, Tensor]) -> Tensor:
         constrained, log_det = {}, 0.0
         for name, value in unconstrained.items():
+            if name in self.unconstrained:
+                constrained[name] = value
+                continue
             to_support = self.transforms[name].inv
             constrained[name] = to_support(value)
             log_det = log_det + to_support.log_abs_det_jacobian(value, constrained[name]).sum()
