@@ -81,10 +81,12 @@ def _fit_vae(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "checkpoint.pt"
+    resumed = checkpoint.exists() and not args.fresh
     started = time.perf_counter()
     vi.fit(
         train, epochs=args.epochs, batch_size=args.batch_size, valid=valid,
-        patience=args.patience, checkpoint=out / "checkpoint.pt", seed=args.seed,
+        patience=args.patience, checkpoint=checkpoint, resume=not args.fresh, seed=args.seed,
         progress=not args.quiet,
     )
     train_seconds = time.perf_counter() - started
@@ -123,7 +125,9 @@ def _fit_vae(args: argparse.Namespace) -> int:
         f"test log p(x) = {metrics['test_log_likelihood']:.3f} nats "
         f"(S={args.eval_samples}, {metrics['test_points']} points); rate "
         f"{metrics['rate']:.2f}, distortion {metrics['distortion']:.2f} nats; "
-        f"trained {metrics['epochs']} epochs in {train_seconds:.1f} s"
+        f"{metrics['epochs']} epochs"
+        + (f" (resumed from {checkpoint}; --fresh starts over)" if resumed
+           else f" trained in {train_seconds:.1f} s")
     )
     print(f"report: {path.resolve()}")
     return 0
@@ -273,6 +277,8 @@ def _vae_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/vae")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--fresh", action="store_true",
+                        help="ignore a checkpoint in --out instead of resuming from it")
     parser.set_defaults(func=_fit_vae, **defaults)
 
 

@@ -193,6 +193,7 @@ def fit(
         leave=False,
         dynamic_ncols=True,
     )
+    shown: dict[str, str] = {}  # the progress bar's postfix: latest step and validation values
     try:
         for epoch in range(start_epoch, epochs):
             if history.stopped_early:
@@ -208,7 +209,8 @@ def fit(
                 for name, value in metrics.items():
                     sums[name] = sums.get(name, 0.0) + value
                 bar.update()
-                bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
+                shown.update({k: f"{v:.4g}" for k, v in metrics.items()})
+                bar.set_postfix(shown, refresh=False)
             record = {"epoch": epoch + 1, "seconds": time.perf_counter() - started}
             record.update({f"train_{k}": v / steps_per_epoch for k, v in sums.items()})
             if valid is not None and (epoch + 1) % valid_every == 0:
@@ -225,7 +227,8 @@ def fit(
                     stopping["bad"] += 1
                     if patience is not None and stopping["bad"] >= patience:
                         history.stopped_early = True
-                bar.set_postfix({monitor: f"{valid_metrics[monitor]:.4g}"}, refresh=True)
+                shown[monitor] = f"{valid_metrics[monitor]:.4g}"
+                bar.set_postfix(shown, refresh=True)
             history.log_epoch(record)
             if checkpoint is not None and (
                 (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or history.stopped_early
