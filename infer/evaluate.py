@@ -35,7 +35,7 @@ def log_likelihood(
     return_stderr: bool = False,
     progress: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Importance-sampled ``log p(x)`` of each row of ``x`` (Burda et al. 2016, eq. 8).
+    """Importance-sampled ``log p(x)`` of each row of ``x`` (Burda et al. 2016).
 
     ``log p̂(x) = log (1/S) Σ_s p(x, z_s) / q(z_s | x)`` with ``z_s ~ q(z | x)``. The
     estimate is a stochastic lower bound whose expectation rises to ``log p(x)`` as

@@ -1,14 +1,14 @@
-"""Amortized variational inference: ELBO, β-ELBO and IWAE.
+"""Amortized variational inference: ELBO, β-ELBO, IWAE and the multi-rate objective.
 
 Objectives, per data point ``x`` with ``K`` particles ``z_k ~ q(z | x)`` and
 ``log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x)``:
 
-* ``"elbo"``  (Kingma & Welling 2014, eq. 3): ``mean_k log w_k``.
-* ``"beta"``  (Higgins et al. 2017, eq. 4):
+* ``"elbo"``  (Kingma & Welling 2014): ``mean_k log w_k``.
+* ``"beta"``  (Higgins et al. 2017):
   ``mean_k [log p(x | z_k) + β (log p(z_k) - log q(z_k | x))]``, i.e. the expected
   log-likelihood minus β times the (Monte Carlo) KL.
-* ``"iwae"``  (Burda et al. 2016, eq. 8): ``log (1/K) Σ_k w_k``.
-* ``"multi_rate"`` (Bae et al. 2023, eq. 9): the β objective with one β per data point
+* ``"iwae"``  (Burda et al. 2016): ``log (1/K) Σ_k w_k``.
+* ``"multi_rate"`` (Bae et al. 2023): the β objective with one β per data point
   drawn log-uniformly on ``beta_range`` at every step, given to the model and guide as
   ``beta=`` so that their gated networks learn the response β ↦ optimal parameters.
 

@@ -1,10 +1,10 @@
-"""β-gated layers of the Multi-Rate VAE (Bae et al., ICLR 2023, section 3.2).
+"""β-gated layers of the Multi-Rate VAE (Bae et al., ICLR 2023).
 
 Each linear layer's pre-activations are multiplied, unit by unit, by
 ``gate(w * u + b)``, where ``u`` is the standardized ``log β`` and ``(w, b)`` are two
 parameters per unit. The encoder gate is the sigmoid; the decoder gate is
 ``sqrt(relu(1 - exp(x)))``, the form of the linear β-VAE's optimal decoder scales
-``sqrt(1 - β σ² / λ)`` (section 4 of the paper; ``log β`` enters linearly).
+``sqrt(1 - β σ² / λ)`` (the paper's linear analysis; ``log β`` enters linearly).
 
 The decoder's output layer is left ungated. A sqrt-ReLU gate that reaches zero has zero
 gradient, so a gated output unit that switches off early in training stays off: its

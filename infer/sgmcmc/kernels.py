@@ -13,7 +13,7 @@ the unconstrained space of the model's latent sites, with the minibatch potentia
   is dropped, as the paper does in its experiments: ``G`` changes slowly when ``α`` is
   close to 1, and ``Γ`` costs a second derivative per step. This leaves a bias of order
   ``(1 - α)`` that the tests on Gaussian targets bound.
-* :class:`SGHMC` (Chen et al. 2014, eqs. 9 and 15 with ``β̂ = 0``): the Euler step ``h``
+* :class:`SGHMC` (Chen et al. 2014, eq. 15 with ``β̂ = 0``): the Euler step ``h``
   of ``dθ = v dt``, ``dv = -∇U dt - α v dt + sqrt(2 α T) dW``, whose stationary law is
   ``exp(-U/T)``: ``v ← v - h ∇U(θ) - h α v + N(0, 2 α h T)``, ``θ ← θ + h v``. Here
   ``step_size`` is the time step ``h`` (Chen et al.'s ``η = h²``) and ``friction`` the

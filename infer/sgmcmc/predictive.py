@@ -88,7 +88,7 @@ def regression_metrics(predictive: dict[str, Tensor], y: Tensor) -> dict[str, fl
 
 def classification_metrics(predictive: dict[str, Tensor], y: Tensor,
                            num_bins: int = 10) -> dict[str, float]:
-    """Accuracy, NLL and expected calibration error (Guo et al. 2017, eq. 3) of the
+    """Accuracy, NLL and expected calibration error (Guo et al. 2017) of the
     posterior predictive class probabilities."""
     probs = predictive["mean"]
     probs = probs.reshape(-1, *probs.shape[2:]).mean(0)  # [N, classes]

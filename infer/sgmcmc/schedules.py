@@ -39,7 +39,7 @@ class ConstantSchedule(Schedule):
 
 
 class PolynomialDecay(Schedule):
-    """``ε_t = a (b + t)^(-γ)`` (Welling & Teh 2011, section 3), ``γ ∈ (0.5, 1]`` for
+    """``ε_t = a (b + t)^(-γ)`` (Welling & Teh 2011), ``γ ∈ (0.5, 1]`` for
     the Robbins-Monro conditions."""
 
     def __init__(self, a: float, b: float = 1.0, gamma: float = 0.55) -> None:

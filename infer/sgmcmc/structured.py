@@ -2,10 +2,10 @@
 
 The latent variables are split into groups. The update of group ``g`` uses the
 gradient of the potential at a *composite* state: group ``g`` at its current value and
-every other group replaced by a draw from a buffer of earlier chain states (section 3,
-eq. 6). The chain then targets the closest factorized approximation
-``Π_g q_g(θ_g)``, trading exactness for faster mixing across groups. In the dropout
-variant (section 3.2) each other group is replaced only with probability ``p``, and the
+every other group replaced by a draw from a buffer of earlier chain states. The chain
+then targets the closest factorized approximation ``Π_g q_g(θ_g)``, trading exactness
+for faster mixing across groups. In the dropout variant each other group is replaced
+only with probability ``p``, and the
 gradient is averaged over ``num_composites`` such composites.
 
 With a single group the composite is the current state, and the kernel takes exactly
