@@ -3,13 +3,18 @@
 from .bnn import BayesianLogisticRegression, BayesianMLP
 from .nn import mlp
 from .plates import data_plate
+from .ssm import LinearGaussianSSM, SimulatedPath, StateSpaceModel, StochasticVolatility
 from .vae import VAE, LinearGaussianVAE
 
 __all__ = [
     "VAE",
     "BayesianLogisticRegression",
     "BayesianMLP",
+    "LinearGaussianSSM",
     "LinearGaussianVAE",
+    "SimulatedPath",
+    "StateSpaceModel",
+    "StochasticVolatility",
     "data_plate",
     "mlp",
 ]

@@ -10,6 +10,9 @@ MODULES = [
     "posterity.infer.evaluate",
     "posterity.models.vae",
     "posterity.guides.encoders",
+    "posterity.infer.sgmcmc.kernels",
+    "posterity.infer.sgmcmc.structured",
+    "posterity.infer.smc.filter",
 ]
 
 

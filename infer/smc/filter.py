@@ -1,0 +1,188 @@
+"""The particle filter (Gordon, Salmond & Smith 1993), with adaptive resampling.
+
+At each step ``t`` particles move through the proposal (by default the transition:
+the bootstrap filter), are weighted by
+``w_t = g_t(y_t | x_t) f_t(x_t | x_{t-1}) / q_t(x_t | x_{t-1})``, and are resampled
+when the effective sample size falls below ``ess_threshold * N``. The evidence
+estimate ``Ẑ = Π_t Σ_i W_{t-1}^i w_t^i`` is unbiased (Del Moral 2004) and is kept in
+log space. Everything is vectorized over particles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from posterity.models.ssm import StateSpaceModel
+
+from ..validation import check_int
+from .resampling import resampler
+
+
+@dataclass
+class FilterResult:
+    """What a run of :class:`ParticleFilter` returns.
+
+    Attributes:
+        log_evidence: ``log Ẑ``, the log of an unbiased estimate of ``p(y_{0:T-1})``.
+        filter_mean: ``E[x_t | y_{0:t}]`` estimates, ``[T, state_dim]``.
+        filter_var: the matching marginal variances, ``[T, state_dim]``.
+        ess: the effective sample size after weighting, ``[T]``.
+        resampled: whether the step resampled before moving, ``[T]``.
+        particles, log_weights: the final cloud ``[N, state_dim]`` and its normalized
+            log weights ``[N]``.
+        history: with ``keep_history=True``: ``particles`` ``[T, N, d]``,
+            ``log_weights`` ``[T, N]`` and ``ancestors`` ``[T, N]`` (``ancestors[t]``
+            indexes the particles of step ``t - 1``).
+    """
+
+    log_evidence: Tensor
+    filter_mean: Tensor
+    filter_var: Tensor
+    ess: Tensor
+    resampled: Tensor
+    particles: Tensor
+    log_weights: Tensor
+    history: dict[str, Tensor] = field(default_factory=dict)
+
+    def to_inference_data(self):
+        """ESS history, filtering moments and the log-evidence as ``InferenceData``."""
+        import arviz as az
+        import numpy as np
+
+        T = self.filter_mean.shape[0]
+        return az.InferenceData(
+            filter=__import__("xarray").Dataset(
+                {
+                    "filter_mean": (("time", "state_dim"), self.filter_mean.cpu().numpy()),
+                    "filter_var": (("time", "state_dim"), self.filter_var.cpu().numpy()),
+                    "ess": ("time", self.ess.cpu().numpy()),
+                    "resampled": ("time", self.resampled.cpu().numpy().astype(np.int8)),
+                },
+                coords={"time": np.arange(T)},
+                attrs={"log_evidence": float(self.log_evidence)},
+            )
+        )
+
+
+class ParticleFilter:
+    """Bootstrap (or guided) particle filter for a :class:`StateSpaceModel`.
+
+    Args:
+        ssm: the model.
+        num_particles: ``N >= 2``.
+        resampling: ``"systematic"`` (default), ``"stratified"``, ``"multinomial"`` or
+            ``"residual"``.
+        ess_threshold: resample when ``ESS < ess_threshold * N`` (1 resamples every step).
+        proposal: ``proposal(x_prev, t, y_t) -> distribution`` over ``x_t`` (and
+            ``proposal(None, 0, y_0)`` at ``t = 0``); default: the model's own laws.
+        missing: treat NaN in ``ys`` as missing observations (weight 1).
+        keep_history: keep every step's particles, weights and ancestors.
+        progress: show a ``tqdm`` bar over time steps.
+
+    Example:
+        >>> from posterity.models import StochasticVolatility
+        >>> ssm = StochasticVolatility()
+        >>> ys = ssm.simulate(T=50).observations
+        >>> result = ParticleFilter(ssm, num_particles=200, progress=False).run(ys)
+        >>> result.filter_mean.shape
+        torch.Size([50, 1])
+    """
+
+    def __init__(
+        self,
+        ssm: StateSpaceModel,
+        num_particles: int = 1000,
+        resampling: str = "systematic",
+        ess_threshold: float = 0.5,
+        proposal: Callable[[Tensor | None, int, Tensor], Any] | None = None,
+        missing: bool = False,
+        keep_history: bool = False,
+        progress: bool = True,
+    ) -> None:
+        if not isinstance(ssm, StateSpaceModel):
+            raise TypeError(f"ssm must be a StateSpaceModel, got {type(ssm).__name__}")
+        self.ssm = ssm
+        self.num_particles = check_int("num_particles", num_particles, 2)
+        self.resample = resampler(resampling)
+        if not 0 <= ess_threshold <= 1:
+            raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+        self.ess_threshold = float(ess_threshold)
+        self.proposal, self.missing = proposal, bool(missing)
+        self.keep_history, self.progress = keep_history, progress
+
+    def _move(self, x_prev: Tensor | None, t: int, y: Tensor) -> tuple[Tensor, Tensor]:
+        """New particles and their incremental log weights."""
+        prior = self.ssm.initial() if x_prev is None else self.ssm.transition(x_prev, t)
+        shape = (self.num_particles,) if x_prev is None else ()
+        if self.proposal is None:
+            x = prior.sample(shape)
+            log_weight = x.new_zeros(x.shape[0])
+        else:
+            q = self.proposal(x_prev, t, y)
+            x = q.sample(shape)
+            log_weight = prior.log_prob(x) - q.log_prob(x)
+        if not (self.missing and torch.isnan(y).any()):
+            log_weight = log_weight + self.ssm.emission(x, t).log_prob(y)
+        return x, log_weight
+
+    @torch.no_grad()
+    def run(self, ys: Tensor) -> FilterResult:
+        """Filter ``ys`` (``[T, obs_dim]``)."""
+        ys = self.ssm.check_observations(ys, allow_missing=self.missing)
+        T, N = ys.shape[0], self.num_particles
+        log_evidence = ys.new_zeros(())
+        means, variances, ess, resampled = [], [], [], []
+        history: dict[str, list[Tensor]] = {"particles": [], "log_weights": [], "ancestors": []}
+        log_w = x = None
+        for t in tqdm(range(T), disable=not self.progress, desc="ParticleFilter", leave=False):
+            ancestors = None
+            if t > 0:
+                weights = log_w.exp()
+                if 1.0 / weights.pow(2).sum() < self.ess_threshold * N:
+                    ancestors = self.resample(weights)
+                    x, log_w = x[ancestors], log_w.new_full((N,), -math.log(N))
+                    resampled.append(True)
+                else:
+                    resampled.append(False)
+            else:
+                resampled.append(False)
+            x, increment = self._move(x, t, ys[t])
+            prior_log_w = log_w if log_w is not None else ys.new_full((N,), -math.log(N))
+            unnormalized = prior_log_w + increment
+            step_log_evidence = torch.logsumexp(unnormalized, 0)
+            if not torch.isfinite(step_log_evidence):
+                raise FloatingPointError(
+                    f"all particle weights vanished at time step {t}; use more particles "
+                    "or a better proposal"
+                )
+            log_evidence = log_evidence + step_log_evidence
+            log_w = unnormalized - step_log_evidence
+            weights = log_w.exp()
+            mean = weights @ x
+            means.append(mean)
+            variances.append(weights @ (x - mean).pow(2))
+            ess.append(1.0 / weights.pow(2).sum())
+            if self.keep_history:
+                history["particles"].append(x)
+                history["log_weights"].append(log_w)
+                history["ancestors"].append(
+                    ancestors if ancestors is not None
+                    else torch.arange(N, device=x.device)
+                )
+        return FilterResult(
+            log_evidence=log_evidence,
+            filter_mean=torch.stack(means),
+            filter_var=torch.stack(variances),
+            ess=torch.stack(ess),
+            resampled=torch.tensor(resampled),
+            particles=x,
+            log_weights=log_w,
+            history={k: torch.stack(v) for k, v in history.items()} if self.keep_history else {},
+        )

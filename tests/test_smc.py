@@ -1,0 +1,173 @@
+"""State-space models and the particle filter, against exact Kalman answers.
+
+The Kalman filter and RTS smoother are themselves checked against the joint Gaussian of
+all states and observations. Particle-filter tolerances come from the spread of
+independent replicate filters (their Monte Carlo error).
+"""
+
+import math
+
+import pyro
+import pytest
+import torch
+
+from posterity.infer.smc import ParticleFilter, multinomial, residual, stratified, systematic
+from posterity.models import LinearGaussianSSM, StochasticVolatility
+
+
+def lgssm(dim: int) -> LinearGaussianSSM:
+    torch.manual_seed(dim)
+    if dim == 1:
+        return LinearGaussianSSM(1, 1, A=0.9, Q=0.5, C=1.0, R=1.0)
+    return LinearGaussianSSM(dim, 2, A=0.8, Q=0.3, C=torch.randn(2, dim), R=0.5)
+
+
+def joint_gaussian(ssm: LinearGaussianSSM, T: int):
+    """Mean and covariance of (x_0..x_{T-1}) and the observation map, by brute force."""
+    d, A = ssm.state_dim, ssm.A
+    marginal = [ssm.P0]
+    for _ in range(1, T):
+        marginal.append(A @ marginal[-1] @ A.T + ssm.Q)
+    cov = torch.zeros(T * d, T * d)
+    for s in range(T):
+        for t in range(s, T):
+            block = torch.linalg.matrix_power(A, t - s) @ marginal[s]
+            cov[t * d:(t + 1) * d, s * d:(s + 1) * d] = block
+            cov[s * d:(s + 1) * d, t * d:(t + 1) * d] = block.T
+    mean = torch.cat([torch.linalg.matrix_power(A, t) @ ssm.m0 for t in range(T)])
+    return mean, cov, torch.block_diag(*[ssm.C] * T), torch.block_diag(*[ssm.R] * T)
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+@torch.no_grad()
+def test_kalman_and_rts_equal_the_joint_gaussian(dim):
+    ssm, T = lgssm(dim), 6
+    ys = ssm.simulate(T).observations
+    mean, cov, C, R = joint_gaussian(ssm, T)
+    y_cov = C @ cov @ C.T + R
+    exact = torch.distributions.MultivariateNormal(C @ mean, y_cov).log_prob(ys.reshape(-1))
+    torch.testing.assert_close(ssm.kalman_filter(ys)["log_likelihood"], exact)
+    gain = cov @ C.T @ torch.linalg.inv(y_cov)
+    post_mean = mean + gain @ (ys.reshape(-1) - C @ mean)
+    post_cov = cov - gain @ C @ cov
+    smoothed = ssm.rts_smoother(ys)
+    d = dim
+    torch.testing.assert_close(smoothed["mean"].reshape(-1), post_mean, atol=1e-5, rtol=1e-5)
+    for t in range(T):
+        block = slice(t * d, (t + 1) * d)
+        torch.testing.assert_close(smoothed["cov"][t], post_cov[block, block],
+                                   atol=1e-5, rtol=1e-5)
+        if t:
+            previous = slice((t - 1) * d, t * d)
+            torch.testing.assert_close(smoothed["cross_cov"][t], post_cov[block, previous],
+                                       atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+@torch.no_grad()
+def test_evidence_ratio_has_mean_one(dim):
+    ssm = lgssm(dim)
+    pyro.set_rng_seed(0)
+    ys = ssm.simulate(30).observations
+    log_z = ssm.kalman_filter(ys)["log_likelihood"]
+    ratios = torch.stack([
+        (ParticleFilter(ssm, 100, progress=False).run(ys).log_evidence - log_z).exp()
+        for _ in range(300)
+    ])
+    stderr = ratios.std() / math.sqrt(len(ratios))
+    assert abs(ratios.mean() - 1) < 4 * stderr, (ratios.mean(), stderr)
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+@pytest.mark.parametrize("scheme", ["systematic", "stratified", "multinomial", "residual"])
+@torch.no_grad()
+def test_filtering_means_match_kalman(dim, scheme):
+    ssm = lgssm(dim)
+    pyro.set_rng_seed(1)
+    ys = ssm.simulate(30).observations
+    exact = ssm.kalman_filter(ys)["mean"]
+    runs = torch.stack([
+        ParticleFilter(ssm, 1000, resampling=scheme, progress=False).run(ys).filter_mean
+        for _ in range(20)
+    ])
+    stderr = runs.std(0) / math.sqrt(runs.shape[0])
+    # 5 standard errors: a Bonferroni bound over the 30 x dim comparisons
+    assert ((runs.mean(0) - exact).abs() < 5 * stderr).all()
+
+
+@pytest.mark.parametrize("scheme", [multinomial, stratified, systematic, residual])
+def test_resampling_is_unbiased(scheme):
+    weights = torch.tensor([0.05, 0.4, 0.15, 0.3, 0.1])
+    pyro.set_rng_seed(2)
+    counts = torch.stack([torch.bincount(scheme(weights), minlength=5) for _ in range(4000)])
+    counts = counts.float()
+    expected = 5 * weights
+    stderr = counts.std(0) / math.sqrt(len(counts))
+    assert ((counts.mean(0) - expected).abs() <= 4 * stderr + 1e-6).all()
+    assert (counts.sum(1) == 5).all()
+
+
+@torch.no_grad()
+def test_missing_observations_only_when_asked():
+    ssm = StochasticVolatility()
+    ys = ssm.simulate(20).observations
+    ys[5] = float("nan")
+    with pytest.raises(ValueError, match="pass missing=True"):
+        ParticleFilter(ssm, 50, progress=False).run(ys)
+    result = ParticleFilter(ssm, 50, missing=True, progress=False).run(ys)
+    assert torch.isfinite(result.log_evidence)
+
+
+@torch.no_grad()
+def test_missing_observation_is_skipped_exactly():
+    ssm = lgssm(1)
+    pyro.set_rng_seed(3)
+    ys = ssm.simulate(10).observations
+    gappy = ys.clone()
+    gappy[4] = float("nan")
+    # with no observation at t = 4, filtering there is prediction: A times the Kalman
+    # filtering mean at t = 3
+    runs = torch.stack([
+        ParticleFilter(ssm, 2000, missing=True, progress=False).run(gappy).filter_mean[4]
+        for _ in range(20)
+    ])
+    exact = ssm.kalman_filter(ys[:4])["mean"][-1] @ ssm.A.T  # predicted mean at t = 4
+    assert (runs.mean(0) - exact).abs().max() < 5 * runs.std(0).max() / math.sqrt(20)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_particles": 1}, "num_particles must be >= 2"),
+    ({"resampling": "fancy"}, "resampling must be one of"),
+    ({"ess_threshold": 1.5}, "ess_threshold must be in"),
+])
+def test_bad_filter_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ParticleFilter(StochasticVolatility(), **kwargs)
+
+
+def test_observations_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"ys must have shape \[T, 2\]"):
+        ParticleFilter(lgssm(3), 10, progress=False).run(torch.randn(5, 3))
+
+
+def test_filter_result_converts_to_inference_data():
+    ssm = StochasticVolatility()
+    result = ParticleFilter(ssm, 100, progress=False).run(ssm.simulate(25).observations)
+    idata = result.to_inference_data()
+    assert idata.filter["ess"].shape == (25,)
+    assert idata.filter.attrs["log_evidence"] == pytest.approx(float(result.log_evidence))
+
+
+def test_pyro_program_matches_the_protocol():
+    ssm = lgssm(3)
+    ys = ssm.simulate(4).observations
+    trace = pyro.poutine.trace(ssm).get_trace(ys)
+    assert [n for n in trace.nodes if n.startswith("x_")] == ["x_0", "x_1", "x_2", "x_3"]
+    assert trace.nodes["y_2"]["is_observed"]
+
+
+def test_cuda_particle_filter(cuda):
+    ssm = StochasticVolatility().to(cuda)
+    ys = ssm.simulate(30).observations
+    result = ParticleFilter(ssm, 500, progress=False).run(ys)
+    assert result.filter_mean.device.type == "cuda"
