@@ -1,7 +1,26 @@
-"""posterity.infer.smc: particle filtering (smoothing and learning are under way)."""
+"""posterity.infer.smc: particle filtering, PaRIS, particle Gibbs and PPG."""
 
-from .filter import FilterResult, ParticleFilter
+from .backward import exact_backward, rejection_backward
+from .csmc import ParticleGibbs, ParticleGibbsResult
+from .filter import FilterResult, FilterStep, ParticleFilter
+from .paris import PaRIS, SmoothingResult
+from .ppg import PPG, PPGResult
 from .resampling import multinomial, residual, stratified, systematic
 
-__all__ = ["FilterResult", "ParticleFilter", "multinomial", "residual", "stratified",
-           "systematic"]
+__all__ = [
+    "PPG",
+    "FilterResult",
+    "FilterStep",
+    "PPGResult",
+    "PaRIS",
+    "ParticleFilter",
+    "ParticleGibbs",
+    "ParticleGibbsResult",
+    "SmoothingResult",
+    "exact_backward",
+    "multinomial",
+    "rejection_backward",
+    "residual",
+    "stratified",
+    "systematic",
+]

@@ -11,9 +11,9 @@ log space. Everything is vectorized over particles.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -23,6 +23,25 @@ from posterity.models.ssm import StateSpaceModel
 
 from ..validation import check_int
 from .resampling import resampler
+
+
+class FilterStep(NamedTuple):
+    """One step of the filter.
+
+    ``previous`` and ``previous_log_weights`` are the cloud of step ``t - 1`` with its
+    filtering weights, before any resampling (what backward kernels need);
+    ``particles`` and ``log_weights`` are step ``t``'s cloud; ``ancestors`` are the
+    resampled indices used to move (``None`` when the step did not resample).
+    """
+
+    t: int
+    y: Tensor
+    previous: Tensor | None
+    previous_log_weights: Tensor | None
+    particles: Tensor
+    log_weights: Tensor
+    ancestors: Tensor | None
+    log_evidence: Tensor
 
 
 @dataclass
@@ -132,49 +151,50 @@ class ParticleFilter:
             log_weight = log_weight + self.ssm.emission(x, t).log_prob(y)
         return x, log_weight
 
-    @torch.no_grad()
-    def run(self, ys: Tensor) -> FilterResult:
-        """Filter ``ys`` (``[T, obs_dim]``)."""
+    def steps(self, ys: Tensor) -> Iterator[FilterStep]:
+        """Filter ``ys`` one step at a time (the loop every SMC engine shares)."""
         ys = self.ssm.check_observations(ys, allow_missing=self.missing)
         T, N = ys.shape[0], self.num_particles
-        log_evidence = ys.new_zeros(())
-        means, variances, ess, resampled = [], [], [], []
-        history: dict[str, list[Tensor]] = {"particles": [], "log_weights": [], "ancestors": []}
-        log_w = x = None
-        for t in tqdm(range(T), disable=not self.progress, desc="ParticleFilter", leave=False):
-            ancestors = None
-            if t > 0:
-                weights = log_w.exp()
-                if 1.0 / weights.pow(2).sum() < self.ess_threshold * N:
-                    ancestors = self.resample(weights)
-                    x, log_w = x[ancestors], log_w.new_full((N,), -math.log(N))
-                    resampled.append(True)
-                else:
-                    resampled.append(False)
-            else:
-                resampled.append(False)
+        uniform = ys.new_full((N,), -math.log(N))
+        x = log_w = None
+        for t in tqdm(range(T), disable=not self.progress, desc=type(self).__name__,
+                      leave=False):
+            x_prev, log_w_prev, ancestors = x, log_w, None
+            if t > 0 and 1.0 / log_w.exp().pow(2).sum() < self.ess_threshold * N:
+                ancestors = self.resample(log_w.exp())
+                x, log_w = x[ancestors], uniform
             x, increment = self._move(x, t, ys[t])
-            prior_log_w = log_w if log_w is not None else ys.new_full((N,), -math.log(N))
-            unnormalized = prior_log_w + increment
+            unnormalized = (uniform if log_w is None else log_w) + increment
             step_log_evidence = torch.logsumexp(unnormalized, 0)
             if not torch.isfinite(step_log_evidence):
                 raise FloatingPointError(
                     f"all particle weights vanished at time step {t}; use more particles "
                     "or a better proposal"
                 )
-            log_evidence = log_evidence + step_log_evidence
             log_w = unnormalized - step_log_evidence
-            weights = log_w.exp()
-            mean = weights @ x
+            yield FilterStep(t, ys[t], x_prev, log_w_prev, x, log_w, ancestors,
+                             step_log_evidence)
+
+    @torch.no_grad()
+    def run(self, ys: Tensor) -> FilterResult:
+        """Filter ``ys`` (``[T, obs_dim]``)."""
+        log_evidence = 0.0
+        means, variances, ess, resampled = [], [], [], []
+        history: dict[str, list[Tensor]] = {"particles": [], "log_weights": [], "ancestors": []}
+        for step in self.steps(ys):
+            log_evidence = log_evidence + step.log_evidence
+            weights = step.log_weights.exp()
+            mean = weights @ step.particles
             means.append(mean)
-            variances.append(weights @ (x - mean).pow(2))
+            variances.append(weights @ (step.particles - mean).pow(2))
             ess.append(1.0 / weights.pow(2).sum())
+            resampled.append(step.ancestors is not None)
             if self.keep_history:
-                history["particles"].append(x)
-                history["log_weights"].append(log_w)
+                history["particles"].append(step.particles)
+                history["log_weights"].append(step.log_weights)
                 history["ancestors"].append(
-                    ancestors if ancestors is not None
-                    else torch.arange(N, device=x.device)
+                    step.ancestors if step.ancestors is not None
+                    else torch.arange(self.num_particles, device=step.particles.device)
                 )
         return FilterResult(
             log_evidence=log_evidence,
@@ -182,7 +202,7 @@ class ParticleFilter:
             filter_var=torch.stack(variances),
             ess=torch.stack(ess),
             resampled=torch.tensor(resampled),
-            particles=x,
-            log_weights=log_w,
+            particles=step.particles,
+            log_weights=step.log_weights,
             history={k: torch.stack(v) for k, v in history.items()} if self.keep_history else {},
         )
