@@ -307,3 +307,56 @@ def test_ppg_removes_the_bias_that_averaging_paris_keeps():
 def test_bad_smoother_arguments(make, message):
     with pytest.raises(ValueError, match=message):
         make(StochasticVolatility())
+
+
+# --- learning -----------------------------------------------------------------------------
+from posterity.infer.smc import ScoreAscent  # noqa: E402
+
+
+@pytest.mark.parametrize("estimator", ["paris", "ppg"])
+def test_score_matches_autograd_of_the_kalman_likelihood(estimator):
+    ssm = lgssm(1)
+    pyro.set_rng_seed(10)
+    with torch.no_grad():
+        ys = ssm.simulate(30).observations
+    params = dict(ssm.named_parameters())
+    exact = torch.autograd.grad(ssm.kalman_filter(ys)["log_likelihood"], list(params.values()))
+    estimates = []
+    for _ in range(10):  # independent estimates (PPG: independent chains after burn-in)
+        learner = ScoreAscent(ssm, estimator=estimator, num_particles=300, progress=False)
+        if estimator == "ppg":
+            for _ in range(3):
+                with torch.no_grad():
+                    learner.objective(ys)
+        estimates.append(learner.score(ys))
+    for (name, _), truth in zip(params.items(), exact):
+        draws = torch.stack([e[name].flatten() for e in estimates])
+        stderr = draws.std(0) / math.sqrt(len(draws))
+        assert ((draws.mean(0) - truth.flatten()).abs() < 5 * stderr + 1e-4).all(), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["paris", "ppg"])
+def test_score_ascent_recovers_the_kalman_mle(estimator):
+    torch.manual_seed(11)
+    truth = LinearGaussianSSM(1, 1, A=0.7, Q=0.5, C=1.0, R=0.5)
+    with torch.no_grad():
+        ys = truth.simulate(100).observations
+    # exact MLE of A, the others held at their true values: a 1-D search on Kalman
+    grid = torch.linspace(0.3, 0.99, 691)
+    values = []
+    with torch.no_grad():
+        for a in grid:
+            truth.A.fill_(float(a))
+            values.append(float(truth.kalman_filter(ys)["log_likelihood"]))
+    mle = float(grid[int(torch.tensor(values).argmax())])
+    ssm = LinearGaussianSSM(1, 1, A=0.3, Q=0.5, C=1.0, R=0.5)
+    for name, p in ssm.named_parameters():
+        p.requires_grad_(name == "A")
+    pyro.set_rng_seed(12)
+    result = ScoreAscent(ssm, estimator=estimator, num_particles=100, lr=0.01,
+                         progress=False).fit(ys, num_steps=300)
+    tail = result.history["A"][150:, 0]
+    # the iterates fluctuate around the MLE: their mean within 4 stationary sds (plus the
+    # grid's resolution)
+    assert abs(float(tail.mean()) - mle) < 4 * float(tail.std()) + 1e-3, (tail.mean(), mle)
