@@ -29,6 +29,7 @@ from .backward import backward_sampler
 from .csmc import ParticleGibbs, conditional_steps
 from .filter import FilterStep, ParticleFilter
 from .paris import paris_update
+from .ppg import path_through_backward_indices
 
 
 def complete_data_log_density(ssm: StateSpaceModel):
@@ -135,14 +136,8 @@ class ScoreAscent:
         steps = conditional_steps(self.ssm, ys, self.reference, self.num_particles)
         value, particles, indices, weights = smoothed_objective(
             steps, self.h, self.backward, self.num_backward)
-        with torch.no_grad():  # the next reference path, through the backward indices
-            index = torch.multinomial(weights, 1)
-            path = [particles[-1][index]]
-            for t in range(len(particles) - 1, 0, -1):
-                choice = torch.randint(self.num_backward, (1,), device=weights.device)
-                index = indices[t][index, choice]
-                path.insert(0, particles[t - 1][index])
-            self.reference = torch.cat(path)
+        with torch.no_grad():
+            self.reference = path_through_backward_indices(particles, indices, weights)
         return value
 
     def score(self, ys: Tensor) -> dict[str, Tensor]:

@@ -26,6 +26,20 @@ from .csmc import ParticleGibbs, conditional_steps
 from .paris import AdditiveFunctional, paris_update
 
 
+def path_through_backward_indices(particles: list[Tensor], indices: list[Tensor | None],
+                                  weights: Tensor) -> Tensor:
+    """PPG's next reference path ``[T, d]``: an index at ``T - 1`` drawn from
+    ``weights``, then at each earlier step one of that particle's ``Ñ`` backward indices
+    (``indices[t]`` is ``[N, Ñ]``) uniformly."""
+    index = torch.multinomial(weights, 1)
+    path = [particles[-1][index]]
+    for t in range(len(particles) - 1, 0, -1):
+        choice = torch.randint(indices[t].shape[1], (1,), device=weights.device)
+        index = indices[t][index, choice]
+        path.insert(0, particles[t - 1][index])
+    return torch.cat(path)
+
+
 @dataclass
 class PPGResult:
     """``estimate`` ``[k]`` (the average over iterations after burn-in), the
@@ -77,13 +91,7 @@ class PPG:
             particles.append(step.particles)
             indices.append(backward)
         weights = step.log_weights.exp()
-        index = torch.multinomial(weights, 1)
-        path = [particles[-1][index]]
-        for t in range(len(particles) - 1, 0, -1):
-            choice = torch.randint(self.num_backward, (1,), device=weights.device)
-            index = indices[t][index, choice]
-            path.insert(0, particles[t - 1][index])
-        return weights @ statistics, torch.cat(path)
+        return weights @ statistics, path_through_backward_indices(particles, indices, weights)
 
     @torch.no_grad()
     def run(self, ys: Tensor, reference: Tensor | None = None) -> PPGResult:
