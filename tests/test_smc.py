@@ -158,6 +158,19 @@ def test_filter_result_converts_to_inference_data():
     assert idata.filter.attrs["log_evidence"] == pytest.approx(float(result.log_evidence))
 
 
+def test_smoother_results_convert_to_inference_data():
+    from posterity.infer.smc import PPG, PaRIS
+
+    ssm = StochasticVolatility()
+    ys = ssm.simulate(15).observations
+    h = lambda x_prev, x, y, t: x  # noqa: E731
+    assert PaRIS(ssm, h, 50, progress=False).run(ys).to_inference_data() \
+        .smoothing["estimate"].shape == (1,)
+    idata = PPG(ssm, h, 30, num_iters=6, burn_in=2, progress=False).run(ys).to_inference_data()
+    assert idata.posterior["estimate"].shape == (1, 4, 1)
+    assert idata.constant_data["path"].shape == (15, 1)
+
+
 def test_pyro_program_matches_the_protocol():
     ssm = lgssm(3)
     ys = ssm.simulate(4).observations
@@ -171,6 +184,20 @@ def test_cuda_particle_filter(cuda):
     ys = ssm.simulate(30).observations
     result = ParticleFilter(ssm, 500, progress=False).run(ys)
     assert result.filter_mean.device.type == "cuda"
+
+
+def test_cuda_smoothers_and_learning(cuda):
+    from posterity.infer.smc import PPG, PaRIS, ParticleGibbs, ScoreAscent
+
+    ssm = StochasticVolatility().to(cuda)
+    ys = ssm.simulate(20).observations
+    h = lambda x_prev, x, y, t: x  # noqa: E731
+    assert PaRIS(ssm, h, 200, progress=False).run(ys).estimate.device.type == "cuda"
+    assert PPG(ssm, h, 50, num_iters=3, burn_in=1,
+               progress=False).run(ys).estimate.device.type == "cuda"
+    paths = ParticleGibbs(ssm, 50, progress=False).run(ys, num_iters=3).paths
+    assert paths.device.type == "cuda"
+    ScoreAscent(ssm, num_particles=50, progress=False).fit(ys, num_steps=2)
 
 
 # --- smoothing ----------------------------------------------------------------------------

@@ -74,10 +74,11 @@ class FilterResult:
         """ESS history, filtering moments and the log-evidence as ``InferenceData``."""
         import arviz as az
         import numpy as np
+        import xarray as xr
 
         T = self.filter_mean.shape[0]
         return az.InferenceData(
-            filter=__import__("xarray").Dataset(
+            filter=xr.Dataset(
                 {
                     "filter_mean": (("time", "state_dim"), self.filter_mean.cpu().numpy()),
                     "filter_var": (("time", "state_dim"), self.filter_var.cpu().numpy()),

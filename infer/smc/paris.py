@@ -60,6 +60,16 @@ class SmoothingResult:
     estimate: Tensor
     log_evidence: Tensor
 
+    def to_inference_data(self):
+        """The estimate (dim ``functional``) and the log-evidence as ``InferenceData``."""
+        import arviz as az
+        import xarray as xr
+
+        return az.InferenceData(smoothing=xr.Dataset(
+            {"estimate": ("functional", self.estimate.detach().cpu().numpy())},
+            attrs={"log_evidence": float(self.log_evidence)},
+        ))
+
 
 class PaRIS:
     """Particle-based, rapid incremental smoother.

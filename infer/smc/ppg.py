@@ -48,6 +48,18 @@ class PPGResult:
     estimate: Tensor
     estimates: Tensor
     path: Tensor
+    burn_in: int = 0
+
+    def to_inference_data(self):
+        """Per-iteration estimates after burn-in as one chain (ArviZ gives their ESS and
+        Monte Carlo error), and the last reference path."""
+        import arviz as az
+
+        return az.from_dict(
+            posterior={"estimate": self.estimates[self.burn_in:].cpu().numpy()[None]},
+            constant_data={"path": self.path.cpu().numpy()},
+            dims={"estimate": ["functional"], "path": ["time", "state_dim"]},
+        )
 
 
 class PPG:
@@ -105,4 +117,4 @@ class PPG:
             estimate, reference = self.sweep(ys, reference)
             estimates.append(estimate)
         estimates = torch.stack(estimates)
-        return PPGResult(estimates[self.burn_in:].mean(0), estimates, reference)
+        return PPGResult(estimates[self.burn_in:].mean(0), estimates, reference, self.burn_in)
