@@ -1,4 +1,4 @@
-"""Command line: ``posterity fit vae ...`` and ``posterity demo``.
+"""Command line: ``posterity fit vae|bnn|ssm ...`` and ``posterity demo``.
 
 ``posterity fit vae --data mnist --objective iwae -k 5 --epochs 10 --out runs/vae``
 trains, evaluates and writes ``report.html``, ``idata.nc``, ``metrics.json`` and
@@ -13,6 +13,9 @@ MLP with an SG-MCMC kernel through ``pyro.infer.MCMC``. ``--data`` takes ``concr
 (embedded) or a CSV (header optional; ``--target`` picks the column, default the
 last). Inputs and targets are standardized on the training split; metrics are reported
 in the target's own units.
+
+``posterity fit ssm --data gbp-usd --model sv --out runs/sv`` learns a state-space model
+by score ascent, then filters and smooths it (see :mod:`posterity.infer.smc.command`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from posterity.models import VAE
 from .diagnostics import rate_distortion_dataset, to_inference_data
 from .evaluate import log_likelihood, rate_distortion
 from .report import report
+from .smc.command import add_arguments as ssm_arguments
 from .vi import OBJECTIVES, AmortizedVI
 
 
@@ -289,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = fit.add_subparsers(dest="model", required=True)
     _vae_arguments(models.add_parser("vae", help="variational autoencoder"))
     _bnn_arguments(models.add_parser("bnn", help="Bayesian MLP sampled by SG-MCMC"))
+    ssm_arguments(models.add_parser("ssm", help="state-space model: learn, filter, smooth"))
     demo = commands.add_parser(
         "demo", help="the main job on embedded data: an IWAE on binarized digits"
     )

@@ -251,6 +251,86 @@ def _step_sizes(idata: az.InferenceData) -> str | None:
             f"{figure_html(fig, 'step sizes')}")
 
 
+def _band_plot(ax, time, mean, low, high, label: str) -> None:
+    ax.fill_between(time, low, high, alpha=0.3, lw=0)
+    ax.plot(time, mean, lw=1, label=label)
+
+
+@register_section
+def _filtering(idata: az.InferenceData) -> str | None:
+    if "filter" not in idata.groups():
+        return None
+    group = idata.filter
+    time = np.asarray(group["time"].values)
+    mean, var = np.asarray(group["filter_mean"].values), np.asarray(group["filter_var"].values)
+    ess, resampled = np.asarray(group["ess"].values), np.asarray(group["resampled"].values)
+    fig = Figure(figsize=(10, 3.2))
+    ax_state, ax_ess = fig.subplots(1, 2)
+    for j in range(min(3, mean.shape[1])):
+        sd = np.sqrt(var[:, j])
+        _band_plot(ax_state, time, mean[:, j], mean[:, j] - 2 * sd, mean[:, j] + 2 * sd,
+                   f"x[{j}]")
+    ax_state.set_xlabel("time")
+    ax_state.set_title("filtering mean ± 2 sd", fontsize=9)
+    ax_state.legend(fontsize=7)
+    ax_ess.plot(time, ess, lw=1)
+    ax_ess.plot(time[resampled > 0], ess[resampled > 0], "|", color="C3", ms=6,
+                label="resampled before moving")
+    ax_ess.set_xlabel("time")
+    ax_ess.set_ylabel("ESS")
+    ax_ess.set_title("effective sample size", fontsize=9)
+    ax_ess.legend(fontsize=7)
+    log_evidence = group.attrs.get("log_evidence")
+    note = (f"log Ẑ = {log_evidence:.3f}; " if log_evidence is not None else "") + (
+        f"{int(resampled.sum())} of {time.size} steps resampled; min ESS {ess.min():.1f}")
+    return (f"<h2>Particle filter</h2><p class=\"note\">{html.escape(note)}</p>"
+            f"{figure_html(fig, 'filtering')}")
+
+
+@register_section
+def _smoothed_states(idata: az.InferenceData) -> str | None:
+    if "posterior" not in idata.groups() or "x" not in idata.posterior:
+        return None
+    paths = idata.posterior["x"]
+    if "time" not in paths.dims:
+        return None
+    values = np.asarray(paths.transpose("chain", "draw", "time", ...).values)
+    draws = values.reshape(-1, values.shape[2], values.shape[3] if values.ndim > 3 else 1)
+    time = np.asarray(paths["time"].values)
+    low, median, high = np.quantile(draws, [0.05, 0.5, 0.95], axis=0)
+    fig = Figure(figsize=(10, 3.2))
+    ax = fig.subplots()
+    for j in range(min(3, draws.shape[2])):
+        _band_plot(ax, time, median[:, j], low[:, j], high[:, j], f"x[{j}]")
+    ax.set_xlabel("time")
+    ax.set_title("smoothed states: median and 90% band of the sampled paths", fontsize=9)
+    ax.legend(fontsize=7)
+    return (f"<h2>Smoothed states</h2><p class=\"note\">{draws.shape[0]} paths from "
+            f"{values.shape[0]} chains.</p>{figure_html(fig, 'smoothed states')}")
+
+
+@register_section
+def _parameter_traces(idata: az.InferenceData) -> str | None:
+    if "learning_history" not in idata.groups():
+        return None
+    history = idata.learning_history
+    names = list(history.data_vars)
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig = Figure(figsize=(4 * cols, 2.6 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    step = np.asarray(history["step"].values)
+    for ax, name in zip(axes, names):
+        values = np.asarray(history[name].values).reshape(step.size, -1)
+        ax.plot(step, values[:, :5], lw=1)
+        shown = "" if values.shape[1] <= 5 else f" (5 of {values.shape[1]})"
+        ax.set_title(name + shown, fontsize=9)
+        ax.set_xlabel("step")
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    return f"<h2>Parameter learning</h2>{figure_html(fig, 'parameter traces')}"
+
+
 def render(idata: az.InferenceData) -> str:
     """The HTML fragments of every registered section that applies to ``idata``."""
     parts = []

@@ -3,13 +3,20 @@
 from .bnn import BayesianLogisticRegression, BayesianMLP
 from .nn import mlp
 from .plates import data_plate
-from .ssm import LinearGaussianSSM, SimulatedPath, StateSpaceModel, StochasticVolatility
+from .ssm import (
+    ChaoticRNN,
+    LinearGaussianSSM,
+    SimulatedPath,
+    StateSpaceModel,
+    StochasticVolatility,
+)
 from .vae import VAE, LinearGaussianVAE
 
 __all__ = [
     "VAE",
     "BayesianLogisticRegression",
     "BayesianMLP",
+    "ChaoticRNN",
     "LinearGaussianSSM",
     "LinearGaussianVAE",
     "SimulatedPath",

@@ -74,3 +74,31 @@ def test_fit_bnn_on_a_csv_writes_metrics_and_report(tmp_path):
     assert "Step-size schedule" in text and "traces" in text
     idata = az.from_netcdf(str(out / "idata.nc"))
     assert idata.log_likelihood["obs"].shape == (2, 20, 8)
+
+
+def test_fit_ssm_on_a_csv_with_gaps(tmp_path):
+    """A CSV series with a header and an empty cell: the gap is a missing observation, the
+    parameters are learned, and the report holds the filter, the paths and the traces."""
+    import torch
+
+    from posterity.models import StochasticVolatility
+
+    ys = StochasticVolatility().simulate(40).observations[:, 0]
+    lines = ["return"] + [f"{float(y):.5f}" for y in ys]
+    lines[10] = ""
+    series = tmp_path / "returns.csv"
+    series.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "sv"
+    code = main(["fit", "ssm", "--data", str(series), "--model", "sv", "--steps", "5",
+                 "--particles", "20", "--filter-particles", "100", "--iters", "10",
+                 "--chains", "2", "--out", str(out), "--quiet"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["time_steps"] == 40 and metrics["missing_steps"] == 1
+    assert torch.isfinite(torch.tensor(metrics["log_evidence"]))
+    idata = az.from_netcdf(str(out / "idata.nc"))
+    assert idata.posterior["x"].shape == (2, 8, 40, 1)
+    assert idata.learning_history["objective"].shape == (5,)
+    page = (out / "report.html").read_text()
+    assert "Smoothed states" in page and "Particle filter" in page
+    assert "Parameter learning" in page

@@ -7,12 +7,25 @@ independent replicate filters (their Monte Carlo error).
 
 import math
 
+import arviz as az
 import pyro
 import pytest
 import torch
 
-from posterity.infer.smc import ParticleFilter, multinomial, residual, stratified, systematic
-from posterity.models import LinearGaussianSSM, StochasticVolatility
+from posterity.infer.smc import (
+    PPG,
+    PaRIS,
+    ParticleFilter,
+    ParticleGibbs,
+    ScoreAscent,
+    multinomial,
+    residual,
+    stratified,
+    systematic,
+)
+from posterity.infer.smc.backward import exact_backward, rejection_backward
+from posterity.infer.smc.csmc import backward_path
+from posterity.models import ChaoticRNN, LinearGaussianSSM, StochasticVolatility
 
 
 def lgssm(dim: int) -> LinearGaussianSSM:
@@ -135,6 +148,36 @@ def test_missing_observation_is_skipped_exactly():
     assert (runs.mean(0) - exact).abs().max() < 5 * runs.std(0).max() / math.sqrt(20)
 
 
+@torch.no_grad()
+def test_smoothers_skip_missing_observations_exactly():
+    """With NaN at two steps, PaRIS and particle Gibbs target the smoothing law given the
+    remaining observations, which the Kalman/RTS recursions give exactly."""
+    ssm = lgssm(1)
+    pyro.set_rng_seed(15)
+    ys = ssm.simulate(12).observations
+    ys[[3, 8]] = float("nan")
+    exact = ssm.rts_smoother(ys)["mean"]
+    for engine in (PaRIS, PPG, ParticleGibbs, ScoreAscent):
+        with pytest.raises(ValueError, match="pass missing=True"):
+            if engine is PaRIS:
+                engine(ssm, sum_of_states, 50, progress=False).run(ys)
+            elif engine is PPG:
+                engine(ssm, sum_of_states, 20, num_iters=2, burn_in=1, progress=False).run(ys)
+            elif engine is ParticleGibbs:
+                engine(ssm, 20, progress=False).run(ys, num_iters=1)
+            else:
+                engine(ssm, num_particles=20, progress=False).score(ys)
+    runs = torch.stack([PaRIS(ssm, sum_of_states, 500, missing=True, progress=False)
+                        .run(ys).estimate for _ in range(10)])
+    stderr = runs.std(0) / math.sqrt(len(runs))
+    assert ((runs.mean(0) - exact.sum(0)).abs() < 5 * stderr).all()
+    result = ParticleGibbs(ssm, 50, missing=True, progress=False).run(
+        ys, num_iters=200, num_chains=2)
+    summary = az.summary(result.to_inference_data(burn_in=20), round_to="none")
+    error = summary["mean"].values - exact[:, 0].numpy()
+    assert (abs(error) < 5 * summary["mcse_mean"].values).all()
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"num_particles": 1}, "num_particles must be >= 2"),
     ({"resampling": "fancy"}, "resampling must be one of"),
@@ -171,6 +214,42 @@ def test_smoother_results_convert_to_inference_data():
     assert idata.constant_data["path"].shape == (15, 1)
 
 
+def test_report_shows_filtering_smoothing_and_learning():
+    from posterity.infer.report import render
+    from posterity.infer.smc import ParticleGibbs, ScoreAscent
+
+    ssm = StochasticVolatility()
+    ys = ssm.simulate(20).observations
+    page = render(ParticleFilter(ssm, 50, progress=False).run(ys).to_inference_data())
+    assert "Particle filter" in page and "min ESS" in page
+    paths = ParticleGibbs(ssm, 20, progress=False).run(ys, num_iters=5, num_chains=2)
+    assert "Smoothed states" in render(paths.to_inference_data())
+    learning = ScoreAscent(ssm, num_particles=20, progress=False).fit(ys, num_steps=3)
+    idata = learning.to_inference_data()
+    assert idata.learning_history["mu"].shape == (3, 1)
+    assert "Parameter learning" in render(idata)
+
+
+@pytest.mark.parametrize("make", [lambda: lgssm(3), StochasticVolatility,
+                                  lambda: ChaoticRNN(4, 3)])
+@torch.no_grad()
+def test_fast_paths_equal_the_declared_laws(make):
+    ssm = make()
+    d = ssm.state_dim
+    x_prev, x = torch.randn(7, 1, d), torch.randn(1, 5, d)
+    y = torch.randn(ssm.obs_dim)
+    assert torch.allclose(ssm.transition_log_prob(x_prev, x, 3),
+                          ssm.transition(x_prev, 3).log_prob(x), atol=1e-5)
+    assert torch.allclose(ssm.emission_log_prob(x[0], y, 3),
+                          ssm.emission(x[0], 3).log_prob(y), atol=1e-5)
+    draws = ssm.sample_transition(x_prev[:2, 0].repeat(20_000, 1), 3).view(20_000, 2, d)
+    law = ssm.transition(x_prev[:2, 0], 3)
+    stderr = law.variance.sqrt() / math.sqrt(20_000)
+    assert ((draws.mean(0) - law.mean).abs() < 5 * stderr).all()
+    # the sample variance's standard error is about var * sqrt(2 / n)
+    assert ((draws.var(0) / law.variance - 1).abs() < 5 * math.sqrt(2 / 20_000)).all()
+
+
 def test_pyro_program_matches_the_protocol():
     ssm = lgssm(3)
     ys = ssm.simulate(4).observations
@@ -201,9 +280,6 @@ def test_cuda_smoothers_and_learning(cuda):
 
 
 # --- smoothing ----------------------------------------------------------------------------
-from posterity.infer.smc import PPG, PaRIS, ParticleGibbs  # noqa: E402
-from posterity.infer.smc.backward import exact_backward, rejection_backward  # noqa: E402
-from posterity.infer.smc.csmc import backward_path  # noqa: E402
 
 
 def sum_of_states(x_prev, x, y, t):
@@ -280,7 +356,7 @@ def test_ffbs_marginals_match_rts():
 
 
 @torch.no_grad()
-def test_particle_gibbs_marginals_and_rhat():
+def test_particle_gibbs_marginals_and_rhat(diagnostics_report):
     import arviz as az
 
     ssm = lgssm(1)
@@ -294,6 +370,9 @@ def test_particle_gibbs_marginals_and_rhat():
     sd = exact["cov"][:, 0, 0].sqrt().numpy()
     error = summary["mean"].values - exact["mean"][:, 0].numpy()
     assert (abs(error) < 4 * sd / summary["ess_bulk"].values ** 0.5).all()
+    diagnostics_report.add("Particle Gibbs on a linear-Gaussian model (T = 10, N = 50)", idata,
+                           "4 chains of 400 sweeps, 50 burn-in; exact RTS marginals are the "
+                           "reference")
 
 
 @pytest.mark.slow
@@ -337,7 +416,6 @@ def test_bad_smoother_arguments(make, message):
 
 
 # --- learning -----------------------------------------------------------------------------
-from posterity.infer.smc import ScoreAscent  # noqa: E402
 
 
 @pytest.mark.parametrize("estimator", ["paris", "ppg"])
@@ -387,3 +465,71 @@ def test_score_ascent_recovers_the_kalman_mle(estimator):
     # the iterates fluctuate around the MLE: their mean within 4 stationary sds (plus the
     # grid's resolution)
     assert abs(float(tail.mean()) - mle) < 4 * float(tail.std()) + 1e-3, (tail.mean(), mle)
+
+
+def test_score_ascent_fits_the_chaotic_rnn():
+    """On the non-linear model, climbing the PaRIS score raises the (independently
+    estimated) log-evidence by more than the evidence estimates' Monte Carlo error."""
+    pyro.set_rng_seed(13)
+    truth = ChaoticRNN(state_dim=3, obs_dim=3, seed=0)
+    with torch.no_grad():
+        ys = truth.simulate(40).observations
+    ssm = ChaoticRNN(state_dim=3, obs_dim=3, seed=1)
+
+    def log_evidence_and_stderr() -> tuple[float, float]:
+        runs = torch.stack([ParticleFilter(ssm, 300, progress=False).run(ys).log_evidence
+                            for _ in range(6)])
+        return float(runs.mean()), float(runs.std() / math.sqrt(len(runs)))
+
+    before, before_err = log_evidence_and_stderr()
+    result = ScoreAscent(ssm, num_particles=100, lr=0.03, progress=False).fit(ys, 25)
+    after, after_err = log_evidence_and_stderr()
+    assert set(result.history) == {"W", "B", "log_transition_scale", "log_observation_scale"}
+    assert after - before > 4 * math.hypot(before_err, after_err), (before, after)
+
+
+# --- peer: the `particles` library ------------------------------------------------------
+def particles_stochastic_volatility(mu: float, phi: float, sigma: float):
+    from particles import state_space_models
+
+    class StochVol(state_space_models.StochVol):
+        def upper_bound_log_pt(self, t):
+            return -0.5 * math.log(2 * math.pi) - math.log(self.sigma)
+
+    return StochVol(mu=mu, rho=phi, sigma=sigma)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_filter_and_paris_agree_with_the_particles_library():
+    """Same model, N, resampling scheme and ESS threshold: the log-evidence and the PaRIS
+    estimate of E[Σ x_t | y] have the same law, so replicate means agree within their
+    Monte Carlo error."""
+    import numpy as np
+    import particles
+    from particles import collectors, state_space_models
+
+    mu, phi, sigma, N, replicates = -1.0, 0.95, 0.3, 50, 10
+    pyro.set_rng_seed(14)
+    ssm = StochasticVolatility(mu, phi, sigma)
+    ys = ssm.simulate(25).observations
+    peer_model = particles_stochastic_volatility(mu, phi, sigma)
+    np.random.seed(14)
+    peer_evidence, peer_smoothed = [], []
+    for _ in range(replicates):
+        fk = state_space_models.Bootstrap(ssm=peer_model, data=ys[:, 0].double().numpy())
+        fk.add_func = lambda t, xp, x: x
+        run = particles.SMC(fk=fk, N=N, resampling="systematic", ESSrmin=0.5,
+                            collect=[collectors.Paris(Nparis=2)])
+        run.run()
+        peer_evidence.append(run.logLt)
+        peer_smoothed.append(run.summaries.paris[-1])
+    ours_evidence, ours_smoothed = [], []
+    for _ in range(replicates):
+        ours_evidence.append(float(ParticleFilter(ssm, N, progress=False).run(ys).log_evidence))
+        ours_smoothed.append(float(PaRIS(ssm, sum_of_states, N, progress=False)
+                                   .run(ys).estimate.sum()))
+
+    for peer, ours in ((peer_evidence, ours_evidence), (peer_smoothed, ours_smoothed)):
+        peer, ours = torch.tensor(peer, dtype=torch.float64), torch.tensor(ours).double()
+        stderr = math.sqrt((peer.var() + ours.var()) / replicates)
+        assert abs(float(peer.mean() - ours.mean())) < 4 * stderr, (peer.mean(), ours.mean())

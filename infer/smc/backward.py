@@ -23,11 +23,11 @@ _MAX_ELEMENTS = 2**24
 def exact_backward(ssm: StateSpaceModel, previous: Tensor, previous_log_weights: Tensor,
                    x: Tensor, t: int) -> Tensor:
     """Indices ``[M]`` into ``previous`` (``[N, d]``) for targets ``x`` (``[M, d]``)."""
-    law = ssm.transition(previous.unsqueeze(0), t)  # batch [1, N]
     chunk = max(1, _MAX_ELEMENTS // max(previous.shape[0], 1))
     indices = []
     for part in x.split(chunk):
-        logits = previous_log_weights + law.log_prob(part.unsqueeze(1))  # [m, N]
+        logits = previous_log_weights + ssm.transition_log_prob(  # [m, N]
+            previous.unsqueeze(0), part.unsqueeze(1), t)
         indices.append(torch.distributions.Categorical(logits=logits).sample())
     return torch.cat(indices)
 
@@ -43,7 +43,7 @@ def rejection_backward(ssm: StateSpaceModel, previous: Tensor, previous_log_weig
         if pending.numel() == 0:
             return result
         proposals = torch.multinomial(weights, pending.numel(), replacement=True)
-        log_density = ssm.transition(previous[proposals], t).log_prob(x[pending])
+        log_density = ssm.transition_log_prob(previous[proposals], x[pending], t)
         accept = torch.rand_like(log_density).log() < log_density - bound
         result[pending[accept]] = proposals[accept]
         pending = pending[~accept]

@@ -36,9 +36,9 @@ def conditional_steps(ssm: StateSpaceModel, ys: Tensor, reference: Tensor,
             x = ssm.initial().sample((N,))
         else:
             ancestors = torch.multinomial(log_w.exp(), N, replacement=True)
-            x = ssm.transition(x[ancestors], t).sample()
+            x = ssm.sample_transition(x[ancestors], t)
         x = torch.cat([x[:-1], reference[t].unsqueeze(0)])
-        increment = ssm.emission(x, t).log_prob(ys[t])
+        increment = ssm.observation_log_prob(x, ys[t], t)
         step_log_evidence = torch.logsumexp(increment, 0) - math.log(N)
         log_w = increment - torch.logsumexp(increment, 0)
         yield FilterStep(t, ys[t], x_prev, log_w_prev, x, log_w, None, step_log_evidence)
@@ -79,6 +79,7 @@ class ParticleGibbs:
         ssm: the model.
         num_particles: ``N >= 2`` per conditional SMC sweep.
         backward: ``"auto"``, ``"exact"`` or ``"rejection"`` backward kernel.
+        missing: treat NaN in ``ys`` as missing observations.
         progress: show a ``tqdm`` bar over iterations.
 
     Example:
@@ -91,17 +92,17 @@ class ParticleGibbs:
     """
 
     def __init__(self, ssm: StateSpaceModel, num_particles: int = 100, backward: str = "auto",
-                 max_trials: int = 10, progress: bool = True) -> None:
+                 max_trials: int = 10, missing: bool = False, progress: bool = True) -> None:
         self.ssm = ssm
         self.num_particles = check_int("num_particles", num_particles, 2)
         self.backward = backward_sampler(ssm, backward, max_trials)
-        self.progress = progress
+        self.missing, self.progress = bool(missing), progress
 
     def initial_path(self, ys: Tensor) -> Tensor:
         """A path from an unconditional filter and backward sampling."""
         particles, log_weights = [], []
         for step in ParticleFilter(self.ssm, self.num_particles, ess_threshold=1.0,
-                                   progress=False).steps(ys):
+                                   missing=self.missing, progress=False).steps(ys):
             particles.append(step.particles)
             log_weights.append(step.log_weights)
         return backward_path(particles, log_weights, self.ssm, self.backward)
@@ -118,7 +119,7 @@ class ParticleGibbs:
     def run(self, ys: Tensor, num_iters: int = 500, num_chains: int = 1,
             callback: Callable[[int, int, Tensor], None] | None = None) -> ParticleGibbsResult:
         """``num_chains`` independent chains of ``num_iters`` paths each."""
-        ys = self.ssm.check_observations(ys)
+        ys = self.ssm.check_observations(ys, allow_missing=self.missing)
         check_int("num_iters", num_iters, 1)
         check_int("num_chains", num_chains, 1)
         chains = []

@@ -31,7 +31,8 @@ class FilterStep(NamedTuple):
     ``previous`` and ``previous_log_weights`` are the cloud of step ``t - 1`` with its
     filtering weights, before any resampling (what backward kernels need);
     ``particles`` and ``log_weights`` are step ``t``'s cloud; ``ancestors`` are the
-    resampled indices used to move (``None`` when the step did not resample).
+    resampled indices used to move (``None`` when the step did not resample); ``ess`` is
+    the effective sample size of ``log_weights``.
     """
 
     t: int
@@ -42,6 +43,7 @@ class FilterStep(NamedTuple):
     log_weights: Tensor
     ancestors: Tensor | None
     log_evidence: Tensor
+    ess: float = float("nan")
 
 
 @dataclass
@@ -91,6 +93,14 @@ class FilterResult:
         )
 
 
+def _weighted_moments(steps: list[FilterStep]) -> Tensor:
+    """``[E[x], E[x²]]`` under each step's weights, ``[len(steps), 2 d]``."""
+    weights = torch.stack([step.log_weights for step in steps]).exp()  # [k, N]
+    particles = torch.stack([step.particles for step in steps])  # [k, N, d]
+    values = torch.cat([particles, particles.square()], -1)
+    return (weights.unsqueeze(1) @ values).squeeze(1)
+
+
 class ParticleFilter:
     """Bootstrap (or guided) particle filter for a :class:`StateSpaceModel`.
 
@@ -137,58 +147,68 @@ class ParticleFilter:
         self.proposal, self.missing = proposal, bool(missing)
         self.keep_history, self.progress = keep_history, progress
 
-    def _move(self, x_prev: Tensor | None, t: int, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _move(self, x_prev: Tensor | None, t: int, y: Tensor, observed: bool
+              ) -> tuple[Tensor, Tensor]:
         """New particles and their incremental log weights."""
-        prior = self.ssm.initial() if x_prev is None else self.ssm.transition(x_prev, t)
-        shape = (self.num_particles,) if x_prev is None else ()
         if self.proposal is None:
-            x = prior.sample(shape)
-            log_weight = x.new_zeros(x.shape[0])
+            x = (self.ssm.initial().sample((self.num_particles,)) if x_prev is None
+                 else self.ssm.sample_transition(x_prev, t))
+            log_weight = None
         else:
+            prior = self.ssm.initial() if x_prev is None else self.ssm.transition(x_prev, t)
             q = self.proposal(x_prev, t, y)
-            x = q.sample(shape)
+            x = q.sample((self.num_particles,) if x_prev is None else ())
             log_weight = prior.log_prob(x) - q.log_prob(x)
-        if not (self.missing and torch.isnan(y).any()):
-            log_weight = log_weight + self.ssm.emission(x, t).log_prob(y)
+        if observed:
+            emission = self.ssm.emission_log_prob(x, y, t)
+            log_weight = emission if log_weight is None else log_weight + emission
+        elif log_weight is None:
+            log_weight = x.new_zeros(x.shape[0])
         return x, log_weight
 
     def steps(self, ys: Tensor) -> Iterator[FilterStep]:
         """Filter ``ys`` one step at a time (the loop every SMC engine shares)."""
         ys = self.ssm.check_observations(ys, allow_missing=self.missing)
+        observed = (~torch.isnan(ys).any(-1)).tolist()
         T, N = ys.shape[0], self.num_particles
         uniform = ys.new_full((N,), -math.log(N))
         x = log_w = None
+        ess = float(N)
         for t in tqdm(range(T), disable=not self.progress, desc=type(self).__name__,
                       leave=False):
             x_prev, log_w_prev, ancestors = x, log_w, None
-            if t > 0 and 1.0 / log_w.exp().pow(2).sum() < self.ess_threshold * N:
+            if t > 0 and ess < self.ess_threshold * N:
                 ancestors = self.resample(log_w.exp())
                 x, log_w = x[ancestors], uniform
-            x, increment = self._move(x, t, ys[t])
+            x, increment = self._move(x, t, ys[t], observed[t])
             unnormalized = (uniform if log_w is None else log_w) + increment
             step_log_evidence = torch.logsumexp(unnormalized, 0)
-            if not torch.isfinite(step_log_evidence):
+            log_w = unnormalized - step_log_evidence
+            ess = 1.0 / float(log_w.exp().square().sum())
+            if not ess >= 1.0 - 1e-3:  # NaN when every weight vanished (or one is +inf)
                 raise FloatingPointError(
                     f"all particle weights vanished at time step {t}; use more particles "
                     "or a better proposal"
                 )
-            log_w = unnormalized - step_log_evidence
             yield FilterStep(t, ys[t], x_prev, log_w_prev, x, log_w, ancestors,
-                             step_log_evidence)
+                             step_log_evidence, ess)
 
     @torch.no_grad()
     def run(self, ys: Tensor) -> FilterResult:
         """Filter ``ys`` (``[T, obs_dim]``)."""
-        log_evidence = 0.0
-        means, variances, ess, resampled = [], [], [], []
+        log_evidences, ess, resampled, moments = [], [], [], []
+        pending: list[FilterStep] = []
+        # moments are computed for blocks of steps at once: one batched product instead of
+        # several small operations per step (the per-step overhead dominates at N ~ 1000)
+        block = max(1, min(64, 2**22 // (self.num_particles * self.ssm.state_dim)))
         history: dict[str, list[Tensor]] = {"particles": [], "log_weights": [], "ancestors": []}
         for step in self.steps(ys):
-            log_evidence = log_evidence + step.log_evidence
-            weights = step.log_weights.exp()
-            mean = weights @ step.particles
-            means.append(mean)
-            variances.append(weights @ (step.particles - mean).pow(2))
-            ess.append(1.0 / weights.pow(2).sum())
+            pending.append(step)
+            if len(pending) == block:
+                moments.append(_weighted_moments(pending))
+                pending = []
+            log_evidences.append(step.log_evidence)
+            ess.append(step.ess)
             resampled.append(step.ancestors is not None)
             if self.keep_history:
                 history["particles"].append(step.particles)
@@ -197,11 +217,14 @@ class ParticleFilter:
                     step.ancestors if step.ancestors is not None
                     else torch.arange(self.num_particles, device=step.particles.device)
                 )
+        if pending:
+            moments.append(_weighted_moments(pending))
+        mean, second = torch.cat(moments).chunk(2, -1)
         return FilterResult(
-            log_evidence=log_evidence,
-            filter_mean=torch.stack(means),
-            filter_var=torch.stack(variances),
-            ess=torch.stack(ess),
+            log_evidence=torch.stack(log_evidences).sum(),
+            filter_mean=mean,
+            filter_var=(second - mean.square()).clamp_min(0),
+            ess=torch.tensor(ess),
             resampled=torch.tensor(resampled),
             particles=step.particles,
             log_weights=step.log_weights,

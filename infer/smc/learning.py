@@ -36,8 +36,9 @@ def complete_data_log_density(ssm: StateSpaceModel):
     """``h_t = log q_θ(x_t | x_{t-1}) + log g_θ(y_t | x_t)`` (``log μ_θ(x_0)`` at 0)."""
 
     def h(x_prev: Tensor | None, x: Tensor, y: Tensor, t: int) -> Tensor:
-        prior = ssm.initial() if x_prev is None else ssm.transition(x_prev, t)
-        return (prior.log_prob(x) + ssm.emission(x, t).log_prob(y)).unsqueeze(-1)
+        log_prior = (ssm.initial().log_prob(x) if x_prev is None
+                     else ssm.transition_log_prob(x_prev, x, t))
+        return (log_prior + ssm.observation_log_prob(x, y, t)).unsqueeze(-1)
 
     return h
 
@@ -73,12 +74,16 @@ class LearningResult:
     objective: list[float] = field(default_factory=list)
 
     def to_inference_data(self):
+        """A ``learning_history`` group: the objective and every parameter per step."""
         import arviz as az
+        import numpy as np
+        import xarray as xr
 
-        return az.from_dict(
-            posterior={name: value.cpu().numpy()[None] for name, value in self.history.items()},
-            sample_stats={"objective": torch.tensor(self.objective).numpy()[None]},
-        )
+        data = {"objective": ("step", np.asarray(self.objective))}
+        for name, values in self.history.items():
+            data[name] = (("step", f"{name}_dim"), values.cpu().numpy())
+        return az.InferenceData(learning_history=xr.Dataset(
+            data, coords={"step": np.arange(1, len(self.objective) + 1)}))
 
 
 class ScoreAscent:
@@ -93,6 +98,7 @@ class ScoreAscent:
         scheduler: an ``optimizer -> LRScheduler`` factory, stepped every update.
         num_backward: ``Ñ`` backward draws per particle.
         backward: ``"auto"``, ``"exact"`` or ``"rejection"``.
+        missing: treat NaN in ``ys`` as missing observations.
         progress: show a ``tqdm`` bar.
     """
 
@@ -106,6 +112,7 @@ class ScoreAscent:
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         num_backward: int = 2,
         backward: str = "auto",
+        missing: bool = False,
         progress: bool = True,
     ) -> None:
         self.ssm = ssm
@@ -119,7 +126,7 @@ class ScoreAscent:
         self.scheduler = scheduler(self.optimizer) if scheduler is not None else None
         self.backward = backward_sampler(ssm, backward)
         self.h = complete_data_log_density(ssm)
-        self.progress = progress
+        self.missing, self.progress = bool(missing), progress
         self.reference: Tensor | None = None
         self.num_steps = 0
 
@@ -127,12 +134,14 @@ class ScoreAscent:
         """A scalar whose gradient in the parameters is the score estimate; for PPG it
         also moves the conditional path."""
         if self.estimator == "paris":
-            steps = ParticleFilter(self.ssm, self.num_particles, progress=False).steps(ys)
+            steps = ParticleFilter(self.ssm, self.num_particles, missing=self.missing,
+                                   progress=False).steps(ys)
             return smoothed_objective(steps, self.h, self.backward, self.num_backward)[0]
         if self.reference is None:
             with torch.no_grad():
                 self.reference = ParticleGibbs(self.ssm, self.num_particles, progress=False,
-                                               backward="exact").initial_path(ys)
+                                               backward="exact",
+                                               missing=self.missing).initial_path(ys)
         steps = conditional_steps(self.ssm, ys, self.reference, self.num_particles)
         value, particles, indices, weights = smoothed_objective(
             steps, self.h, self.backward, self.num_backward)
@@ -142,7 +151,7 @@ class ScoreAscent:
 
     def score(self, ys: Tensor) -> dict[str, Tensor]:
         """One estimate of ``∇θ log p_θ(y)`` for every parameter."""
-        ys = self.ssm.check_observations(ys)
+        ys = self.ssm.check_observations(ys, allow_missing=self.missing)
         params = dict(self.ssm.named_parameters())
         grads = torch.autograd.grad(self.objective(ys), list(params.values()),
                                     allow_unused=True)
@@ -161,10 +170,10 @@ class ScoreAscent:
         if self.scheduler is not None:
             self.scheduler.step()
         self.num_steps += 1
-        return {"objective": float(value)}
+        return {"objective": float(value.detach())}
 
     def fit(self, ys: Tensor, num_steps: int = 500) -> LearningResult:
-        ys = self.ssm.check_observations(ys)
+        ys = self.ssm.check_observations(ys, allow_missing=self.missing)
         check_int("num_steps", num_steps, 1)
         result = LearningResult()
         history: dict[str, list[Tensor]] = {n: [] for n, _ in self.ssm.named_parameters()}

@@ -71,6 +71,7 @@ class PPG:
         num_iters: iterations; ``burn_in`` of them (``< num_iters``) are discarded.
         num_backward: ``Ñ >= 1`` backward draws per particle.
         backward: ``"auto"``, ``"exact"`` or ``"rejection"``.
+        missing: treat NaN in ``ys`` as missing observations.
 
     Example:
         >>> from posterity.models import StochasticVolatility
@@ -83,7 +84,8 @@ class PPG:
 
     def __init__(self, ssm: StateSpaceModel, h: AdditiveFunctional, num_particles: int = 100,
                  num_iters: int = 50, burn_in: int = 10, num_backward: int = 2,
-                 backward: str = "auto", max_trials: int = 10, progress: bool = True) -> None:
+                 backward: str = "auto", max_trials: int = 10, missing: bool = False,
+                 progress: bool = True) -> None:
         self.ssm, self.h = ssm, h
         self.num_particles = check_int("num_particles", num_particles, 2)
         self.num_iters = check_int("num_iters", num_iters, 1)
@@ -92,7 +94,7 @@ class PPG:
             raise ValueError(f"burn_in ({burn_in}) must be < num_iters ({num_iters})")
         self.num_backward = check_int("num_backward", num_backward, 1)
         self.backward = backward_sampler(ssm, backward, max_trials)
-        self.progress = progress
+        self.missing, self.progress = bool(missing), progress
 
     def sweep(self, ys: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
         """One iteration: the estimate ``[k]`` and the next reference path ``[T, d]``."""
@@ -107,10 +109,10 @@ class PPG:
 
     @torch.no_grad()
     def run(self, ys: Tensor, reference: Tensor | None = None) -> PPGResult:
-        ys = self.ssm.check_observations(ys)
+        ys = self.ssm.check_observations(ys, allow_missing=self.missing)
         if reference is None:
             reference = ParticleGibbs(self.ssm, self.num_particles, progress=False,
-                                      backward="exact").initial_path(ys)
+                                      backward="exact", missing=self.missing).initial_path(ys)
         estimates = []
         for _ in tqdm(range(self.num_iters), disable=not self.progress, desc="PPG",
                       leave=False):

@@ -1,0 +1,199 @@
+"""SMC benchmark: PaRIS and the bootstrap filter against ``particles``, scaling in N, and
+PPG against PaRIS at equal compute.
+
+One process, one thread, stochastic volatility (μ = -1, φ = 0.95, σ = 0.3) with
+N = 1000 unless stated:
+
+* **PaRIS** (Ñ = 2, accept-reject backward kernel with the exact fallback): time per
+  step of posterity over T = 1000 against ``particles``' ``Paris`` collector (which
+  loops over particles in Python) over ``--peer-steps`` steps. Target: ≥ 100× faster.
+* **Filter**: the bootstrap filter, systematic resampling at ESS < N/2, T = 1000,
+  against ``particles.SMC`` with the same settings. Target: no slower.
+* **Scaling**: time per step of the filter and of PaRIS for N = 10³, 10⁴, 10⁵.
+* **Accuracy**: on a linear-Gaussian model (T = 50) the exact E[Σ_t x_t | y] comes from
+  the RTS smoother; PPG (N particles, k iterations with burn-in k/5) is compared with
+  PaRIS given the same number of particle-steps (N·(k + 1), the initial path
+  included), over independent replicates: bias, standard deviation and MSE.
+* **GPU**: with ``--device cuda``, the filter and PaRIS at N = 10⁶.
+
+Prints ``name: value`` lines and writes ``bench_out/smc.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+
+from posterity.infer.smc import PPG, PaRIS, ParticleFilter
+from posterity.models import LinearGaussianSSM, StochasticVolatility
+
+MU, PHI, SIGMA = -1.0, 0.95, 0.3
+
+
+def state(x_prev, x, y, t):
+    return x
+
+
+def peer_model():
+    from particles import state_space_models
+
+    class StochVol(state_space_models.StochVol):
+        def upper_bound_log_pt(self, t):
+            return -0.5 * math.log(2 * math.pi) - math.log(self.sigma)
+
+    return StochVol(mu=MU, rho=PHI, sigma=SIGMA)
+
+
+def run_peer(ys: torch.Tensor, num_particles: int, paris: bool) -> float:
+    """Seconds for one ``particles`` run (filter only, or with the Paris collector)."""
+    import particles
+    from particles import collectors, state_space_models
+
+    fk = state_space_models.Bootstrap(ssm=peer_model(), data=ys[:, 0].double().numpy())
+    fk.add_func = lambda t, xp, x: x
+    collect = [collectors.Paris(Nparis=2)] if paris else []
+    smc = particles.SMC(fk=fk, N=num_particles, resampling="systematic", ESSrmin=0.5,
+                        collect=collect, store_history=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        smc.run()
+    return time.perf_counter() - start
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def run_filter(ssm, ys, num_particles) -> float:
+    return timed(lambda: ParticleFilter(ssm, num_particles, progress=False).run(ys))
+
+
+def run_paris(ssm, ys, num_particles) -> float:
+    return timed(lambda: PaRIS(ssm, state, num_particles, progress=False).run(ys))
+
+
+def against_particles(rounds: int, steps: int, peer_steps: int, num_particles: int) -> dict:
+    pyro.set_rng_seed(0)
+    ssm = StochasticVolatility(MU, PHI, SIGMA)
+    ys = ssm.simulate(steps).observations
+    seconds: dict[str, list[float]] = {k: [] for k in
+                                       ("filter", "peer_filter", "paris", "peer_paris")}
+    for _ in range(rounds):  # interleaved, so that machine noise hits all four alike
+        seconds["filter"].append(run_filter(ssm, ys, num_particles))
+        seconds["peer_filter"].append(run_peer(ys, num_particles, paris=False))
+        seconds["paris"].append(run_paris(ssm, ys, num_particles))
+        seconds["peer_paris"].append(run_peer(ys[:peer_steps], num_particles, paris=True))
+    per_step = {k: statistics.median(v) / (peer_steps if k == "peer_paris" else steps)
+                for k, v in seconds.items()}
+    return {
+        "seconds_per_step": per_step,
+        "filter_speedup": per_step["peer_filter"] / per_step["filter"],
+        "paris_speedup": per_step["peer_paris"] / per_step["paris"],
+    }
+
+
+def scaling(sizes: list[int], steps: int, device: str) -> dict:
+    pyro.set_rng_seed(1)
+    ssm = StochasticVolatility(MU, PHI, SIGMA).to(device)
+    ys = ssm.simulate(steps).observations
+    rows = {}
+    for n in sizes:
+        run_filter(ssm, ys[:5], n)  # warm-up
+        rows[n] = {"filter": run_filter(ssm, ys, n) / steps,
+                   "paris": run_paris(ssm, ys, n) / steps}
+    return rows
+
+
+def accuracy(budgets: list[tuple[int, int]], replicates: int, steps: int) -> list[dict]:
+    """PPG with ``N`` particles and ``k`` iterations against PaRIS with ``N (k + 1)``."""
+    torch.manual_seed(2)
+    ssm = LinearGaussianSSM(1, 1, A=0.9, Q=0.5, C=1.0, R=1.0)
+    with torch.no_grad():
+        ys = ssm.simulate(steps).observations
+        truth = float(ssm.rts_smoother(ys)["mean"].sum())
+    rows = []
+    for num_particles, iters in budgets:
+        burn_in = iters // 5
+        paris_particles = num_particles * (iters + 1)
+        errors: dict[str, list[float]] = {"ppg": [], "paris": []}
+        for r in range(replicates):
+            pyro.set_rng_seed(100 + r)
+            ppg = PPG(ssm, state, num_particles, num_iters=iters, burn_in=burn_in,
+                      progress=False).run(ys).estimate
+            errors["ppg"].append(float(ppg.sum()) - truth)
+            paris = PaRIS(ssm, state, paris_particles, progress=False).run(ys).estimate
+            errors["paris"].append(float(paris.sum()) - truth)
+        row = {"ppg_particles": num_particles, "ppg_iters": iters, "burn_in": burn_in,
+               "paris_particles": paris_particles}
+        for name, e in errors.items():
+            e = torch.tensor(e)
+            row[name] = {"bias": float(e.mean()), "bias_se": float(e.std() / math.sqrt(len(e))),
+                         "sd": float(e.std()), "mse": float(e.pow(2).mean())}
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--peer-steps", type=int, default=20,
+                        help="time steps of particles' Paris (about 2 s each at N = 1000)")
+    parser.add_argument("--replicates", type=int, default=100)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="bench_out/smc.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    np.random.seed(0)
+    results: dict = {}
+    if args.device == "cpu":
+        peer = against_particles(args.rounds, args.steps, args.peer_steps, 1000)
+        results["against_particles"] = peer
+        s = peer["seconds_per_step"]
+        print(f"# one thread, stochastic volatility, N = 1000, median of {args.rounds} rounds")
+        print(f"smc/filter speedup_vs_particles: {peer['filter_speedup']:.2f} "
+              f"(posterity {1e3 * s['filter']:.3f} ms/step, particles "
+              f"{1e3 * s['peer_filter']:.3f} ms/step, T = {args.steps})")
+        print(f"smc/paris speedup_vs_particles: {peer['paris_speedup']:.0f} "
+              f"(posterity {1e3 * s['paris']:.2f} ms/step over T = {args.steps}, particles "
+              f"{1e3 * s['peer_paris']:.0f} ms/step over T = {args.peer_steps})")
+        sizes = [1_000, 10_000, 100_000]
+    else:
+        sizes = [1_000, 10_000, 100_000, 1_000_000]
+    rows = scaling(sizes, 100, args.device)
+    results["scaling_seconds_per_step"] = rows
+    for n, row in rows.items():
+        print(f"smc/scaling N={n}: filter {1e3 * row['filter']:.3f} ms/step, "
+              f"PaRIS {1e3 * row['paris']:.3f} ms/step ({args.device})")
+    if args.device == "cpu":
+        table = accuracy([(8, 25), (16, 25), (32, 25)], args.replicates, 50)
+        results["ppg_vs_paris"] = table
+        print("# E[Σ x_t | y] on a linear-Gaussian model, T = 50, errors against RTS, "
+              f"{args.replicates} replicates")
+        for row in table:
+            ppg, paris = row["ppg"], row["paris"]
+            print(f"smc/accuracy PPG N={row['ppg_particles']} k={row['ppg_iters']}: bias "
+                  f"{ppg['bias']:+.3f} ± {ppg['bias_se']:.3f}, sd {ppg['sd']:.3f}, MSE "
+                  f"{ppg['mse']:.4f} | PaRIS N={row['paris_particles']}: bias "
+                  f"{paris['bias']:+.3f} ± {paris['bias_se']:.3f}, sd {paris['sd']:.3f}, "
+                  f"MSE {paris['mse']:.4f}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
