@@ -1,5 +1,6 @@
 """posterity.guides: variational families and recognition networks."""
 
 from .encoders import GaussianEncoder
+from .sbn import SigmoidRecognitionNet
 
-__all__ = ["GaussianEncoder"]
+__all__ = ["GaussianEncoder", "SigmoidRecognitionNet"]

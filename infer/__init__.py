@@ -6,12 +6,14 @@ from .importance import WeightedParticles, weighted_particles
 from .report import report
 from .train import History, NonFiniteError, fit
 from .vi import AmortizedVI
+from .wake_sleep import WakeSleep
 
 __all__ = [
     "AmortizedVI",
     "History",
     "NonFiniteError",
     "RateDistortion",
+    "WakeSleep",
     "WeightedParticles",
     "fit",
     "log_likelihood",

@@ -251,6 +251,31 @@ def _step_sizes(idata: az.InferenceData) -> str | None:
             f"{figure_html(fig, 'step sizes')}")
 
 
+@register_section
+def _model_samples(idata: az.InferenceData) -> str | None:
+    if "model_samples" not in idata.groups():
+        return None
+    samples = np.asarray(idata.model_samples["x"].values)[:64]
+    side = int(round(np.sqrt(samples.shape[1])))
+    columns = 16
+    rows = -(-samples.shape[0] // columns)
+    if side * side == samples.shape[1]:  # square images: a grid
+        grid = np.ones((rows * (side + 1), columns * (side + 1)))
+        for i, image in enumerate(samples):
+            r, c = divmod(i, columns)
+            grid[r * (side + 1):r * (side + 1) + side,
+                 c * (side + 1):c * (side + 1) + side] = image.reshape(side, side)
+    else:
+        grid = samples
+    fig = Figure(figsize=(10, 10 * grid.shape[0] / grid.shape[1] + 0.3))
+    ax = fig.subplots()
+    ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    return (f"<h2>Samples from the model</h2><p class=\"note\">{samples.shape[0]} ancestral "
+            "draws (pixel probabilities of the last layer).</p>"
+            f"{figure_html(fig, 'model samples')}")
+
+
 def _band_plot(ax, time, mean, low, high, label: str) -> None:
     ax.fill_between(time, low, high, alpha=0.3, lw=0)
     ax.plot(time, mean, lw=1, label=label)

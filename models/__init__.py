@@ -3,6 +3,7 @@
 from .bnn import BayesianLogisticRegression, BayesianMLP
 from .nn import mlp
 from .plates import data_plate
+from .sbn import SigmoidBeliefNet, helmholtz_machine
 from .ssm import (
     ChaoticRNN,
     LinearGaussianSSM,
@@ -19,9 +20,11 @@ __all__ = [
     "ChaoticRNN",
     "LinearGaussianSSM",
     "LinearGaussianVAE",
+    "SigmoidBeliefNet",
     "SimulatedPath",
     "StateSpaceModel",
     "StochasticVolatility",
     "data_plate",
+    "helmholtz_machine",
     "mlp",
 ]

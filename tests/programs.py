@@ -71,3 +71,28 @@ class TwoLayerGuide(PyroModule):
             z1 = pyro.sample("z1", dist.Normal(loc, nn.functional.softplus(raw)).to_event(1))
             loc2, raw2 = self.k(z1).chunk(2, -1)
             pyro.sample("z2", dist.Normal(loc2, nn.functional.softplus(raw2)).to_event(1))
+
+
+class UserBeliefNet(PyroModule):
+    """A one-hidden-layer sigmoid belief net as a user writes it: plain Pyro, no density
+    protocol, Bernoulli logits straight out of nn.Linear."""
+
+    def __init__(self, x_dim: int = 12, h_dim: int = 4):
+        super().__init__()
+        self.prior_logits = nn.Parameter(torch.zeros(h_dim))
+        self.decoder = nn.Linear(h_dim, x_dim)
+
+    def forward(self, x):
+        with pyro.plate("data", x.shape[0]):
+            h = pyro.sample("h", dist.Bernoulli(logits=self.prior_logits).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(h)).to_event(1), obs=x)
+
+
+class UserRecognitionNet(PyroModule):
+    def __init__(self, x_dim: int = 12, h_dim: int = 4):
+        super().__init__()
+        self.encoder = nn.Linear(x_dim, h_dim)
+
+    def forward(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("h", dist.Bernoulli(logits=self.encoder(x)).to_event(1))

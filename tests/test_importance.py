@@ -14,7 +14,7 @@ from posterity.infer.importance import (
     traced_particles,
     weighted_particles,
 )
-from posterity.models import VAE, LinearGaussianVAE
+from posterity.models import VAE, LinearGaussianVAE, helmholtz_machine
 
 BUILT_INS = {
     "bernoulli VAE": lambda: (VAE(20, 4, (16,)), GaussianEncoder(20, 4, (16,)), True),
@@ -22,6 +22,7 @@ BUILT_INS = {
         VAE(20, 4, (16, 8), likelihood="gaussian"), GaussianEncoder(20, 4, (8, 16)), False
     ),
     "linear-Gaussian VAE": lambda: (LinearGaussianVAE(20, 4), GaussianEncoder(20, 4, ()), False),
+    "sigmoid belief net": lambda: (*helmholtz_machine((20, 8, 4, 3)), True),
 }
 
 
@@ -34,7 +35,9 @@ def test_density_protocol_equals_the_traced_programs(name):
     fast = weighted_particles(model, guide, (x,), num_particles=5, plate_nesting=1)
     pyro.set_rng_seed(3)
     traced = traced_particles(model, guide, (x,), {}, num_particles=5, plate_nesting=1)
-    assert torch.equal(fast.latents["z"], traced.latents["z"])
+    assert fast.latents.keys() == traced.latents.keys()
+    for name in fast.latents:
+        assert torch.equal(fast.latents[name], traced.latents[name])
     for term in ("log_likelihood", "log_prior", "log_guide"):
         assert getattr(fast, term).shape == (5, 7)
         torch.testing.assert_close(getattr(fast, term), getattr(traced, term))

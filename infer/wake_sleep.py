@@ -1,0 +1,380 @@
+"""Wake-sleep engines for Helmholtz machines: WS, RWS, natural RWS, BiHM and natural BiHM.
+
+Per data point ``x`` the wake phase draws ``K`` particles ``h_k ~ q(h | x)`` with log
+weights ``log w_k = log p(x, h_k) - log q(h_k | x)`` (vectorized over particles and the
+minibatch, :mod:`posterity.infer.importance`); the sleep phase draws ``(x, h) ~ p``.
+
+* ``"ws"`` (Hinton, Dayan, Frey & Neal 1995): wake-p ``∇θ mean_k log p(x, h_k)``;
+  sleep-q ``∇φ log q(h | x)`` on sleep samples.
+* ``"rws"`` (Bornschein & Bengio 2015, eq. 8-10): wake-p ``Σ_k w̃_k ∇θ log p(x, h_k)``
+  with self-normalized weights ``w̃ = softmax_k(log w)``; q gets
+  ``insomnia · Σ_k w̃_k ∇φ log q(h_k | x) + (1 - insomnia) · sleep-q``. Unlike Pyro's
+  ``ReweightedWakeSleep``, whose weights span the whole minibatch, the weights are
+  normalized per data point, so minibatches are the sum of independent estimates.
+* ``"bihm"`` (Bornschein, Shabanian, Fischer & Bengio 2016): the model is
+  ``p*(x) = (Σ_h √(p(x, h) q(h | x)))² / Z``; ``log p*`` is bounded below by
+  ``2 log mean_k √w_k``, whose gradient is ``Σ_k ω̃_k ∇ [log p(x, h_k) + log q(h_k | x)]``
+  with ``ω̃ = softmax_k(log w / 2)``, for p and q alike. There is no sleep phase.
+* ``"nrws"``, ``"nbihm"`` (Várady, Volpi, Malagò & Ay 2022): the same gradients, each
+  ``nn.Linear`` Bernoulli layer preconditioned by its exact per-unit Fisher blocks
+  (:mod:`posterity.infer.natural`). Generative layers take their blocks from sleep
+  samples (or, with ``fisher_weights="importance"``, from the wake particles weighted by
+  ``w̃``); recognition layers from the wake particles.
+
+The loss reported is the negated training bound per data point (the IWAE bound for the
+reweighted algorithms, the BiHM bound for BiHM). ``validate`` reports ``log p̂(x)``
+(importance-sampled) of the top-down model ``p``, and for BiHM the estimate of
+``log p*(x)`` with its partition function (:meth:`WakeSleep.log_likelihood`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from torch import Tensor, nn
+
+from . import train
+from .handlers import densities_unaltered
+from .importance import PARTICLE_PLATE, _per_data_point, sample_sites, weighted_particles
+from .natural import BernoulliNaturalGradient, LayerRecorder, linear_layers
+from .validation import check_choice, check_int, check_positive, prepare_pair
+
+ALGORITHMS = ("ws", "rws", "nrws", "bihm", "nbihm")
+FISHER_WEIGHTS = ("sleep", "importance")
+
+
+def sleep_samples(model: Callable, x: Tensor, num_particles: int, plate_nesting: int
+                  ) -> tuple[dict[str, Tensor], str]:
+    """``num_particles`` ancestral draws of every site per row of ``x``, ``[K, B, ...]``,
+    and the name of the observed site."""
+    if densities_unaltered() and callable(getattr(model, "sample_joint", None)):
+        return model.sample_joint(x, num_particles), "x"
+    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(plate_nesting + 1)):
+        trace = poutine.trace(poutine.uncondition(model)).get_trace(x)
+    sites = sample_sites(trace)
+    observed = [n for n, s in sites.items() if s["infer"].get("was_observed")]
+    if len(observed) != 1:
+        raise ValueError(f"the sleep phase needs exactly one observed site, found {observed}")
+    values = {name: site["value"].expand(num_particles, *site["value"].shape[-2:])
+              if site["value"].dim() < 3 else site["value"] for name, site in sites.items()}
+    return values, observed[0]
+
+
+def guide_log_density(guide: Callable, x: Tensor, latents: dict[str, Tensor],
+                      plate_nesting: int) -> Tensor:
+    """``log q(h | x)`` of given ``[K, B, ...]`` draws, ``[K, B]``."""
+    if densities_unaltered() and callable(getattr(guide, "log_guide", None)):
+        return guide.log_guide(x, latents)
+    K, B = x.shape[:2]
+    flat = {name: value.reshape(K * B, *value.shape[2:]) for name, value in latents.items()}
+    trace = poutine.trace(poutine.condition(guide, data=flat)).get_trace(
+        x.reshape(K * B, *x.shape[2:]))
+    terms = [_per_data_point(site, "data", -(plate_nesting + 1), 1)
+             for site in sample_sites(trace).values()]
+    return sum(terms[1:], terms[0]).reshape(K, B)
+
+
+class WakeSleep:
+    """Train a Helmholtz machine (a generative program and its recognition program).
+
+    Args:
+        model: a ``PyroModule`` program ``model(x)`` with Bernoulli (or other discrete)
+            latents and its data in ``pyro.plate("data")``.
+        guide: its recognition program ``guide(x)`` with the same latent site names.
+        algorithm: ``"ws"``, ``"rws"``, ``"nrws"``, ``"bihm"`` or ``"nbihm"``.
+        num_particles: ``K`` (``>= 2`` except for ``"ws"``).
+        lr: learning rate of the default optimizer (Adam).
+        insomnia: RWS/NRWS weight of wake-q against sleep-q (1: wake only).
+        damping: ``α >= 0`` of the natural-gradient preconditioner.
+        refresh_every: recompute the Fisher factorizations every this many updates.
+        fisher_weights: ``"sleep"`` (generative blocks from sleep samples) or
+            ``"importance"`` (from the wake particles weighted by ``w̃``).
+        optimizer: a ``torch.optim`` class or ``params -> Optimizer`` factory (SGD,
+            momentum, Adam, ...); natural algorithms hand it preconditioned gradients.
+        scheduler: an ``optimizer -> LRScheduler`` factory, stepped every update.
+
+    Example:
+        >>> from posterity.models import helmholtz_machine
+        >>> model, guide = helmholtz_machine((20, 8, 4))
+        >>> x = torch.bernoulli(torch.full((64, 20), 0.3))
+        >>> ws = WakeSleep(model, guide, algorithm="nrws", num_particles=5, damping=0.1)
+        >>> history = ws.fit(x, epochs=2, batch_size=16, progress=False)
+        >>> len(history.epochs["train_loss"])
+        2
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        guide: nn.Module,
+        algorithm: str = "rws",
+        num_particles: int = 10,
+        lr: float = 1e-3,
+        insomnia: float = 0.5,
+        damping: float = 0.1,
+        refresh_every: int = 1,
+        fisher_weights: str = "sleep",
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module) or not isinstance(guide, nn.Module):
+            raise TypeError("model and guide must be torch.nn.Module (e.g. PyroModule) programs")
+        self.model, self.guide = model, guide
+        self.algorithm = check_choice("algorithm", algorithm, ALGORITHMS)
+        self.num_particles = check_int("num_particles", num_particles,
+                                       1 if self.algorithm == "ws" else 2)
+        self.lr = check_positive("lr", lr)
+        if not 0 <= insomnia <= 1:
+            raise ValueError(f"insomnia must be in [0, 1], got {insomnia}")
+        self.insomnia = float(insomnia)
+        self.damping = check_positive("damping", damping, allow_zero=True)
+        self.fisher_weights = check_choice("fisher_weights", fisher_weights, FISHER_WEIGHTS)
+        model_layers = getattr(model, "layers", None)
+        guide_layers = getattr(guide, "layers", None)
+        if model_layers is not None and guide_layers is not None and \
+                tuple(model_layers) != tuple(guide_layers):
+            raise ValueError(f"model and guide layers differ: {tuple(model_layers)} and "
+                             f"{tuple(guide_layers)}")
+        params = list({id(p): p for m in (model, guide) for p in m.parameters()}.values())
+        if not params:
+            raise ValueError("model and guide have no parameters to train")
+        self.optimizer = (optimizer or torch.optim.Adam)(params, lr=self.lr)
+        self.scheduler = scheduler(self.optimizer) if scheduler is not None else None
+        self.natural = self.algorithm in ("nrws", "nbihm")
+        if self.natural:
+            self.model_layers, self.guide_layers = linear_layers(model), linear_layers(guide)
+            self.preconditioner = BernoulliNaturalGradient(
+                self.model_layers + self.guide_layers, damping, refresh_every)
+            self.recorder = LayerRecorder(self.model_layers + self.guide_layers)
+        self.history = train.History()
+        self.num_steps = 0
+        self._plate_nesting: int | None = None
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.algorithm in ("bihm", "nbihm")
+
+    @property
+    def uses_sleep(self) -> bool:
+        if self.bidirectional:
+            return False
+        return self.algorithm == "ws" or self.insomnia < 1
+
+    @property
+    def monitor(self) -> tuple[str, str]:
+        return ("valid_log_likelihood", "max")
+
+    def prepare(self, x: Tensor, name: str = "data") -> Tensor:
+        x, self._plate_nesting = prepare_pair(self.model, self.guide, x, name)
+        self._template = x[:1]  # the shape the sleep phase asks the model for
+        return x
+
+    # --- one update ----------------------------------------------------------------
+    def losses(self, x: Tensor) -> dict[str, Tensor]:
+        """The surrogate losses of one minibatch (their gradients are the algorithm's
+        updates) and the bound, as tensors."""
+        if self._plate_nesting is None:
+            self.prepare(x)
+        refresh = self.natural and self.preconditioner.due
+        if refresh:
+            self.recorder.recording = True
+        particles = weighted_particles(self.model, self.guide, (x,),
+                                       num_particles=self.num_particles,
+                                       plate_nesting=self._plate_nesting)
+        log_weights = particles.log_weights.detach()
+        K = log_weights.shape[0]
+        if self.bidirectional:
+            normalized = torch.softmax(0.5 * log_weights, 0)
+            bound = 2 * (torch.logsumexp(0.5 * log_weights, 0) - math.log(K))
+        else:
+            normalized = (torch.full_like(log_weights, 1.0 / K) if self.algorithm == "ws"
+                          else torch.softmax(log_weights, 0))
+            bound = torch.logsumexp(log_weights, 0) - math.log(K)
+        log_p = particles.log_likelihood + particles.log_prior
+        wake_p = -(normalized * log_p).sum(0).mean()
+        wake_q = -(normalized * particles.log_guide).sum(0).mean()
+        if refresh:
+            self._refresh_guide_and_weighted_model(normalized)
+        sleep_q = None
+        if self.uses_sleep or (refresh and self.fisher_weights == "sleep"):
+            if self.natural:
+                self.recorder.recording = refresh
+            with torch.no_grad():
+                draws, observed = sleep_samples(self.model, x, self.num_particles,
+                                                self._plate_nesting)
+            if refresh:
+                self._refresh(self.model_layers)
+            if self.uses_sleep:
+                latents = {n: v for n, v in draws.items() if n != observed}
+                sleep_q = -guide_log_density(self.guide, draws[observed], latents,
+                                             self._plate_nesting).mean()
+        if self.natural:
+            self.recorder.recording = False
+            self.recorder.clear()
+        if self.algorithm == "ws":
+            guide_loss = sleep_q
+        elif self.bidirectional or self.insomnia == 1:
+            guide_loss = wake_q
+        else:
+            guide_loss = self.insomnia * wake_q + (1 - self.insomnia) * sleep_q
+        return {"model_loss": wake_p, "guide_loss": guide_loss, "bound": bound.mean()}
+
+    def _refresh(self, layers: list[nn.Linear], weights: Tensor | None = None) -> None:
+        for layer in layers:
+            recorded = self.recorder.take(layer)
+            if recorded is None:
+                continue
+            inputs, logits = recorded
+            layer_weights = None
+            if weights is not None and inputs.shape[0] == weights.numel():
+                layer_weights = weights.reshape(-1)
+            self.preconditioner.update(layer, inputs, logits, layer_weights)
+
+    def _refresh_guide_and_weighted_model(self, normalized: Tensor) -> None:
+        """Recognition blocks from the wake pass; generative ones too when they are
+        importance-weighted (otherwise the sleep pass provides them)."""
+        self._refresh(self.guide_layers)
+        if self.fisher_weights == "importance":
+            self._refresh(self.model_layers, normalized / normalized.shape[1])
+        else:
+            for layer in self.model_layers:  # the wake pass's records are not wanted
+                self.recorder.records.pop(layer, None)
+
+    def step(self, x: Tensor) -> dict[str, float]:
+        """One update on the minibatch ``x``; returns ``{"loss": -bound, ...}``."""
+        losses = self.losses(x)
+        self.optimizer.zero_grad(set_to_none=True)
+        (losses["model_loss"] + losses["guide_loss"]).backward()
+        if self.natural:
+            self.preconditioner.precondition()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.num_steps += 1
+        return {"loss": -losses["bound"].item(), "guide_loss": losses["guide_loss"].item()}
+
+    # --- evaluation ----------------------------------------------------------------
+    @torch.no_grad()
+    def log_partition(self, num_samples: int = 1000, num_particles: int = 100,
+                      batch_size: int = 100) -> tuple[float, float]:
+        """BiHM's ``log Z`` and its standard error (delta method).
+
+        ``Z = Σ_x p̃*(x) = E_{x ~ p}[p̃*(x) / p(x)]`` with ``p̃*(x) = (E_q √w)²``; both
+        ``p̃*(x)`` and ``p(x) = E_q w`` are estimated from the same ``num_particles``
+        draws of ``q(h | x)`` for each of ``num_samples`` sleep samples ``x ~ p``. The
+        ratio is consistent as ``num_particles`` grows; ``Z ≤ 1`` by Cauchy-Schwarz.
+        """
+        ratios = []
+        for begin in range(0, num_samples, batch_size):
+            rows = min(batch_size, num_samples - begin)
+            like = self._template.expand(rows, *self._template.shape[1:])
+            draws, observed = sleep_samples(self.model, like, 1, self._plate_nesting)
+            x = draws[observed][0]
+            log_w = weighted_particles(self.model, self.guide, (x,),
+                                       num_particles=num_particles,
+                                       plate_nesting=self._plate_nesting or 1).log_weights
+            log_tilde = 2 * (torch.logsumexp(0.5 * log_w, 0) - math.log(num_particles))
+            log_p = torch.logsumexp(log_w, 0) - math.log(num_particles)
+            ratios.append(log_tilde - log_p)
+        log_ratios = torch.cat(ratios)
+        log_z = torch.logsumexp(log_ratios, 0) - math.log(log_ratios.numel())
+        relative = torch.exp(log_ratios - log_z)
+        return float(log_z), float(relative.std() / math.sqrt(log_ratios.numel()))
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, num_samples: int = 5000, batch_size: int = 100,
+                       log_partition: float | None = None, progress: bool = False) -> Tensor:
+        """``log p̂(x)`` per row: of the model ``p`` (importance-sampled with ``q``), or
+        for BiHM of ``p*``: ``2 log mean_s √w_s - log Ẑ``."""
+        from .evaluate import log_likelihood
+
+        if not self.bidirectional:
+            return log_likelihood(self.model, self.guide, x, num_samples,
+                                  batch_size=batch_size, progress=progress)
+        if self._plate_nesting is None:
+            x = self.prepare(x, "x")
+        if log_partition is None:
+            log_partition = self.log_partition()[0]
+        values = []
+        for chunk in x.split(batch_size):
+            total = None
+            for part in range(0, num_samples, 500):
+                k = min(500, num_samples - part)
+                log_w = weighted_particles(self.model, self.guide, (chunk,), num_particles=k,
+                                           plate_nesting=self._plate_nesting).log_weights
+                piece = torch.logsumexp(0.5 * log_w, 0)
+                total = piece if total is None else torch.logaddexp(total, piece)
+            values.append(2 * (total - math.log(num_samples)) - log_partition)
+        return torch.cat(values)
+
+    @torch.no_grad()
+    def validate(self, data: Tensor, num_samples: int = 100, batch_size: int = 500
+                 ) -> dict[str, float]:
+        """``log p̂(x)`` with ``num_samples`` particles (of ``p*`` for BiHM)."""
+        log_partition = self.log_partition(num_samples=500, num_particles=num_samples)[0] \
+            if self.bidirectional else None
+        values = self.log_likelihood(data, num_samples, batch_size, log_partition)
+        metrics = {"valid_log_likelihood": float(values.mean())}
+        if log_partition is not None:
+            metrics["log_partition"] = log_partition
+        return metrics
+
+    def fit(self, data: Tensor, epochs: int, batch_size: int = 32,
+            valid: Tensor | None = None, **kwargs: Any) -> train.History:
+        """Train on binary ``data`` (``[N, D]``) with the shared loop
+        (:func:`posterity.infer.train.fit`)."""
+        data = self.prepare(data, "data")
+        if valid is not None:
+            valid = self.prepare(valid, "valid")
+        self.history = train.fit(self, data, epochs=epochs, batch_size=batch_size,
+                                 valid=valid, history=self.history, **kwargs)
+        return self.history
+
+    # --- state ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "guide": self.guide.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "num_steps": self.num_steps,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.guide.load_state_dict(state["guide"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.num_steps = state.get("num_steps", 0)
+        if self.natural:  # factorizations are rebuilt at the next update
+            self.preconditioner.factors.clear()
+            self.preconditioner.num_updates = 0
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+
+    def to_inference_data(self, x: Tensor, num_samples: int = 200, num_model_samples: int = 64,
+                          **kwargs: Any):
+        """ArviZ ``InferenceData``: guide draws, log weights and PSIS k̂ for the rows of
+        ``x``, the training history, and ``num_model_samples`` samples from the model
+        (group ``model_samples``)."""
+        import numpy as np
+        import xarray as xr
+
+        from .diagnostics import amortized_inference_data
+
+        attrs = {"engine": "WakeSleep", "algorithm": self.algorithm,
+                 "num_particles": self.num_particles}
+        if self.natural:
+            attrs["damping"] = self.damping
+        idata = amortized_inference_data(self.model, self.guide, x, num_samples=num_samples,
+                                         history=self.history, attrs=attrs, **kwargs)
+        if callable(getattr(self.model, "sample", None)):
+            samples = self.model.sample(num_model_samples).cpu().numpy()
+            idata.add_groups(model_samples=xr.Dataset(
+                {"x": (("sample", "feature"), samples)},
+                coords={"sample": np.arange(samples.shape[0])}))
+        return idata
