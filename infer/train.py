@@ -54,6 +54,7 @@ class History:
     epochs: dict[str, list[float]] = field(default_factory=dict)
     stopped_early: bool = False
     best_epoch: int | None = None
+    out_of_time: bool = False
 
     def log_step(self, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
@@ -131,6 +132,7 @@ def fit(
     seed: int | None = None,
     progress: bool = True,
     history: History | None = None,
+    time_budget: float | None = None,
 ) -> History:
     """Train ``engine`` for ``epochs`` passes over ``data`` in shuffled minibatches.
 
@@ -150,6 +152,9 @@ def fit(
         seed: seeds Pyro/PyTorch and the shuffling at the start of a fresh run.
         progress: show a ``tqdm`` bar with the current objective.
         history: a history to extend (the engine's own, across ``fit`` calls).
+        time_budget: stop once the updates (not validation) have taken this many
+            seconds in all; the interrupted epoch is validated and logged. For comparing
+            engines at equal wall-clock time.
 
     Returns:
         The :class:`History`.
@@ -194,9 +199,10 @@ def fit(
         dynamic_ncols=True,
     )
     shown: dict[str, str] = {}  # the progress bar's postfix: latest step and validation values
+    trained_seconds = sum(history.epochs.get("seconds", []))
     try:
         for epoch in range(start_epoch, epochs):
-            if history.stopped_early:
+            if history.stopped_early or history.out_of_time:
                 break
             started = time.perf_counter()
             sums: dict[str, float] = {}
@@ -211,8 +217,14 @@ def fit(
                 bar.update()
                 shown.update({k: f"{v:.4g}" for k, v in metrics.items()})
                 bar.set_postfix(shown, refresh=False)
+                if time_budget is not None and \
+                        trained_seconds + time.perf_counter() - started >= time_budget:
+                    history.out_of_time = True
+                    break
             record = {"epoch": epoch + 1, "seconds": time.perf_counter() - started}
-            record.update({f"train_{k}": v / steps_per_epoch for k, v in sums.items()})
+            trained_seconds += record["seconds"]
+            steps_done = math.ceil(min(begin + batch_size, num_rows) / batch_size)
+            record.update({f"train_{k}": v / steps_done for k, v in sums.items()})
             if valid is not None and (epoch + 1) % valid_every == 0:
                 valid_metrics = engine.validate(valid)
                 _guard(valid_metrics, epoch, total_step)
@@ -232,6 +244,7 @@ def fit(
             history.log_epoch(record)
             if checkpoint is not None and (
                 (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or history.stopped_early
+                or history.out_of_time
             ):
                 _save(checkpoint, engine, history, stopping, shuffle)
     finally:

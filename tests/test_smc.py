@@ -327,7 +327,8 @@ def test_rejection_backward_draws_the_exact_backward_kernel():
     log_w = torch.log_softmax(torch.randn(6), 0)
     target = torch.zeros(20_000, 1)
     exact = torch.bincount(exact_backward(ssm, previous, log_w, target, 1), minlength=6)
-    rejection = torch.bincount(rejection_backward(ssm, previous, log_w, target, 1),
+    rejection = torch.bincount(rejection_backward(ssm, previous, log_w, target, 1,
+                                                  exact_work=0),
                                minlength=6)
     probs = torch.softmax(log_w + ssm.transition(previous, 1).log_prob(target[:1]), 0)
     for counts in (exact, rejection):
@@ -363,15 +364,17 @@ def test_particle_gibbs_marginals_and_rhat(diagnostics_report):
     pyro.set_rng_seed(7)
     ys = ssm.simulate(10).observations
     exact = ssm.rts_smoother(ys)
-    result = ParticleGibbs(ssm, 50, progress=False).run(ys, num_iters=400, num_chains=4)
-    idata = result.to_inference_data(burn_in=50)
+    # R-hat's own noise falls with the effective sample size: ~800 draws keep it well
+    # below 1.01 for converged chains (at ~350 it ranged 1.005-1.017 over seeds)
+    result = ParticleGibbs(ssm, 50, progress=False).run(ys, num_iters=1000, num_chains=4)
+    idata = result.to_inference_data(burn_in=100)
     summary = az.summary(idata, round_to="none")
     assert (summary["r_hat"] < 1.01).all(), summary["r_hat"].max()
     sd = exact["cov"][:, 0, 0].sqrt().numpy()
     error = summary["mean"].values - exact["mean"][:, 0].numpy()
     assert (abs(error) < 4 * sd / summary["ess_bulk"].values ** 0.5).all()
     diagnostics_report.add("Particle Gibbs on a linear-Gaussian model (T = 10, N = 50)", idata,
-                           "4 chains of 400 sweeps, 50 burn-in; exact RTS marginals are the "
+                           "4 chains of 1000 sweeps, 100 burn-in; exact RTS marginals are the "
                            "reference")
 
 
@@ -526,7 +529,8 @@ def test_filter_and_paris_agree_with_the_particles_library():
     ours_evidence, ours_smoothed = [], []
     for _ in range(replicates):
         ours_evidence.append(float(ParticleFilter(ssm, N, progress=False).run(ys).log_evidence))
-        ours_smoothed.append(float(PaRIS(ssm, sum_of_states, N, progress=False)
+        ours_smoothed.append(float(PaRIS(ssm, sum_of_states, N, ess_threshold=0.5,
+                                         progress=False)
                                    .run(ys).estimate.sum()))
 
     for peer, ours in ((peer_evidence, ours_evidence), (peer_smoothed, ours_smoothed)):

@@ -112,3 +112,38 @@ def test_same_seed_same_result(data):
 def test_bad_loop_arguments(data, kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_vi().fit(data, progress=False, **kwargs)
+
+
+def test_time_budget_stops_mid_epoch_and_logs_the_partial_epoch(data):
+    import time
+
+    class Slow:
+        """A stand-in engine whose every update takes 20 ms."""
+
+        monitor = ("valid_metric", "max")
+
+        def __init__(self):
+            self.updates = 0
+
+        def step(self, batch):
+            time.sleep(0.02)
+            self.updates += 1
+            return {"loss": 1.0}
+
+        def validate(self, data):
+            return {"valid_metric": 0.0}
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    from posterity.infer import fit
+
+    engine = Slow()
+    history = fit(engine, torch.zeros(1000, 2), epochs=5, batch_size=10, valid=torch.zeros(2, 2),
+                  time_budget=0.3, progress=False)
+    assert history.out_of_time and history.num_epochs == 1
+    assert 0.3 <= history.epochs["seconds"][0] < 1.0
+    assert engine.updates < 100 and history.epochs["valid_metric"] == [0.0]

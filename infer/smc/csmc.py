@@ -92,7 +92,8 @@ class ParticleGibbs:
     """
 
     def __init__(self, ssm: StateSpaceModel, num_particles: int = 100, backward: str = "auto",
-                 max_trials: int = 10, missing: bool = False, progress: bool = True) -> None:
+                 max_trials: int | None = None, missing: bool = False,
+                 progress: bool = True) -> None:
         self.ssm = ssm
         self.num_particles = check_int("num_particles", num_particles, 2)
         self.backward = backward_sampler(ssm, backward, max_trials)

@@ -134,8 +134,8 @@ class ScoreAscent:
         """A scalar whose gradient in the parameters is the score estimate; for PPG it
         also moves the conditional path."""
         if self.estimator == "paris":
-            steps = ParticleFilter(self.ssm, self.num_particles, missing=self.missing,
-                                   progress=False).steps(ys)
+            steps = ParticleFilter(self.ssm, self.num_particles, ess_threshold=1.0,
+                                   missing=self.missing, progress=False).steps(ys)
             return smoothed_objective(steps, self.h, self.backward, self.num_backward)[0]
         if self.reference is None:
             with torch.no_grad():

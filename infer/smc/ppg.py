@@ -84,7 +84,7 @@ class PPG:
 
     def __init__(self, ssm: StateSpaceModel, h: AdditiveFunctional, num_particles: int = 100,
                  num_iters: int = 50, burn_in: int = 10, num_backward: int = 2,
-                 backward: str = "auto", max_trials: int = 10, missing: bool = False,
+                 backward: str = "auto", max_trials: int | None = None, missing: bool = False,
                  progress: bool = True) -> None:
         self.ssm, self.h = ssm, h
         self.num_particles = check_int("num_particles", num_particles, 2)
