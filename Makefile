@@ -29,6 +29,8 @@ bench: install
 	$(BIN)/python bench/vi.py
 	$(BIN)/python bench/mrvae.py
 	$(BIN)/python bench/sgmcmc.py
+	$(BIN)/python bench/smc.py
+	$(BIN)/python bench/wake_sleep.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,4 +1,4 @@
-"""Command line: ``posterity fit vae|bnn|ssm ...`` and ``posterity demo``.
+"""Command line: ``posterity fit vae|bnn|ssm|sbn ...`` and ``posterity demo``.
 
 ``posterity fit vae --data mnist --objective iwae -k 5 --epochs 10 --out runs/vae``
 trains, evaluates and writes ``report.html``, ``idata.nc``, ``metrics.json`` and
@@ -16,6 +16,10 @@ in the target's own units.
 
 ``posterity fit ssm --data gbp-usd --model sv --out runs/sv`` learns a state-space model
 by score ascent, then filters and smooths it (see :mod:`posterity.infer.smc.command`).
+
+``posterity fit sbn --data mnist --algorithm nrws --out runs/sbn`` trains a sigmoid belief
+net by (natural) reweighted wake-sleep or a (natural) bidirectional Helmholtz machine
+(see :mod:`posterity.infer.sbn_command`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from posterity.models import VAE
 from .diagnostics import rate_distortion_dataset, to_inference_data
 from .evaluate import log_likelihood, rate_distortion
 from .report import report
+from .sbn_command import add_arguments as sbn_arguments
 from .smc.command import add_arguments as ssm_arguments
 from .vi import OBJECTIVES, AmortizedVI
 
@@ -294,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     _vae_arguments(models.add_parser("vae", help="variational autoencoder"))
     _bnn_arguments(models.add_parser("bnn", help="Bayesian MLP sampled by SG-MCMC"))
     ssm_arguments(models.add_parser("ssm", help="state-space model: learn, filter, smooth"))
+    sbn_arguments(models.add_parser("sbn", help="sigmoid belief net trained by wake-sleep"))
     demo = commands.add_parser(
         "demo", help="the main job on embedded data: an IWAE on binarized digits"
     )

@@ -102,3 +102,20 @@ def test_fit_ssm_on_a_csv_with_gaps(tmp_path):
     page = (out / "report.html").read_text()
     assert "Smoothed states" in page and "Particle filter" in page
     assert "Parameter learning" in page
+
+
+def test_fit_sbn_writes_report_idata_and_metrics(tmp_path, capsys):
+    out = tmp_path / "sbn"
+    code = main(["fit", "sbn", "--data", "digits", "--algorithm", "nbihm", "--layers", "8",
+                 "-k", "3", "--epochs", "1", "--valid-points", "50", "--eval-samples", "50",
+                 "--eval-points", "30", "--diagnostic-points", "10", "--out", str(out),
+                 "--quiet"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["algorithm"] == "nbihm" and metrics["test_points"] == 30
+    assert metrics["test_log_likelihood"] < 0 and metrics["log_partition"] <= 0.05
+    idata = az.from_netcdf(str(out / "idata.nc"))
+    assert idata.posterior["z_1"].shape[-2:] == (10, 8)
+    page = (out / "report.html").read_text()
+    assert "Samples from the model" in page and "Training history" in page
+    assert "test log p(x)" in capsys.readouterr().out
