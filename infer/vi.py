@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from posterity.models.gated import check_beta_range
 
 from . import train
+from .engine import AmortizedEngine
 from .importance import WeightedParticles, weighted_particles
 from .validation import check_choice, check_int, check_positive, prepare_pair
 
@@ -56,7 +57,7 @@ def log_uniform(low: float, high: float, shape: tuple[int, ...], like: Tensor) -
     return torch.exp(math.log(low) + u * (math.log(high) - math.log(low)))
 
 
-class AmortizedVI:
+class AmortizedVI(AmortizedEngine):
     """Fit a Pyro model and its amortized guide by stochastic gradient ascent.
 
     Args:
@@ -162,13 +163,6 @@ class AmortizedVI:
     def monitor(self) -> tuple[str, str]:
         return (f"valid_{self.objective}", "max")
 
-    def parameters(self) -> list[nn.Parameter]:
-        seen: dict[int, nn.Parameter] = {}
-        for module in (self.model, self.guide):
-            for p in module.parameters():
-                seen.setdefault(id(p), p)
-        return list(seen.values())
-
     # --- checks done once, not in the hot path -------------------------------------
     def prepare(self, x: Tensor, name: str = "data") -> Tensor:
         """Check data and the model/guide pair once; cache the plate nesting."""
@@ -245,51 +239,6 @@ class AmortizedVI:
             for chunk in data.split(batch_size)
         )
         return {"valid_multi_rate": total / (data.shape[0] * len(betas))}
-
-    def fit(
-        self,
-        data: Tensor,
-        epochs: int,
-        batch_size: int = 100,
-        valid: Tensor | None = None,
-        **kwargs: Any,
-    ) -> train.History:
-        """Train on ``data`` (``[N, D]``); see :func:`posterity.infer.train.fit`.
-
-        Keyword arguments (``patience``, ``checkpoint``, ``resume``, ``seed``,
-        ``progress``, ...) go to the shared training loop.
-        """
-        data = self.prepare(data, "data")
-        if valid is not None:
-            valid = self.prepare(valid, "valid")
-        self.history = train.fit(
-            self,
-            data,
-            epochs=epochs,
-            batch_size=batch_size,
-            valid=valid,
-            history=self.history,
-            **kwargs,
-        )
-        return self.history
-
-    # --- state ---------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "guide": self.guide.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "num_steps": self.num_steps,
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.guide.load_state_dict(state["guide"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.num_steps = state.get("num_steps", 0)
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
 
     def to_inference_data(
         self, x: Tensor, num_samples: int = 200, num_betas: int = 20, **kwargs: Any

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from . import train
+from .engine import AmortizedEngine
 from .handlers import densities_unaltered
 from .importance import PARTICLE_PLATE, _per_data_point, sample_sites, weighted_particles
 from .natural import BernoulliNaturalGradient, LayerRecorder, linear_layers
@@ -79,7 +80,7 @@ def guide_log_density(guide: Callable, x: Tensor, latents: dict[str, Tensor],
     return sum(terms[1:], terms[0]).reshape(K, B)
 
 
-class WakeSleep:
+class WakeSleep(AmortizedEngine):
     """Train a Helmholtz machine (a generative program and its recognition program).
 
     Args:
@@ -149,7 +150,7 @@ class WakeSleep:
                 tuple(model_layers) != tuple(guide_layers):
             raise ValueError(f"model and guide layers differ: {tuple(model_layers)} and "
                              f"{tuple(guide_layers)}")
-        params = list({id(p): p for m in (model, guide) for p in m.parameters()}.values())
+        params = self.parameters()
         if not params:
             raise ValueError("model and guide have no parameters to train")
         self.optimizer = (optimizer or torch.optim.Adam)(params, lr=self.lr)
@@ -341,33 +342,13 @@ class WakeSleep:
             valid: Tensor | None = None, **kwargs: Any) -> train.History:
         """Train on binary ``data`` (``[N, D]``) with the shared loop
         (:func:`posterity.infer.train.fit`)."""
-        data = self.prepare(data, "data")
-        if valid is not None:
-            valid = self.prepare(valid, "valid")
-        self.history = train.fit(self, data, epochs=epochs, batch_size=batch_size,
-                                 valid=valid, history=self.history, **kwargs)
-        return self.history
-
-    # --- state ---------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "guide": self.guide.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "num_steps": self.num_steps,
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-        }
+        return super().fit(data, epochs, batch_size, valid, **kwargs)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.guide.load_state_dict(state["guide"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.num_steps = state.get("num_steps", 0)
+        super().load_state_dict(state)
         if self.natural:  # factorizations are rebuilt at the next update
             self.preconditioner.factors.clear()
             self.preconditioner.num_updates = 0
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
 
     def to_inference_data(self, x: Tensor, num_samples: int = 200, num_model_samples: int = 64,
                           **kwargs: Any):

@@ -260,3 +260,20 @@ def test_cuda_natural_rws_step(cuda):
     x = torch.bernoulli(torch.full((32, 16), 0.3, device=cuda))
     assert math.isfinite(engine.step(engine.prepare(x))["loss"])
     assert engine.preconditioner.factors[model.generative[0]].cholesky.device.type == "cuda"
+
+
+def test_natural_rws_resumes_exactly_like_an_uninterrupted_run(tmp_path):
+    x = torch.bernoulli(torch.full((60, 12), 0.3), generator=torch.Generator().manual_seed(8))
+
+    def run(epochs: int, checkpoint):
+        torch.manual_seed(9)
+        engine = WakeSleep(*helmholtz_machine((12, 5, 3)), algorithm="nrws", num_particles=3)
+        engine.fit(x, epochs=epochs, batch_size=20, checkpoint=checkpoint, seed=10,
+                   progress=False)
+        return [p.detach().clone() for p in engine.parameters()]
+
+    straight = run(3, tmp_path / "straight.pt")
+    run(1, tmp_path / "resumed.pt")
+    resumed = run(3, tmp_path / "resumed.pt")
+    for a, b in zip(straight, resumed):
+        assert torch.equal(a, b)

@@ -1,0 +1,68 @@
+"""What the amortized engines (:class:`AmortizedVI`, :class:`WakeSleep`) share: a model
+and guide trained by one optimizer through the shared loop, with exact state dicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import train
+
+
+class AmortizedEngine:
+    """Mixin: ``fit`` through :func:`posterity.infer.train.fit`, and state dicts.
+
+    Subclasses set ``model``, ``guide``, ``optimizer``, ``scheduler``, ``history`` and
+    ``num_steps``, and implement ``prepare``, ``step``, ``validate`` and ``monitor``.
+    """
+
+    model: nn.Module
+    guide: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    history: train.History
+    num_steps: int
+
+    def prepare(self, x: Tensor, name: str = "data") -> Tensor:
+        raise NotImplementedError
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The parameters of the model and the guide, each once."""
+        seen: dict[int, nn.Parameter] = {}
+        for module in (self.model, self.guide):
+            for p in module.parameters():
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    def fit(self, data: Tensor, epochs: int, batch_size: int = 100,
+            valid: Tensor | None = None, **kwargs: Any) -> train.History:
+        """Train on ``data`` (``[N, D]``); see :func:`posterity.infer.train.fit`.
+
+        Keyword arguments (``patience``, ``checkpoint``, ``resume``, ``seed``,
+        ``progress``, ``time_budget``, ...) go to the shared training loop.
+        """
+        data = self.prepare(data, "data")
+        if valid is not None:
+            valid = self.prepare(valid, "valid")
+        self.history = train.fit(self, data, epochs=epochs, batch_size=batch_size,
+                                 valid=valid, history=self.history, **kwargs)
+        return self.history
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "guide": self.guide.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "num_steps": self.num_steps,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.guide.load_state_dict(state["guide"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.num_steps = state.get("num_steps", 0)
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
