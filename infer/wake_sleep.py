@@ -61,9 +61,7 @@ def sleep_samples(model: Callable, x: Tensor, num_particles: int, plate_nesting:
     observed = [n for n, s in sites.items() if s["infer"].get("was_observed")]
     if len(observed) != 1:
         raise ValueError(f"the sleep phase needs exactly one observed site, found {observed}")
-    values = {name: site["value"].expand(num_particles, *site["value"].shape[-2:])
-              if site["value"].dim() < 3 else site["value"] for name, site in sites.items()}
-    return values, observed[0]
+    return {name: site["value"] for name, site in sites.items()}, observed[0]
 
 
 def guide_log_density(guide: Callable, x: Tensor, latents: dict[str, Tensor],
@@ -164,6 +162,7 @@ class WakeSleep(AmortizedEngine):
         self.history = train.History()
         self.num_steps = 0
         self._plate_nesting: int | None = None
+        self._template: Tensor | None = None
 
     @property
     def bidirectional(self) -> bool:
@@ -283,6 +282,8 @@ class WakeSleep(AmortizedEngine):
         draws of ``q(h | x)`` for each of ``num_samples`` sleep samples ``x ~ p``. The
         ratio is consistent as ``num_particles`` grows; ``Z ≤ 1`` by Cauchy-Schwarz.
         """
+        if self._template is None:
+            raise RuntimeError("log_partition needs the data's shape: call fit or prepare first")
         ratios = []
         for begin in range(0, num_samples, batch_size):
             rows = min(batch_size, num_samples - begin)
