@@ -31,7 +31,7 @@ import torch
 
 from posterity.datasets import binarized_mnist
 from posterity.infer import WakeSleep
-from posterity.models import helmholtz_machine
+from posterity.infer.wake_sleep import helmholtz_machine
 
 LAYERS = (784, 200, 200, 10)
 ALGORITHMS = ("ws", "rws", "nrws", "bihm", "nbihm")

@@ -12,10 +12,9 @@ from pyro.nn import PyroModule
 from torch import Tensor
 from torch.nn import functional as F
 
-from posterity.models.gated import DEFAULT_BETA_RANGE, GatedMLP
-from posterity.models.nn import mlp
-from posterity.models.plates import check_width, data_plate
-from posterity.models.vae import MultiRateMixin
+from posterity.layers.gated import DEFAULT_BETA_RANGE, GatedMLP, MultiRateMixin
+from posterity.layers.networks import mlp
+from posterity.layers.plates import check_width, data_plate
 
 
 class GaussianEncoder(MultiRateMixin, PyroModule):

@@ -9,8 +9,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from posterity.models.plates import check_width, data_plate
-from posterity.models.sbn import bernoulli_log_prob, bernoulli_site, check_layers, latent_site
+from posterity.layers.bernoulli import bernoulli_log_prob, bernoulli_site, check_layers, latent_site
+from posterity.layers.plates import check_width, data_plate
 
 
 class SigmoidRecognitionNet(PyroModule):

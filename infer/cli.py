@@ -38,12 +38,13 @@ from posterity.datasets import binarized_digits, binarized_mnist
 from posterity.guides import GaussianEncoder
 from posterity.models import VAE
 
-from .diagnostics import rate_distortion_dataset, to_inference_data
-from .evaluate import log_likelihood, rate_distortion
+from .amortized.evaluate import log_likelihood, rate_distortion
+from .amortized.inference_data import rate_distortion_dataset
+from .amortized.vi import OBJECTIVES, AmortizedVI
+from .inference_data import to_inference_data
 from .report import report
-from .sbn_command import add_arguments as sbn_arguments
 from .smc.command import add_arguments as ssm_arguments
-from .vi import OBJECTIVES, AmortizedVI
+from .wake_sleep.command import add_arguments as sbn_arguments
 
 
 def load_data(spec: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .validation import check_int
+from .checks import check_int
 
 
 class NonFiniteError(FloatingPointError):

@@ -1,9 +1,9 @@
 """posterity.models: Pyro programs that generate data, and nothing else."""
 
+from posterity.layers import data_plate, mlp
+
 from .bnn import BayesianLogisticRegression, BayesianMLP
-from .nn import mlp
-from .plates import data_plate
-from .sbn import SigmoidBeliefNet, helmholtz_machine
+from .sbn import SigmoidBeliefNet
 from .ssm import (
     ChaoticRNN,
     LinearGaussianSSM,
@@ -25,6 +25,14 @@ __all__ = [
     "StateSpaceModel",
     "StochasticVolatility",
     "data_plate",
-    "helmholtz_machine",
     "mlp",
 ]
+
+
+def __getattr__(name: str):
+    if name == "helmholtz_machine":
+        raise AttributeError(
+            "helmholtz_machine builds a model and its guide, so it lives where both can be "
+            "imported: use `from posterity.infer.wake_sleep import helmholtz_machine`"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

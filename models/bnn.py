@@ -22,7 +22,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor
 
-from .nn import activation_module, check_layer_sizes
+from posterity.layers.networks import activation_module, check_layer_sizes
 
 LIKELIHOODS = ("gaussian", "categorical")
 

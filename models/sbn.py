@@ -9,7 +9,7 @@ Helmholtz machine (Dayan, Hinton, Neal & Zemel 1995).
 
 The top layer's logits are an ``nn.Linear(0, n_L)`` (a bias with no inputs), so that
 every Bernoulli layer is an ``nn.Linear`` and the natural-gradient preconditioner of
-:mod:`posterity.infer.natural` covers all of them alike.
+:mod:`posterity.infer.wake_sleep.natural` covers all of them alike.
 
 Both programs implement the density protocol of :mod:`posterity.infer.importance`
 (``sample_latents`` / ``log_joint``) and the wake-sleep extension
@@ -22,36 +22,12 @@ import warnings
 from collections.abc import Sequence
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from .plates import check_binary, check_width, data_plate
-
-
-def check_layers(layers: Sequence[int]) -> tuple[int, ...]:
-    layers = tuple(int(n) for n in layers)
-    if len(layers) < 2 or min(layers) < 1:
-        raise ValueError(f"layers must list at least two positive widths (data first), "
-                         f"got {layers}")
-    return layers
-
-
-def latent_site(level: int) -> str:
-    """The site name of latent layer ``level`` (1 is next to the data)."""
-    return f"z_{level}"
-
-
-def bernoulli_log_prob(logits: Tensor, value: Tensor) -> Tensor:
-    """``log Bernoulli(value; logits)`` summed over the last dimension."""
-    return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
-
-
-def bernoulli_site(logits: Tensor) -> dist.TorchDistribution:
-    # Values are checked once per fit; the per-step argument check costs ~10% here.
-    return dist.Bernoulli(logits=logits, validate_args=False).to_event(1)
+from posterity.layers.bernoulli import bernoulli_log_prob, bernoulli_site, check_layers, latent_site
+from posterity.layers.plates import check_binary, check_width, data_plate
 
 
 class SigmoidBeliefNet(PyroModule):
@@ -133,11 +109,3 @@ class SigmoidBeliefNet(PyroModule):
         if not mean:
             return draws["x"][0]
         return torch.sigmoid(self.generative[0](draws[latent_site(1)][0]))
-
-
-def helmholtz_machine(layers: Sequence[int] = (784, 200, 200, 10)):
-    """A generative sigmoid belief net and its recognition net
-    (:class:`posterity.guides.SigmoidRecognitionNet`) of the same widths."""
-    from posterity.guides.sbn import SigmoidRecognitionNet
-
-    return SigmoidBeliefNet(layers), SigmoidRecognitionNet(layers)

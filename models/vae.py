@@ -16,9 +16,9 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .gated import DEFAULT_BETA_RANGE, BetaStandardizer, GatedMLP
-from .nn import mlp
-from .plates import check_binary, check_width, data_plate
+from posterity.layers.gated import DEFAULT_BETA_RANGE, GatedMLP, MultiRateMixin
+from posterity.layers.networks import mlp
+from posterity.layers.plates import check_binary, check_width, data_plate
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -27,37 +27,6 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 def standard_normal_log_prob(z: Tensor) -> Tensor:
     """``log N(z; 0, I)`` summed over the last dimension."""
     return -0.5 * z.pow(2).sum(-1) - _HALF_LOG_2PI * z.shape[-1]
-
-
-class MultiRateMixin:
-    """β handling shared by multi-rate models and guides (Bae et al. 2023).
-
-    ``beta`` is ``None`` (the plain VAE, β = 1), a float, or a ``[B]`` tensor with one
-    β per data point; the gated networks see its standardized logarithm.
-    """
-
-    multi_rate: bool
-    beta_range: tuple[float, float] | None
-
-    def _init_multi_rate(self, multi_rate: bool, beta_range) -> None:
-        self.multi_rate = bool(multi_rate)
-        if self.multi_rate:
-            self.standardize = BetaStandardizer(beta_range)
-            self.beta_range = self.standardize.beta_range
-        else:
-            self.beta_range = None
-
-    def _standardized(self, beta, like: Tensor) -> Tensor | None:
-        if not self.multi_rate:
-            if beta is not None:
-                raise ValueError(
-                    f"beta= needs a multi-rate {type(self).__name__} (multi_rate=True)"
-                )
-            return None
-        beta = torch.as_tensor(1.0 if beta is None else beta, dtype=like.dtype, device=like.device)
-        if (beta <= 0).any():
-            raise ValueError("beta must be positive")
-        return self.standardize(beta)
 
 
 class VAE(MultiRateMixin, PyroModule):
@@ -74,7 +43,7 @@ class VAE(MultiRateMixin, PyroModule):
         likelihood: ``"bernoulli"`` or ``"gaussian"``.
         activation: hidden nonlinearity (``"tanh"``, ``"relu"``, ``"identity"``, ...).
         multi_rate: gate the decoder's hidden layers by ``log β`` (Multi-Rate VAE, Bae
-            et al. 2023; see :mod:`posterity.models.gated` for why not its output
+            et al. 2023; see :mod:`posterity.layers.gated` for why not its output
             layer); the program then takes ``beta=`` (``None``: β = 1).
         beta_range: the β range that ``log β`` is standardized over.
         scale: a fixed Gaussian observation scale (default: learned per feature).

@@ -10,7 +10,7 @@ from programs import PosteriorProposal
 
 from posterity.guides import GaussianEncoder
 from posterity.infer import AmortizedVI, report, to_inference_data
-from posterity.infer.diagnostics import amortized_inference_data
+from posterity.infer.amortized.inference_data import amortized_inference_data
 from posterity.models import VAE, LinearGaussianVAE
 
 

@@ -6,8 +6,9 @@ import importlib
 import pytest
 
 MODULES = [
-    "posterity.infer.vi",
-    "posterity.infer.evaluate",
+    "posterity.infer.wake_sleep.helmholtz",
+    "posterity.infer.amortized.vi",
+    "posterity.infer.amortized.evaluate",
     "posterity.models.vae",
     "posterity.guides.encoders",
     "posterity.infer.sgmcmc.kernels",

@@ -13,8 +13,8 @@ from programs import PosteriorProposal, second_moment_is_finite
 
 from posterity.guides import GaussianEncoder
 from posterity.infer import AmortizedVI, log_likelihood, rate_distortion
+from posterity.infer.amortized.vi import objective_per_data_point
 from posterity.infer.importance import weighted_particles
-from posterity.infer.vi import objective_per_data_point
 from posterity.models import LinearGaussianVAE
 
 INFLATION, SHIFT = 1.6, 0.3
@@ -45,7 +45,7 @@ def test_log_likelihood_matches_the_analytic_marginal(ppca, diagnostics_report):
     # per point: |z| < 5 (Bonferroni over 200 points); in total: within 4 combined SEs
     assert z.abs().max() < 5
     assert abs((estimate - exact).sum()) < 4 * stderr.pow(2).sum().sqrt()
-    from posterity.infer.diagnostics import amortized_inference_data
+    from posterity.infer.amortized.inference_data import amortized_inference_data
 
     diagnostics_report.add(
         "pPCA: importance-sampled log p(x) vs analytic",

@@ -14,7 +14,8 @@ from posterity.infer.importance import (
     traced_particles,
     weighted_particles,
 )
-from posterity.models import VAE, LinearGaussianVAE, helmholtz_machine
+from posterity.infer.wake_sleep import helmholtz_machine
+from posterity.models import VAE, LinearGaussianVAE
 
 BUILT_INS = {
     "bernoulli VAE": lambda: (VAE(20, 4, (16,)), GaussianEncoder(20, 4, (16,)), True),

@@ -9,10 +9,10 @@ from torch import nn
 
 from posterity.guides import GaussianEncoder
 from posterity.infer import AmortizedVI, rate_distortion
-from posterity.infer.vi import log_uniform
+from posterity.infer.amortized.vi import log_uniform
+from posterity.layers.gated import BetaStandardizer, GatedLinear, GatedMLP, decoder_gate
+from posterity.layers.networks import mlp
 from posterity.models import VAE
-from posterity.models.gated import BetaStandardizer, GatedLinear, GatedMLP, decoder_gate
-from posterity.models.nn import mlp
 
 
 def count(module: nn.Module) -> int:
@@ -22,7 +22,7 @@ def count(module: nn.Module) -> int:
 def test_gates_add_two_parameters_per_unit_and_nothing_more():
     plain, gated = mlp(784, (200, 200), 100), GatedMLP(784, (200, 200), 100, "encoder")
     assert count(gated) - count(plain) == 2 * (200 + 200 + 100)
-    # the decoder's output layer stays ungated (see posterity.models.gated)
+    # the decoder's output layer stays ungated (see posterity.layers.gated)
     model = VAE(784, 50, (200, 200), multi_rate=True)
     assert count(model) - count(VAE(784, 50, (200, 200))) == 2 * (200 + 200)
     assert isinstance(model.decoder.layers[-1], nn.Linear)

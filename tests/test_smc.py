@@ -24,7 +24,7 @@ from posterity.infer.smc import (
     systematic,
 )
 from posterity.infer.smc.backward import exact_backward, rejection_backward
-from posterity.infer.smc.csmc import backward_path
+from posterity.infer.smc.particle_gibbs import backward_path
 from posterity.models import ChaoticRNN, LinearGaussianSSM, StochasticVolatility
 
 

@@ -15,13 +15,13 @@ from torch import nn
 
 from posterity.guides import SigmoidRecognitionNet
 from posterity.infer import WakeSleep, log_likelihood
-from posterity.infer.natural import (
+from posterity.infer.wake_sleep import guide_log_density, helmholtz_machine, sleep_samples
+from posterity.infer.wake_sleep.natural import (
     BernoulliNaturalGradient,
     bernoulli_fisher_blocks,
     factorize,
 )
-from posterity.infer.wake_sleep import guide_log_density, sleep_samples
-from posterity.models import SigmoidBeliefNet, helmholtz_machine
+from posterity.models import SigmoidBeliefNet
 from posterity.models.sbn import bernoulli_log_prob
 
 

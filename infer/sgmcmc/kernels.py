@@ -36,8 +36,8 @@ import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from torch import Tensor
 
+from ..checks import check_int, check_positive
 from ..train import NonFiniteError
-from ..validation import check_int, check_positive
 from .potential import Potential
 from .schedules import StepSize, as_schedule
 

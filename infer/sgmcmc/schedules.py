@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from ..validation import check_int, check_positive
+from ..checks import check_int, check_positive
 
 
 class Schedule:

@@ -25,9 +25,9 @@ from posterity.models import ChaoticRNN, LinearGaussianSSM, StochasticVolatility
 from posterity.models.ssm import StateSpaceModel
 
 from ..report import report
-from .csmc import ParticleGibbs
 from .filter import ParticleFilter
-from .learning import ScoreAscent
+from .particle_gibbs import ParticleGibbs
+from .score_ascent import ScoreAscent
 
 
 def load_series(spec: str, columns: list[int] | None = None) -> torch.Tensor:

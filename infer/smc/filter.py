@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from posterity.models.ssm import StateSpaceModel
 
-from ..validation import check_int
+from ..checks import check_int
 from .resampling import resampler
 
 

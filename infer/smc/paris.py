@@ -21,7 +21,7 @@ from torch import Tensor
 
 from posterity.models.ssm import StateSpaceModel
 
-from ..validation import check_int
+from ..checks import check_int
 from .backward import backward_sampler
 from .filter import FilterStep, ParticleFilter
 

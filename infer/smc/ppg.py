@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 from posterity.models.ssm import StateSpaceModel
 
-from ..validation import check_int
+from ..checks import check_int
 from .backward import backward_sampler
-from .csmc import ParticleGibbs, conditional_steps
 from .paris import AdditiveFunctional, paris_update
+from .particle_gibbs import ParticleGibbs, conditional_steps
 
 
 def path_through_backward_indices(particles: list[Tensor], indices: list[Tensor | None],

@@ -23,12 +23,12 @@ from tqdm import tqdm
 
 from posterity.models.ssm import StateSpaceModel
 
+from ..checks import check_choice, check_int, check_positive
 from ..train import NonFiniteError
-from ..validation import check_choice, check_int, check_positive
 from .backward import backward_sampler
-from .csmc import ParticleGibbs, conditional_steps
 from .filter import FilterStep, ParticleFilter
 from .paris import paris_update
+from .particle_gibbs import ParticleGibbs, conditional_steps
 from .ppg import path_through_backward_indices
 
 

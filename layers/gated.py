@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .nn import activation_module, check_layer_sizes
+from .networks import activation_module, check_layer_sizes
 
 DEFAULT_BETA_RANGE = (0.01, 10.0)
 
@@ -117,3 +117,34 @@ class GatedMLP(nn.Module):
             if i < last:
                 h = self.activation(h)
         return h
+
+
+class MultiRateMixin:
+    """β handling shared by multi-rate models and guides (Bae et al. 2023).
+
+    ``beta`` is ``None`` (the plain VAE, β = 1), a float, or a ``[B]`` tensor with one
+    β per data point; the gated networks see its standardized logarithm.
+    """
+
+    multi_rate: bool
+    beta_range: tuple[float, float] | None
+
+    def _init_multi_rate(self, multi_rate: bool, beta_range) -> None:
+        self.multi_rate = bool(multi_rate)
+        if self.multi_rate:
+            self.standardize = BetaStandardizer(beta_range)
+            self.beta_range = self.standardize.beta_range
+        else:
+            self.beta_range = None
+
+    def _standardized(self, beta, like: Tensor) -> Tensor | None:
+        if not self.multi_rate:
+            if beta is not None:
+                raise ValueError(
+                    f"beta= needs a multi-rate {type(self).__name__} (multi_rate=True)"
+                )
+            return None
+        beta = torch.as_tensor(1.0 if beta is None else beta, dtype=like.dtype, device=like.device)
+        if (beta <= 0).any():
+            raise ValueError("beta must be positive")
+        return self.standardize(beta)

@@ -17,7 +17,7 @@ minibatch, :mod:`posterity.infer.importance`); the sleep phase draws ``(x, h) ~ 
   with ``ω̃ = softmax_k(log w / 2)``, for p and q alike. There is no sleep phase.
 * ``"nrws"``, ``"nbihm"`` (Várady, Volpi, Malagò & Ay 2022): the same gradients, each
   ``nn.Linear`` Bernoulli layer preconditioned by its exact per-unit Fisher blocks
-  (:mod:`posterity.infer.natural`). Generative layers take their blocks from sleep
+  (:mod:`posterity.infer.wake_sleep.natural`). Generative layers take their blocks from sleep
   samples (or, with ``fisher_weights="importance"``, from the wake particles weighted by
   ``w̃``); recognition layers from the wake particles.
 
@@ -38,12 +38,12 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor, nn
 
-from . import train
-from .engine import AmortizedEngine
-from .handlers import densities_unaltered
-from .importance import PARTICLE_PLATE, _per_data_point, sample_sites, weighted_particles
+from .. import train
+from ..amortized.engine import AmortizedEngine
+from ..checks import check_choice, check_int, check_positive, prepare_pair
+from ..handlers import densities_unaltered
+from ..importance import PARTICLE_PLATE, _per_data_point, sample_sites, weighted_particles
 from .natural import BernoulliNaturalGradient, LayerRecorder, linear_layers
-from .validation import check_choice, check_int, check_positive, prepare_pair
 
 ALGORITHMS = ("ws", "rws", "nrws", "bihm", "nbihm")
 FISHER_WEIGHTS = ("sleep", "importance")
@@ -105,7 +105,7 @@ class WakeSleep(AmortizedEngine):
         scheduler: an ``optimizer -> LRScheduler`` factory, stepped every update.
 
     Example:
-        >>> from posterity.models import helmholtz_machine
+        >>> from posterity.infer.wake_sleep import helmholtz_machine
         >>> model, guide = helmholtz_machine((20, 8, 4))
         >>> x = torch.bernoulli(torch.full((64, 20), 0.3))
         >>> ws = WakeSleep(model, guide, algorithm="nrws", num_particles=5, damping=0.1)
@@ -306,7 +306,7 @@ class WakeSleep(AmortizedEngine):
                        log_partition: float | None = None, progress: bool = False) -> Tensor:
         """``log p̂(x)`` per row: of the model ``p`` (importance-sampled with ``q``), or
         for BiHM of ``p*``: ``2 log mean_s √w_s - log Ẑ``."""
-        from .evaluate import log_likelihood
+        from ..amortized.evaluate import log_likelihood
 
         if not self.bidirectional:
             return log_likelihood(self.model, self.guide, x, num_samples,
@@ -359,7 +359,7 @@ class WakeSleep(AmortizedEngine):
         import numpy as np
         import xarray as xr
 
-        from .diagnostics import amortized_inference_data
+        from ..amortized.inference_data import amortized_inference_data
 
         attrs = {"engine": "WakeSleep", "algorithm": self.algorithm,
                  "num_particles": self.num_particles}

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import train
+from .. import train
 
 
 class AmortizedEngine:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from posterity.models.ssm import StateSpaceModel
 
-from ..validation import check_int
+from ..checks import check_int
 from .backward import backward_sampler
 from .filter import FilterStep, ParticleFilter
 

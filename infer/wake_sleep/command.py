@@ -17,14 +17,13 @@ from pathlib import Path
 import pyro
 import torch
 
-from posterity.models import helmholtz_machine
-
-from .report import report
-from .wake_sleep import ALGORITHMS, WakeSleep
+from ..report import report
+from .engine import ALGORITHMS, WakeSleep
+from .helmholtz import helmholtz_machine
 
 
 def fit_sbn(args: argparse.Namespace) -> int:
-    from .cli import load_data
+    from ..cli import load_data
 
     torch.set_num_threads(args.threads)
     pyro.set_rng_seed(args.seed)

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .importance import WeightedParticles, weighted_particles
-from .validation import check_int, prepare_pair
+from ..checks import check_int, prepare_pair
+from ..importance import WeightedParticles, weighted_particles
 
 # Particles x rows x width kept in memory at once (~64 MB of float32).
 _MAX_ELEMENTS = 2**24

@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from posterity.models.gated import check_beta_range
+from posterity.layers.gated import check_beta_range
 
-from . import train
+from .. import train
+from ..checks import check_choice, check_int, check_positive, prepare_pair
+from ..importance import WeightedParticles, weighted_particles
 from .engine import AmortizedEngine
-from .importance import WeightedParticles, weighted_particles
-from .validation import check_choice, check_int, check_positive, prepare_pair
 
 OBJECTIVES = ("elbo", "beta", "iwae", "multi_rate")
 # β values at which a multi-rate run is validated: the mean β-objective over them.
@@ -248,8 +248,8 @@ class AmortizedVI(AmortizedEngine):
         A multi-rate run also gets a ``rate_distortion`` group: rate and distortion of
         ``x`` at ``num_betas`` log-spaced β across its range.
         """
-        from .diagnostics import amortized_inference_data, rate_distortion_dataset
         from .evaluate import rate_distortion
+        from .inference_data import amortized_inference_data, rate_distortion_dataset
 
         attrs = {"engine": "AmortizedVI", "objective": self.objective,
                  "num_particles": self.num_particles}

@@ -1,6 +1,5 @@
-"""Conversion of posterity results to ArviZ ``InferenceData``.
-
-Groups written for amortized inference:
+"""ArviZ groups of amortized inference (VI and wake-sleep): guide draws per data point,
+importance weights and PSIS diagnostics.
 
 * ``posterior``: guide draws of each latent site, dims ``(chain, draw, data, ...)``;
 * ``sample_stats``: ``log_importance_weight`` ``(chain, draw, data)``;
@@ -25,39 +24,13 @@ import torch
 import xarray as xr
 from torch import Tensor
 
+from ..checks import check_int, prepare_pair
+from ..importance import weighted_particles
+from ..inference_data import history_dataset
+from ..train import History
 from .evaluate import RateDistortion
-from .importance import weighted_particles
-from .train import History
-from .validation import check_int, prepare_pair
 
 KHAT_GOOD, KHAT_BAD = 0.5, 0.7
-
-
-def to_inference_data(source: Any, *args: Any, **kwargs: Any) -> az.InferenceData:
-    """ArviZ ``InferenceData`` for any posterity engine or result.
-
-    Every engine and result object has a ``to_inference_data(...)`` method; this
-    function calls it, so ``to_inference_data(vi, test[:100])`` works for an
-    :class:`~posterity.infer.AmortizedVI` as for later engines. A ``pyro.infer.MCMC``
-    run with a posterity SG-MCMC kernel gets the posterior predictive, the pointwise
-    log-likelihood and the step sizes
-    (:func:`~posterity.infer.sgmcmc.predictive.sgmcmc_inference_data`).
-    """
-    from pyro.infer import MCMC
-
-    if isinstance(source, MCMC):
-        from .sgmcmc.kernels import SGMCMCKernel
-        from .sgmcmc.predictive import sgmcmc_inference_data
-
-        if isinstance(source.kernel, SGMCMCKernel):
-            return sgmcmc_inference_data(source, *args, **kwargs)
-        return az.from_pyro(source, *args, **kwargs)
-    method = getattr(source, "to_inference_data", None)
-    if not callable(method):
-        raise TypeError(
-            f"to_inference_data needs a posterity engine or result, got {type(source).__name__}"
-        )
-    return method(*args, **kwargs)
 
 
 def pareto_khat(log_weights: Tensor) -> np.ndarray:
@@ -73,25 +46,6 @@ def relative_ess(log_weights: Tensor) -> Tensor:
     num = 2 * torch.logsumexp(log_weights, 0)
     den = torch.logsumexp(2 * log_weights, 0) + math.log(log_weights.shape[0])
     return torch.exp(num - den)
-
-
-def history_dataset(history: History) -> xr.Dataset:
-    """A history as an ``xarray.Dataset`` with ``epoch`` and ``step`` dimensions."""
-    variables = {}
-    for name, values in history.epochs.items():
-        if name != "epoch":
-            variables[name] = ("epoch", np.asarray(values, dtype=float))
-    for name, values in history.steps.items():
-        variables[f"step_{name}"] = ("step", np.asarray(values, dtype=float))
-    coords = {}
-    if history.epochs.get("epoch"):
-        coords["epoch"] = np.asarray(history.epochs["epoch"], dtype=int)
-    if history.steps:
-        coords["step"] = np.arange(1, len(next(iter(history.steps.values()))) + 1)
-    attrs = {"stopped_early": int(history.stopped_early)}
-    if history.best_epoch is not None:
-        attrs["best_epoch"] = history.best_epoch
-    return xr.Dataset(variables, coords=coords, attrs=attrs)
 
 
 def rate_distortion_dataset(curve: RateDistortion) -> xr.Dataset:

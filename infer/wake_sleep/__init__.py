@@ -1,0 +1,19 @@
+"""posterity.infer.wake_sleep: wake-sleep, reweighted wake-sleep, natural RWS and
+(natural) bidirectional Helmholtz machines for sigmoid belief nets and other programs
+with Bernoulli latents."""
+
+from .engine import ALGORITHMS, WakeSleep, guide_log_density, sleep_samples
+from .helmholtz import helmholtz_machine
+from .natural import BernoulliNaturalGradient, LayerRecorder, bernoulli_fisher_blocks, factorize
+
+__all__ = [
+    "ALGORITHMS",
+    "BernoulliNaturalGradient",
+    "LayerRecorder",
+    "WakeSleep",
+    "bernoulli_fisher_blocks",
+    "factorize",
+    "guide_log_density",
+    "helmholtz_machine",
+    "sleep_samples",
+]
