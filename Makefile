@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+DOCS_STAMP := $(VENV)/.docs-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench lint clean
+.PHONY: install demo test test-slow bench lint docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,10 +16,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The suite also checks that the documentation site builds, so `make test` installs the
+# docs extra (Sphinx, furo, myst-nb) too.
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[docs]'
+	touch $(DOCS_STAMP)
+
 demo: install
 	$(BIN)/posterity demo
 
-test: install
+test: install $(DOCS_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-slow: install
@@ -34,6 +41,11 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# `make docs`: the documentation site (Sphinx, furo, myst-nb) into docs/_build/html;
+# warnings are errors. Notebooks render from their stored outputs.
+docs: $(DOCS_STAMP)
+	$(BIN)/python -m sphinx -b html -W --keep-going docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) demo_out bench_out build *.egg-info

@@ -16,8 +16,15 @@ N = 1000 unless stated:
   PaRIS given the same number of particle-steps (N·(k + 1), the initial path
   included), over independent replicates: bias, standard deviation and MSE.
 * **GPU**: with ``--device cuda``, the filter and PaRIS at N = 10⁶.
+* **Particle Gibbs, batched chains**: sweeps per second of 4 chains run as one
+  ``[4, N, d]`` system against the same 4 chains run one after another (N = 100,
+  T = 100). Target: ≥ 3×.
+* **Checked bound**: PaRIS with the rejection kernel's bound check (every computed
+  density compared with ``transition_log_bound``) against the same kernel trusting the
+  bound. Target: the check costs ≤ 5%.
 
-Prints ``name: value`` lines and writes ``bench_out/smc.json``.
+Prints ``name: value`` lines and writes ``bench_out/smc.json``. ``--only pg bound``
+runs just the named parts (``peer``, ``scaling``, ``accuracy``, ``pg``, ``bound``).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import numpy as np
 import pyro
 import torch
 
-from posterity.infer.smc import PPG, PaRIS, ParticleFilter
+from posterity.infer.smc import PPG, PaRIS, ParticleFilter, ParticleGibbs
 from posterity.models import LinearGaussianSSM, StochasticVolatility
 
 MU, PHI, SIGMA = -1.0, 0.95, 0.3
@@ -151,6 +158,49 @@ def accuracy(budgets: list[tuple[int, int]], replicates: int, steps: int) -> lis
     return rows
 
 
+def particle_gibbs_chains(rounds: int, num_particles: int = 100, steps: int = 100,
+                          chains: int = 4, iters: int = 10) -> dict:
+    """Seconds per sweep of ``chains`` chains batched and run one after another."""
+    pyro.set_rng_seed(3)
+    ssm = StochasticVolatility(MU, PHI, SIGMA)
+    ys = ssm.simulate(steps).observations
+    sampler = ParticleGibbs(ssm, num_particles, progress=False)
+    sampler.run(ys, num_iters=2, num_chains=chains)  # warm-up
+    batched, sequential = [], []
+    for _ in range(rounds):  # interleaved
+        batched.append(timed(lambda: sampler.run(ys, num_iters=iters, num_chains=chains)))
+        sequential.append(timed(lambda: [sampler.run(ys, num_iters=iters, num_chains=1)
+                                         for _ in range(chains)]))
+    per_sweep = {"batched": statistics.median(batched) / (iters * chains),
+                 "sequential": statistics.median(sequential) / (iters * chains)}
+    return {"seconds_per_chain_sweep": per_sweep,
+            "sweeps_per_second": {k: 1 / v for k, v in per_sweep.items()},
+            "speedup": per_sweep["sequential"] / per_sweep["batched"],
+            "num_particles": num_particles, "steps": steps, "chains": chains}
+
+
+def bound_check_cost(rounds: int, sizes: list[int], steps: int = 200) -> dict:
+    """PaRIS (rejection kernel) seconds per step with and without the bound check."""
+    pyro.set_rng_seed(4)
+    ssm = StochasticVolatility(MU, PHI, SIGMA)
+    ys = ssm.simulate(steps).observations
+    rows = {}
+    for n in sizes:
+        checked = PaRIS(ssm, state, n, backward="rejection", progress=False)
+        trusted = PaRIS(ssm, state, n, backward="rejection", progress=False)
+        trusted.backward.check_bound = False
+        checked.run(ys[:10])  # warm-up
+        times: dict[str, list[float]] = {"checked": [], "unchecked": []}
+        for _ in range(rounds):  # interleaved, alternating which goes first
+            for name, smoother in (("checked", checked), ("unchecked", trusted)):
+                times[name].append(timed(lambda smoother=smoother: smoother.run(ys)))
+        per_step = {k: statistics.median(v) / steps for k, v in times.items()}
+        rows[n] = {"seconds_per_step": per_step,
+                   "overhead": per_step["checked"] / per_step["unchecked"] - 1,
+                   "violations": len(checked.backward.bound_violations)}
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -160,11 +210,30 @@ def main() -> None:
     parser.add_argument("--replicates", type=int, default=100)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="bench_out/smc.json")
+    parser.add_argument("--only", nargs="*", default=None,
+                        choices=("peer", "scaling", "accuracy", "pg", "bound"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     np.random.seed(0)
     results: dict = {}
-    if args.device == "cpu":
+    parts = set(args.only or ("peer", "scaling", "accuracy", "pg", "bound"))
+    if "pg" in parts and args.device == "cpu":
+        pg = particle_gibbs_chains(max(args.rounds, 3))
+        results["particle_gibbs_chains"] = pg
+        s = pg["seconds_per_chain_sweep"]
+        print(f"smc/particle_gibbs batched_vs_sequential: {pg['speedup']:.2f} (4 chains, "
+              f"N = 100, T = 100: batched {1e3 * s['batched']:.2f} ms per chain-sweep, "
+              f"sequential {1e3 * s['sequential']:.2f} ms)")
+    if "bound" in parts:
+        rows = bound_check_cost(max(args.rounds, 5), [1_000, 10_000])
+        results["bound_check"] = rows
+        for n, row in rows.items():
+            s = row["seconds_per_step"]
+            print(f"smc/paris checked_vs_unchecked_bound N={n}: "
+                  f"{s['checked'] / s['unchecked']:.3f} (checked {1e3 * s['checked']:.3f} "
+                  f"ms/step, unchecked {1e3 * s['unchecked']:.3f} ms/step; "
+                  f"{row['violations']} violations)")
+    if "peer" in parts and args.device == "cpu":
         peer = against_particles(args.rounds, args.steps, args.peer_steps, 1000)
         results["against_particles"] = peer
         s = peer["seconds_per_step"]
@@ -175,15 +244,14 @@ def main() -> None:
         print(f"smc/paris speedup_vs_particles: {peer['paris_speedup']:.0f} "
               f"(posterity {1e3 * s['paris']:.2f} ms/step over T = {args.steps}, particles "
               f"{1e3 * s['peer_paris']:.0f} ms/step over T = {args.peer_steps})")
-        sizes = [1_000, 10_000, 100_000]
-    else:
-        sizes = [1_000, 10_000, 100_000, 1_000_000]
-    rows = scaling(sizes, 100, args.device)
-    results["scaling_seconds_per_step"] = rows
-    for n, row in rows.items():
-        print(f"smc/scaling N={n}: filter {1e3 * row['filter']:.3f} ms/step, "
-              f"PaRIS {1e3 * row['paris']:.3f} ms/step ({args.device})")
-    if args.device == "cpu":
+    sizes = [1_000, 10_000, 100_000] + ([1_000_000] if args.device != "cpu" else [])
+    if "scaling" in parts:
+        rows = scaling(sizes, 100, args.device)
+        results["scaling_seconds_per_step"] = rows
+        for n, row in rows.items():
+            print(f"smc/scaling N={n}: filter {1e3 * row['filter']:.3f} ms/step, "
+                  f"PaRIS {1e3 * row['paris']:.3f} ms/step ({args.device})")
+    if "accuracy" in parts and args.device == "cpu":
         table = accuracy([(8, 25), (16, 25), (32, 25)], args.replicates, 50)
         results["ppg_vs_paris"] = table
         print("# E[Σ x_t | y] on a linear-Gaussian model, T = 50, errors against RTS, "

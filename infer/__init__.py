@@ -7,7 +7,14 @@ Families live in sub-packages that look alike from outside: :mod:`.amortized`,
 :mod:`.report` and :mod:`.cli`.
 """
 
-from .amortized import AmortizedVI, RateDistortion, log_likelihood, rate_distortion
+from . import sgmcmc, smc  # noqa: F401  (every family registers its report sections)
+from .amortized import (
+    AmortizedVI,
+    RateDistortion,
+    log_likelihood,
+    rate_distortion,
+    reference_points,
+)
 from .importance import WeightedParticles, weighted_particles
 from .inference_data import to_inference_data
 from .report import report
@@ -25,6 +32,7 @@ __all__ = [
     "helmholtz_machine",
     "log_likelihood",
     "rate_distortion",
+    "reference_points",
     "report",
     "to_inference_data",
     "weighted_particles",

@@ -39,6 +39,63 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     return value
 
 
+def check_finite(name: str, value: Tensor, *, error: type[Exception] = ValueError) -> Tensor:
+    """``value`` unchanged if every entry is finite; otherwise ``error`` (a
+    ``ValueError`` unless given, e.g. ``NonFiniteError`` for a diverging state) saying
+    how many entries are NaN and Inf and where the first one is.
+
+    Example:
+        >>> check_finite("theta", torch.tensor([[0.0, 1.0], [float("nan"), 2.0]]))
+        Traceback (most recent call last):
+        ...
+        ValueError: theta has 1 NaN and 0 Inf entries of 4 (the first at index (1, 0))
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    finite = torch.isfinite(value)
+    if bool(finite.all()):
+        return value
+    nan = int(torch.isnan(value).sum())
+    first = tuple(int(i) for i in (~finite).nonzero()[0]) if value.dim() else ()
+    raise error(f"{name} has {nan} NaN and {int((~finite).sum()) - nan} Inf entries of "
+                f"{value.numel()} (the first at index {first})")
+
+
+def check_event_shape(
+    name: str,
+    value: Tensor,
+    expected_shape: Iterable[int],
+    batch_shape: Iterable[int] | None = None,
+) -> Tensor:
+    """``value`` unchanged if its trailing dimensions are exactly ``expected_shape``
+    (and, with ``batch_shape``, its leading ones exactly ``batch_shape``): never a
+    silent broadcast, e.g. of ``y`` ``[N, 1]`` against a model whose ``y`` is ``[N]``.
+
+    Example:
+        >>> y = torch.zeros(10, 1)
+        >>> check_event_shape("y", y, (1,)).shape
+        torch.Size([10, 1])
+        >>> check_event_shape("y", y, (), batch_shape=(10,))
+        Traceback (most recent call last):
+        ...
+        ValueError: y must have shape [10] (batch (10,), event ()), got [10, 1]
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    event = tuple(int(d) for d in expected_shape)
+    shape = tuple(value.shape)
+    if batch_shape is not None:
+        batch = tuple(int(d) for d in batch_shape)
+        if shape != batch + event:
+            raise ValueError(f"{name} must have shape {list(batch + event)} (batch {batch}, "
+                             f"event {event}), got {list(shape)}")
+        return value
+    if len(shape) < len(event) or shape[len(shape) - len(event):] != event:
+        raise ValueError(f"{name} must have event shape {event} in its last dimensions "
+                         f"([..., {', '.join(map(str, event))}]), got shape {list(shape)}")
+    return value
+
+
 def check_data(
     x: Any,
     name: str = "data",
@@ -46,20 +103,22 @@ def check_data(
     event_dim: int | None = None,
     like: Iterable[Tensor] = (),
 ) -> Tensor:
-    """A finite floating tensor ``[N, event_dim]`` on the device of ``like``'s tensors."""
+    """A finite floating tensor ``[N, ...]`` (``[N, event_dim]`` when given) on the device
+    of ``like``'s tensors."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must have shape [N, D], got {tuple(x.shape)}")
+    if x.dim() < 2:
+        raise ValueError(f"{name} must have shape [N, D] (or [N, ...]: one row per data "
+                         f"point), got {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is empty")
     if event_dim is not None and x.shape[1] != event_dim:
         raise ValueError(f"{name} must have {event_dim} columns, got shape {tuple(x.shape)}")
     bad = ~torch.isfinite(x)
     if bad.any():
-        rows = bad.any(-1).nonzero().flatten()[:5].tolist()
+        rows = bad.flatten(1).any(-1).nonzero().flatten()[:5].tolist()
         raise ValueError(
             f"{name} contains NaN or Inf ({int(bad.sum())} entries; first rows {rows})"
         )

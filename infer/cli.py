@@ -1,319 +1,363 @@
-"""Command line: ``posterity fit vae|bnn|ssm|sbn ...`` and ``posterity demo``.
+"""Command line: ``posterity fit vae|sbn|ssm|bnn ...`` and ``posterity demo``.
 
-``posterity fit vae --data mnist --objective iwae -k 5 --epochs 10 --out runs/vae``
-trains, evaluates and writes ``report.html``, ``idata.nc``, ``metrics.json`` and
-``checkpoint.pt`` into ``--out``. ``--data`` takes ``digits`` (embedded, no download),
-``mnist`` (binarized MNIST, see :func:`posterity.datasets.binarized_mnist`) or a file:
-``.npz`` with ``train``/``valid``/``test`` arrays, or one ``.npy``/``.csv`` array that is
-split 80/10/10. ``--objective multi_rate --beta-range 0.01 10`` trains one Multi-Rate
-VAE and writes its rate-distortion curve into the report and ``metrics.json``.
+Each engine family registers one ``posterity fit`` subcommand in its ``command.py``
+(:class:`~posterity.infer.command.Command`); this module holds the one parser, the
+flags every subcommand shares, and the plumbing around a run:
 
-``posterity fit bnn --data concrete --kernel sghmc --out runs/bnn`` samples a Bayesian
-MLP with an SG-MCMC kernel through ``pyro.infer.MCMC``. ``--data`` takes ``concrete``
-(embedded) or a CSV (header optional; ``--target`` picks the column, default the
-last). Inputs and targets are standardized on the training split; metrics are reported
-in the target's own units.
+* ``--out`` is created and proven writable before any work; ``--out/checkpoint.pt`` is
+  the checkpoint (resumed unless ``--fresh``, refused if written with other settings);
+* the command returns what to write, and this module writes ``idata.nc``,
+  ``report.html`` and ``metrics.json`` once, then prints a summary;
+* every error is one line, ``posterity: error: ...``, naming the flag where one is to
+  blame: exit status 2 for bad flags, data files and checkpoints, 1 for failures of the
+  run (disk full, divergence), 130 for an interrupt (after the checkpoint is written).
+  ``--debug`` shows the traceback instead.
 
-``posterity fit ssm --data gbp-usd --model sv --out runs/sv`` learns a state-space model
-by score ascent, then filters and smooths it (see :mod:`posterity.infer.smc.command`).
+``posterity demo`` fits one model of each family on data that ship with the package and
+writes one report with a section per family (``--only vae`` runs one).
 
-``posterity fit sbn --data mnist --algorithm nrws --out runs/sbn`` trains a sigmoid belief
-net by (natural) reweighted wake-sleep or a (natural) bidirectional Helmholtz machine
-(see :mod:`posterity.infer.sbn_command`).
+Example:
+    >>> main(["fit", "vae", "--z-dim", "0"])  # doctest: +SKIP
+    posterity: error: --z-dim must be >= 1, got 0
+    2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import os
+import re
+import signal
 import sys
+import threading
 import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pyro
 import torch
 
-from posterity.datasets import binarized_digits, binarized_mnist
-from posterity.guides import GaussianEncoder
-from posterity.models import VAE
+from . import train
+from .amortized import command as amortized_command
+from .checkpoints import CheckpointError, CheckpointLockedError, RunLock
+from .command import Command, Outcome, Run, UsageError, integer
+from .report import combined_report, report
+from .sgmcmc import command as sgmcmc_command
+from .smc import command as smc_command
+from .wake_sleep import command as wake_sleep_command
 
-from .amortized.evaluate import log_likelihood, rate_distortion
-from .amortized.inference_data import rate_distortion_dataset
-from .amortized.vi import OBJECTIVES, AmortizedVI
-from .inference_data import to_inference_data
-from .report import report
-from .smc.command import add_arguments as ssm_arguments
-from .wake_sleep.command import add_arguments as sbn_arguments
+COMMANDS: tuple[Command, ...] = (
+    amortized_command.COMMAND,   # posterity fit vae
+    wake_sleep_command.COMMAND,  # posterity fit sbn
+    smc_command.COMMAND,         # posterity fit ssm
+    sgmcmc_command.COMMAND,      # posterity fit bnn
+)
 
+# Engine argument names that the shared flags set, for translating engine errors.
+SHARED_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs",
+                "time_budget": "--time-budget", "seed": "--seed", "patience": "--patience",
+                "num_particles": "--num-particles"}
 
-def load_data(spec: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(train, valid, test)`` for a ``--data`` value."""
-    if spec == "digits":
-        return binarized_digits()
-    if spec == "mnist":
-        return binarized_mnist()
-    path = Path(spec)
-    if not path.is_file():
-        raise SystemExit(f"--data: expected 'digits', 'mnist' or a file, got {spec!r}")
-    if path.suffix == ".npz":
-        with np.load(path) as archive:
-            if archive["train"].dtype == np.uint8 and archive["train"].shape[1] == 98:
-                return binarized_mnist(path)
-            return tuple(torch.as_tensor(archive[k], dtype=torch.float32) for k in
-                         ("train", "valid", "test"))
-    array = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",")
-    data = torch.as_tensor(array, dtype=torch.float32)
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
-    data = data[order]
-    n_train, n_valid = int(0.8 * len(data)), int(0.1 * len(data))
-    return data[:n_train], data[n_train : n_train + n_valid], data[n_train + n_valid :]
-
-
-def _fit_vae(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
-    pyro.set_rng_seed(args.seed)
-    train, valid, test = load_data(args.data)
-    likelihood = args.likelihood
-    if likelihood == "auto":
-        likelihood = "bernoulli" if bool(((train == 0) | (train == 1)).all()) else "gaussian"
-    x_dim = train.shape[1]
-    hidden = tuple(args.hidden)
-    multi_rate = args.objective == "multi_rate"
-    rate_kwargs = {"multi_rate": True, "beta_range": tuple(args.beta_range)} if multi_rate else {}
-    model = VAE(x_dim, args.z_dim, hidden, likelihood=likelihood, activation=args.activation,
-                **rate_kwargs)
-    guide = GaussianEncoder(x_dim, args.z_dim, hidden, activation=args.activation,
-                            **rate_kwargs)
-    vi = AmortizedVI(
-        model, guide, objective=args.objective, num_particles=args.num_particles,
-        lr=args.lr, beta=args.beta,
-    )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint = out / "checkpoint.pt"
-    resumed = checkpoint.exists() and not args.fresh
-    started = time.perf_counter()
-    vi.fit(
-        train, epochs=args.epochs, batch_size=args.batch_size, valid=valid,
-        patience=args.patience, checkpoint=checkpoint, resume=not args.fresh, seed=args.seed,
-        progress=not args.quiet,
-    )
-    train_seconds = time.perf_counter() - started
-    test_eval = test[: args.eval_points] if args.eval_points else test
-    ll = log_likelihood(model, guide, test_eval, args.eval_samples, progress=not args.quiet)
-    curve = rate_distortion(model, guide, test_eval)
-    idata = to_inference_data(vi, test_eval[: args.diagnostic_points])
-    if multi_rate:  # the curve of the whole evaluation set, not only the diagnostic points
-        low, high = args.beta_range
-        betas = torch.logspace(np.log10(low), np.log10(high), args.num_betas)
-        idata.rate_distortion = rate_distortion_dataset(rate_distortion(model, guide,
-                                                                         test_eval, betas))
-    idata.posterior.attrs.update(
-        data=args.data, test_log_likelihood=float(ll.mean()), eval_samples=args.eval_samples,
-        rate=float(curve.rate), distortion=float(curve.distortion),
-    )
-    idata.to_netcdf(str(out / "idata.nc"), engine="h5netcdf")
-    path = report(idata, out / "report.html", title=f"VAE ({args.objective}) on {args.data}")
-    metrics = {
-        "test_log_likelihood": float(ll.mean()),
-        "test_points": int(test_eval.shape[0]),
-        "eval_samples": args.eval_samples,
-        "rate": float(curve.rate),
-        "distortion": float(curve.distortion),
-        "epochs": vi.history.num_epochs,
-        "train_seconds": train_seconds,
-    }
-    if multi_rate:
-        metrics["rate_distortion"] = {
-            "beta": idata.rate_distortion["beta"].values.tolist(),
-            "rate": idata.rate_distortion["rate"].values.tolist(),
-            "distortion": idata.rate_distortion["distortion"].values.tolist(),
-        }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(
-        f"test log p(x) = {metrics['test_log_likelihood']:.3f} nats "
-        f"(S={args.eval_samples}, {metrics['test_points']} points); rate "
-        f"{metrics['rate']:.2f}, distortion {metrics['distortion']:.2f} nats; "
-        f"{metrics['epochs']} epochs"
-        + (f" (resumed from {checkpoint}; --fresh starts over)" if resumed
-           else f" trained in {train_seconds:.1f} s")
-    )
-    print(f"report: {path.resolve()}")
-    return 0
+# `posterity demo`: each family on embedded data, sized to run in about 3 minutes on 2 cores.
+DEMO = {
+    "vae": ["--data", "digits", "--objective", "iwae", "-k", "5", "--z-dim", "8", "--hidden",
+            "128", "--epochs", "60", "--batch-size", "50", "--lr", "3e-3", "--eval-samples",
+            "1000", "--diagnostic-points", "50"],
+    "sbn": ["--data", "digits", "--algorithm", "nrws", "--layers", "32", "8", "-k", "5",
+            "--epochs", "20", "--lr", "3e-3", "--valid-points", "250", "--eval-samples", "500",
+            "--diagnostic-points", "50"],
+    "ssm": ["--data", "gbp-usd", "--model", "sv", "--estimator", "paris", "--steps", "60",
+            "--lr", "0.05", "--num-particles", "50", "--filter-particles", "500", "--iters",
+            "100", "--chains", "2"],
+    "bnn": ["--data", "concrete", "--kernel", "sghmc", "--hidden", "50", "--steps", "4000",
+            "--samples", "100", "--chains", "2", "--cycles", "4"],
+}
+DEMO_EPOCHS = ("vae", "sbn")  # the families whose --epochs `posterity demo --epochs` sets
 
 
-def load_table(spec: str, target: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(X, y)`` from ``concrete`` or a CSV file."""
-    if spec == "concrete":
-        from posterity.datasets import concrete
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line that starts with the flag:
+    ``posterity: error: --z-dim must be >= 1, got 0`` (exit status 2)."""
 
-        return concrete()
-    path = Path(spec)
-    if not path.is_file():
-        raise SystemExit(f"--data: expected 'concrete' or a CSV file, got {spec!r}")
-    with path.open() as handle:
-        first = handle.readline()
-    try:
-        [float(v) for v in first.split(",")]
-        skip = 0
-    except ValueError:
-        skip = 1
-    table = torch.as_tensor(np.loadtxt(path, delimiter=",", skiprows=skip), dtype=torch.float32)
-    columns = list(range(table.shape[1]))
-    target = columns[target]
-    return table[:, [c for c in columns if c != target]], table[:, target]
+    def error(self, message: str) -> None:  # type: ignore[override]
+        found = re.match(r"argument (\S+): (.*)", message, re.DOTALL)
+        if found:
+            names, rest = found.groups()
+            flag = max(names.split("/"), key=len)
+            message = f"{flag} {rest}" if rest.startswith("must") else f"{flag}: {rest}"
+        self.exit(2, f"posterity: error: {message}\n")
 
 
-def _fit_bnn(args: argparse.Namespace) -> int:
-    import math
-
-    from pyro.infer import MCMC
-
-    from posterity.datasets import standardize
-    from posterity.models import BayesianMLP
-
-    from .sgmcmc import SGHMC, SGLD, CyclicalSchedule, PreconditionedSGLD
-    from .sgmcmc.predictive import (
-        classification_metrics,
-        pointwise_predictive,
-        regression_metrics,
-    )
-
-    torch.set_num_threads(args.threads)
-    pyro.set_rng_seed(args.seed)
-    X, y = load_table(args.data, args.target)
-    order = torch.randperm(len(X), generator=torch.Generator().manual_seed(args.seed))
-    cut = int((1 - args.test_fraction) * len(X))
-    train, test = order[:cut], order[cut:]
-    X_train, X_test = standardize(X[train], X[test])
-    classification = args.classes is not None
-    if classification:
-        y_train, y_test = y[train].long(), y[test].long()
-        y_scale = 1.0
-    else:
-        y_mean, y_scale = y[train].mean(), float(y[train].std())
-        y_train, y_test = (y[train] - y_mean) / y_scale, (y[test] - y_mean) / y_scale
-    model = BayesianMLP(
-        X.shape[1], tuple(args.hidden), args.classes or 1,
-        likelihood="categorical" if classification else "gaussian",
-        subsample_size=min(args.batch_size, len(train)),
-    )
-    steps = args.steps
-    schedule = (CyclicalSchedule(args.step_size, args.cycles, steps, args.exploration_ratio)
-                if args.cycles else args.step_size)
-    sampling_updates = steps * (1 - (args.exploration_ratio if args.cycles else 0.0))
-    thin = max(1, int(sampling_updates // args.samples))
-    kernels = {
-        "sgld": lambda: SGLD(model, schedule, thin=thin, temperature=args.temperature),
-        "psgld": lambda: PreconditionedSGLD(model, schedule, thin=thin,
-                                            temperature=args.temperature),
-        "sghmc": lambda: SGHMC(model, schedule, friction=args.friction, thin=thin,
-                               temperature=args.temperature),
-    }
-    mcmc = MCMC(kernels[args.kernel](), num_samples=args.samples, warmup_steps=0,
-                num_chains=args.chains, disable_progbar=args.quiet)
-    started = time.perf_counter()
-    mcmc.run(X_train, y_train)
-    seconds = time.perf_counter() - started
-    samples = mcmc.get_samples(group_by_chain=True)
-    predictive = pointwise_predictive(model, samples, X_test, y_test)
-    if classification:
-        metrics = classification_metrics(predictive, y_test)
-    else:
-        metrics = regression_metrics(predictive, y_test)
-        metrics = {"rmse": metrics["rmse"] * y_scale,
-                   "log_likelihood": metrics["log_likelihood"] - math.log(y_scale)}
-    metrics.update(train_points=len(train), test_points=len(test), seconds=seconds,
-                   thin=thin, kernel=args.kernel)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    idata = to_inference_data(mcmc, X_test, y_test)
-    idata.posterior.attrs.update({k: v for k, v in metrics.items()})
-    idata.to_netcdf(str(out / "idata.nc"), engine="h5netcdf")
-    path = report(idata, out / "report.html", title=f"Bayesian MLP ({args.kernel}) on {args.data}")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-    print(f"test metrics: {shown}")
-    print(f"report: {path.resolve()}")
-    return 0
-
-
-def _bnn_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="concrete", help="concrete | path to a CSV")
-    parser.add_argument("--target", type=int, default=-1, help="target column (default last)")
-    parser.add_argument("--classes", type=int, default=None,
-                        help="number of classes: a categorical likelihood (default: regression)")
-    parser.add_argument("--hidden", type=int, nargs="*", default=[50])
-    parser.add_argument("--kernel", choices=("sgld", "psgld", "sghmc"), default="sghmc")
-    parser.add_argument("--step-size", type=float, default=2e-3)
-    parser.add_argument("--friction", type=float, default=10.0)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--cycles", type=int, default=4, help="cyclical schedule (0: constant)")
-    parser.add_argument("--exploration-ratio", type=float, default=0.25)
-    parser.add_argument("--steps", type=int, default=20_000)
-    parser.add_argument("--samples", type=int, default=200, help="samples per chain")
-    parser.add_argument("--chains", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--test-fraction", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="runs/bnn")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=_fit_bnn)
-
-
-def _vae_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
-    parser.add_argument("--data", default="digits", help="digits | mnist | path to .npz/.npy/.csv")
-    parser.add_argument("--objective", choices=OBJECTIVES, default="iwae")
-    parser.add_argument("-k", "--num-particles", type=int, default=5)
-    parser.add_argument("--beta", type=float, default=1.0, help="KL weight for --objective beta")
-    parser.add_argument("--beta-range", type=float, nargs=2, default=[0.01, 10.0],
-                        metavar=("LOW", "HIGH"), help="β range of --objective multi_rate")
-    parser.add_argument("--num-betas", type=int, default=20,
-                        help="β grid of the rate-distortion curve (multi_rate)")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--z-dim", type=int, default=50)
-    parser.add_argument("--hidden", type=int, nargs="*", default=[200, 200])
-    parser.add_argument("--activation", default="tanh")
-    parser.add_argument("--likelihood", choices=("auto", "bernoulli", "gaussian"), default="auto")
-    parser.add_argument("--patience", type=int, default=None)
-    parser.add_argument("--eval-samples", type=int, default=5000)
-    parser.add_argument("--eval-points", type=int, default=None, help="first N test points")
-    parser.add_argument("--diagnostic-points", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="runs/vae")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--fresh", action="store_true",
+def _add_shared(parser: argparse.ArgumentParser, out: str) -> None:
+    shared = parser.add_argument_group("every command")
+    shared.add_argument("--out", default=out,
+                        help=f"output folder: report.html, idata.nc, metrics.json, checkpoint "
+                             f"(default {out})")
+    shared.add_argument("--seed", type=integer(), default=0, help="random seed (default 0)")
+    shared.add_argument("--fresh", action="store_true",
                         help="ignore a checkpoint in --out instead of resuming from it")
-    parser.set_defaults(func=_fit_vae, **defaults)
+    shared.add_argument("--quiet", action="store_true", help="no progress bars")
+    shared.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error")
+    shared.add_argument("--threads", type=integer(1), default=1,
+                        help="PyTorch CPU threads (default 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="posterity", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    fit = commands.add_parser("fit", help="train a model and write a report")
-    models = fit.add_subparsers(dest="model", required=True)
-    _vae_arguments(models.add_parser("vae", help="variational autoencoder"))
-    _bnn_arguments(models.add_parser("bnn", help="Bayesian MLP sampled by SG-MCMC"))
-    ssm_arguments(models.add_parser("ssm", help="state-space model: learn, filter, smooth"))
-    sbn_arguments(models.add_parser("sbn", help="sigmoid belief net trained by wake-sleep"))
+    """The ``posterity`` parser: ``fit <family>`` for each of :data:`COMMANDS`, and ``demo``."""
+    parser = Parser(prog="posterity", description="Fit a model and write its report "
+                    "(posterity fit FAMILY), or fit one of each family on embedded data "
+                    "(posterity demo).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{fit,demo}")
+    fit = commands.add_parser("fit", help="train a model and write a report",
+                              description="Train a model, evaluate it and write a report.")
+    models = fit.add_subparsers(dest="family_name", required=True, metavar="{" + ",".join(
+        c.name for c in COMMANDS) + "}")
+    for command in COMMANDS:
+        sub = models.add_parser(command.name, help=command.help,
+                                description=(command.description or command.help).replace(
+                                    "``", ""))
+        command.add_arguments(sub)
+        _add_shared(sub, f"runs/{command.name}")
+        sub.set_defaults(handler=_fit, family=command)
     demo = commands.add_parser(
-        "demo", help="the main job on embedded data: an IWAE on binarized digits"
-    )
-    _vae_arguments(
-        demo, data="digits", z_dim=8, hidden=[128], epochs=150, batch_size=50,
-        lr=3e-3, eval_samples=2000, out="demo_out",
-    )
+        "demo", help="one model of each family on embedded data, one report",
+        description="Fit a VAE and a sigmoid belief net on the binarized 8x8 digits, "
+                    "stochastic volatility on GBP/USD (PaRIS learning, particle Gibbs) and a "
+                    "Bayesian MLP on UCI concrete by SGHMC; write one report.")
+    demo.add_argument("--only", nargs="+", choices=tuple(DEMO), default=list(DEMO),
+                      metavar="FAMILY", help=f"run only these of {', '.join(DEMO)}")
+    demo.add_argument("--epochs", type=integer(1), default=None,
+                      help="epochs of the VAE and the SBN (default: the demo's own)")
+    _add_shared(demo, "demo_out")
+    demo.set_defaults(handler=_demo)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+def _check_out(out: Path) -> Path:
+    """Create ``out`` and prove it writable (a probe file), before any compute."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".posterity-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        if isinstance(error, (FileExistsError, NotADirectoryError)):
+            reason = "a file is in the way" if not out.is_dir() else reason
+        raise UsageError("--out", f"{out} is not a writable folder ({reason})") from None
+    return out
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """One run at a time in ``out`` (the checkpoint has its own lock while training)."""
+    lock = RunLock(out / "run")
+    try:
+        lock.__enter__()
+    except CheckpointLockedError:
+        holder = (out / "run.lock").read_text().strip() or "unknown"
+        raise UsageError("--out", f"{out} is in use by another posterity run (pid {holder}); "
+                                  f"wait for it to finish, or choose another --out") from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _execute(command: Command, args: argparse.Namespace, out: Path) -> Outcome:
+    """Run ``command`` with its checkpoint in ``out``; the seed and threads set first."""
+    torch.set_num_threads(args.threads)
+    pyro.set_rng_seed(args.seed)
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
+              if k not in ("handler", "family", "family_name") and _plain(v)}
+    run = Run(out=out, checkpoint=out / "checkpoint.pt", resume=not args.fresh, config=config)
+    resumed = run.resumed
+    outcome = command.run(args, run)
+    if resumed:
+        outcome.lines.append(f"resumed from {run.checkpoint} (--fresh starts over)")
+    return outcome
+
+
+def _replace(path: Path, write: Callable[[Path], Any]) -> Path:
+    """``write(temporary)`` then move it onto ``path``: a crash leaves the old file whole,
+    and a reader that holds the old file open (``az.from_netcdf``) keeps it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def _write(outcome: Outcome, out: Path, page: bool = True) -> Path | None:
+    """``idata.nc``, ``metrics.json`` and (with ``page``) ``report.html`` in ``out``."""
+    _replace(out / "idata.nc", lambda p: outcome.idata.to_netcdf(str(p), engine="h5netcdf"))
+    _replace(out / "metrics.json",
+             lambda p: p.write_text(json.dumps(outcome.metrics, indent=2)))
+    if not page:
+        return None
+    return _replace(out / "report.html",
+                    lambda p: report(outcome.idata, p, title=outcome.title))
+
+
+def _fit(args: argparse.Namespace) -> int:
+    command = args.family
+    command.check(args)
+    out = _check_out(Path(args.out))
+    with _lock(out):
+        outcome = _execute(command, args, out)
+        path = _write(outcome, out)
+    for line in outcome.lines:
+        print(line)
+    print(f"report: {Path(path).resolve()}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    out = _check_out(Path(args.out))
+    parser = build_parser()
+    shared = ["--seed", str(args.seed), "--threads", str(args.threads)]
+    shared += [flag for flag, on in (("--fresh", args.fresh), ("--quiet", args.quiet)) if on]
+    entries, metrics, started = [], {}, time.perf_counter()
+    with _lock(out):
+        for family in dict.fromkeys(args.only):
+            argv = ["fit", family, *DEMO[family], *shared, "--out", str(out / family)]
+            if args.epochs is not None and family in DEMO_EPOCHS:
+                argv += ["--epochs", str(args.epochs)]
+            family_args = parser.parse_args(argv)
+            begun, cpu = time.perf_counter(), time.process_time()
+            outcome = _execute(family_args.family, family_args, _check_out(out / family))
+            _write(outcome, out / family, page=False)  # one page for all, below
+            seconds = time.perf_counter() - begun
+            metrics[family] = {**outcome.metrics, "seconds": seconds,
+                               "cpu_seconds": time.process_time() - cpu}
+            note = " ".join(outcome.lines) + f" ({seconds:.0f} s; posterity fit {family} " \
+                + " ".join(DEMO[family]) + ")"
+            entries.append((outcome.title, outcome.idata, note))
+            print(f"{family}: " + "; ".join(outcome.lines), flush=True)
+        _replace(out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
+        path = _replace(out / "report.html",
+                        lambda p: combined_report(entries, p, title="posterity demo"))
+    print(f"{len(entries)} model(s) in {time.perf_counter() - started:.0f} s")
+    print(f"report: {path.resolve()}")
+    return 0
+
+
+def _flags_of(args: argparse.Namespace) -> dict[str, str]:
+    """Engine argument names -> the flags that set them, for this command."""
+    flags = dict(SHARED_FLAGS)
+    family = getattr(args, "family", None)
+    if family is not None:
+        flags.update(family.flags)
+    return flags
+
+
+def _with_flags(message: str, flags: dict[str, str]) -> str:
+    for name in sorted(flags, key=len, reverse=True):
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flags[name], message)
+    return message
+
+
+def _settings_as_flags(message: str, args: argparse.Namespace) -> str:
+    """``activation 'tanh' -> 'relu'`` in a checkpoint mismatch becomes ``--activation``."""
+    message = message.replace("pass resume=False (CLI: --fresh)", "pass --fresh")
+    for name in sorted(vars(args), key=len, reverse=True):
+        message = re.sub(rf"(?<=[:,] ){re.escape(name)}(?= )", "--" + name.replace("_", "-"),
+                         message)
+    return message
+
+
+def explain(error: BaseException, args: argparse.Namespace) -> tuple[int, str]:
+    """``(exit status, one-line message)`` for an error that ended a run."""
+    data = getattr(args, "data", None)
+    if isinstance(error, KeyboardInterrupt):
+        if isinstance(error, train.Interrupted) and str(error):
+            return 130, str(error)
+        cause = f" by {error}" if str(error) else ""
+        checkpoint = Path(getattr(args, "out", "")) / "checkpoint.pt"
+        if getattr(args, "family", None) is not None and checkpoint.exists():
+            return 130, f"interrupted{cause}; rerun the same command to resume from {checkpoint}"
+        return 130, f"interrupted{cause}"
+    if isinstance(error, UsageError):
+        return 2, str(error)
+    from posterity.datasets import DataError
+
+    if isinstance(error, DataError):
+        return 2, f"--data {error}" if data else str(error)
+    if isinstance(error, CheckpointError):
+        message = _settings_as_flags(str(error), args)
+        if "--fresh" not in message:
+            message += " (--fresh starts over)"
+        return 2, message
+    if isinstance(error, train.NonFiniteError):
+        return 1, str(error)
+    if isinstance(error, (ValueError, TypeError)):
+        return 2, _with_flags(str(error), _flags_of(args))
+    if isinstance(error, OSError):
+        where = f" {error.filename}" if error.filename else ""
+        if error.errno == errno.ENOSPC:
+            return 1, f"cannot write{where}: the disk is full"
+        return 1, f"cannot write{where}: {error.strerror or error}" if error.strerror \
+            else f"{error}"
+    text = str(error)
+    if isinstance(error, RuntimeError) and ("PytorchStreamWriter" in text
+                                            or "file write failed" in text):
+        return 1, f"cannot write the checkpoint in --out {getattr(args, 'out', '')} (is the " \
+                  f"disk full?)"
+    return 1, f"{type(error).__name__}: {text.splitlines()[0] if text else ''} (--debug shows " \
+              f"the traceback)"
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM (as schedulers send) stops a run like Ctrl-C; training loops write their
+    checkpoint first."""
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def _show_warning(message: Warning | str, category: type, filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    text = " ".join(str(message).split())
+    print(f"posterity: warning: {text}", file=sys.stderr if file is None else file, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``posterity`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # --help, or a bad flag (already printed)
+        return exit.code if isinstance(exit.code, int) else 0
+    terminate = None
+    if threading.current_thread() is threading.main_thread():
+        terminate = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with warnings.catch_warnings():
+            if not args.debug:
+                warnings.showwarning = _show_warning
+            return args.handler(args)
+    except (Exception, KeyboardInterrupt) as error:
+        if args.debug:
+            raise
+        status, message = explain(error, args)
+        prefix = "posterity: " if status == 130 else "posterity: error: "
+        print(prefix + message, file=sys.stderr, flush=True)
+        return status
+    finally:
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,26 @@
-"""Self-contained HTML reports of ``InferenceData``: tables and embedded PNG plots.
+"""Self-contained HTML reports of ``InferenceData``: the page, the section registry, the
+helpers sections draw with, and the generic sections.
 
-A report is a list of sections. Each section builder looks at an ``InferenceData``
-and returns an HTML fragment, or ``None`` when the groups it describes are absent.
-Engines add builders with :func:`register_section`.
+A report is a box of key figures followed by sections. Each is built by a function that
+looks at an ``InferenceData`` and returns HTML (or key figures), or ``None`` when it has
+nothing to say. Engine families register their own builders beside their engines
+(``posterity.infer.<family>.sections``) with :func:`register_section` and
+:func:`register_key_figures`, naming the groups they read (from
+:data:`posterity.infer.inference_data.GROUPS`) and an ``order``: the page shows lower
+orders first. This module knows no family by name.
+
+Orders used by the built-in sections: :data:`ORDER_FIRST` (pictures users look at
+first: reconstructions, rate-distortion curves, filtered states), :data:`ORDER_DIAGNOSTICS`
+(where inference fails: k̂, traces and ranks), :data:`ORDER_TRAINING`, and
+:data:`ORDER_DETAILS` (long tables, collapsed).
+
+Example:
+    >>> import arviz as az, numpy as np
+    >>> idata = az.from_dict(posterior={"mu": np.zeros((2, 50))})
+    >>> idata.posterior.attrs.update(test_log_likelihood=-16.94000816345215,
+    ...                              test_log_likelihood_se=0.0312)
+    >>> "-16.940 ± 0.031" in render(idata)
+    True
 """
 
 from __future__ import annotations
@@ -10,31 +28,178 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import arviz as az
 import numpy as np
 from matplotlib.figure import Figure
 
+from .inference_data import GROUPS
+
+ORDER_KEY = 0
+ORDER_FIRST = 10
+ORDER_DIAGNOSTICS = 30
+ORDER_TRAINING = 50
+ORDER_DETAILS = 90
+
 SectionBuilder = Callable[[az.InferenceData], "str | None"]
-_SECTIONS: list[SectionBuilder] = []
+
+
+class KeyFigure(NamedTuple):
+    """One line of the key-figures box: a label, its formatted value and a note."""
+
+    label: str
+    value: str
+    note: str = ""
+
+
+KeyFigureBuilder = Callable[[az.InferenceData], "Sequence[KeyFigure] | None"]
+
+
+@dataclass(frozen=True)
+class Section:
+    """A registered builder, the groups it needs and its place on the page."""
+
+    build: Callable[[az.InferenceData], Any]
+    groups: tuple[str, ...]
+    order: int
+    name: str
+
+    def applies(self, idata: az.InferenceData) -> bool:
+        return all(group in idata.groups() for group in self.groups)
+
+
+_SECTIONS: list[Section] = []
+_KEY_FIGURES: list[Section] = []
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;margin-top:1.6em}
 h3{font-size:1.05em}table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 td,th{border:1px solid #ddd;padding:2px 8px;text-align:right}th{background:#f5f5f5}
-img{max-width:100%}.note{color:#555;font-size:.9em}.bad{color:#b00}
+img{max-width:100%}.note{color:#555;font-size:.9em}.bad{color:#b00}.good{color:#070}
+.key{border:1px solid #ccd;background:#f7f8fc;padding:.4em 1em;margin:1em 0}
+.key table{font-size:1em}.key td,.key th{border:0;text-align:left;padding:2px 12px 2px 0}
+.key td.value{font-weight:600;font-variant-numeric:tabular-nums}
+details{margin:.6em 0}summary{cursor:pointer;color:#335}
 """
 
 
-def register_section(builder: SectionBuilder) -> SectionBuilder:
-    """Add a section builder to every report (usable as a decorator)."""
-    _SECTIONS.append(builder)
-    return builder
+def _check_groups(groups: Iterable[str]) -> tuple[str, ...]:
+    groups = tuple(groups)
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise ValueError(f"groups must come from posterity.infer.inference_data.GROUPS "
+                         f"{tuple(GROUPS)}, got {unknown}")
+    return groups
+
+
+def _register(registry: list[Section], builder, groups, order):
+    def add(function):
+        if not callable(function):
+            raise TypeError(f"a section builder must be callable, got {type(function).__name__}")
+        name = f"{function.__module__}.{function.__qualname__}"
+        registry[:] = [s for s in registry if s.name != name]  # re-import replaces
+        registry.append(Section(function, _check_groups(groups), int(order), name))
+        registry.sort(key=lambda s: s.order)  # stable: equal orders keep registration order
+        return function
+
+    return add(builder) if builder is not None else add
+
+
+def register_section(
+    builder: SectionBuilder | None = None,
+    *,
+    groups: Iterable[str] = (),
+    order: int = ORDER_TRAINING,
+):
+    """Add a section to every report; usable as ``@register_section(groups=..., order=...)``.
+
+    Args:
+        builder: ``idata -> html | None``; called only when every group in ``groups`` is
+            present. Its ``<h2>`` heading starts the section.
+        groups: the groups it reads, names from
+            :data:`~posterity.infer.inference_data.GROUPS`.
+        order: the page shows lower orders first (``ORDER_*`` constants of this module).
+    """
+    return _register(_SECTIONS, builder, groups, order)
+
+
+def register_key_figures(
+    builder: KeyFigureBuilder | None = None,
+    *,
+    groups: Iterable[str] = (),
+    order: int = ORDER_TRAINING,
+):
+    """Add lines to the key-figures box at the top of every report (decorator like
+    :func:`register_section`); ``builder`` returns :class:`KeyFigure` s or ``None``."""
+    return _register(_KEY_FIGURES, builder, groups, order)
+
+
+def sections() -> list[Section]:
+    """The registered sections, in page order."""
+    return list(_SECTIONS)
+
+
+# ----- numbers -----
+
+
+def format_number(value: Any, digits: int = 4) -> str:
+    """``value`` to ``digits`` significant digits; integers, booleans and text as they are.
+
+    Example:
+        >>> format_number(-16.94000816345215), format_number(12345678.9), format_number(3)
+        ('-16.94', '1.235e+07', '3')
+    """
+    if isinstance(value, (bool, np.bool_, int, np.integer, str)):
+        return str(value)
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.{digits}g}"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = np.asarray(value).ravel().tolist()
+        shown = ", ".join(format_number(v, digits) for v in items[:8])
+        return f"[{shown}{', …' if len(items) > 8 else ''}]"
+    return str(value)
+
+
+def format_estimate(value: float, stderr: float | None) -> str:
+    """``value ± stderr`` with ``value`` rounded to the digits its standard error justifies
+    (two significant digits of ``stderr``); four significant digits without one.
+
+    Example:
+        >>> format_estimate(-16.94000816345215, 0.0312), format_estimate(-85.2719, 2.31)
+        ('-16.940 ± 0.031', '-85.3 ± 2.3')
+        >>> format_estimate(1234.5678, 23.0), format_estimate(0.1234567, None)
+        ('1235 ± 23', '0.1235')
+    """
+    value = float(value)
+    if stderr is None or not math.isfinite(float(stderr)) or float(stderr) <= 0:
+        return format_number(value)
+    stderr = float(stderr)
+    decimals = 1 - math.floor(math.log10(stderr))
+    if round(stderr, decimals) >= 10 ** (2 - decimals):  # 0.0996 rounds up to 0.10
+        decimals -= 1
+    shown = max(decimals, 0)
+    return f"{round(value, decimals):.{shown}f} ± {round(stderr, decimals):.{shown}f}"
+
+
+def mean_estimate(values: np.ndarray) -> str:
+    """The mean of ``values`` ± its standard error (``sd / sqrt(n)``), formatted."""
+    values = np.asarray(values, dtype=float).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return "n/a"
+    stderr = values.std(ddof=1) / math.sqrt(values.size) if values.size > 1 else None
+    return format_estimate(values.mean(), stderr)
+
+
+# ----- html helpers -----
 
 
 def figure_html(fig: Figure, alt: str = "") -> str:
@@ -46,28 +211,169 @@ def figure_html(fig: Figure, alt: str = "") -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/>'
 
 
+def pyplot_figure_html(axes, alt: str) -> str:
+    """Like :func:`figure_html` for axes that ArviZ drew with pyplot; closes the figure."""
+    import matplotlib.pyplot as plt
+
+    fig = np.atleast_1d(axes).ravel()[0].figure
+    html_img = figure_html(fig, alt)
+    plt.close(fig)
+    return html_img
+
+
 def table_html(frame) -> str:
+    """A pandas frame as a table, floats to four significant digits."""
     return frame.to_html(float_format=lambda v: f"{v:.4g}", border=0)
 
 
-@register_section
-def _attributes(idata: az.InferenceData) -> str | None:
-    if "posterior" not in idata.groups():
+def rows_html(rows: Iterable[Sequence[Any]], header: Sequence[str] | None = None) -> str:
+    """A table of ``rows`` (numbers formatted by :func:`format_number`)."""
+    head = ("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+            if header else "")
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(format_number(v))}</td>" for v in row) + "</tr>"
+        for row in rows
+    )
+    return f"<table>{head}{body}</table>"
+
+
+def collapsed(summary: str, content: str, open_: bool = False) -> str:
+    """``content`` inside ``<details>``, folded unless ``open_``."""
+    flag = " open" if open_ else ""
+    return f"<details{flag}><summary>{html.escape(summary)}</summary>{content}</details>"
+
+
+def note_html(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>' if text else ""
+
+
+def square_side(num_features: int) -> int | None:
+    """The side of a square image with ``num_features`` pixels, or ``None``."""
+    side = math.isqrt(int(num_features))
+    return side if side > 1 and side * side == num_features else None
+
+
+def image_grid(images: np.ndarray, columns: int = 10, pad: float = 1.0) -> np.ndarray:
+    """Rows of flat square images ``[n, side * side]`` tiled into one array, ``columns``
+    across, separated by one pixel of ``pad``.
+
+    Example:
+        >>> image_grid(np.zeros((12, 64)), columns=5).shape  # 3 rows of 5 images 8 x 8
+        (26, 44)
+    """
+    images = np.asarray(images, dtype=float)
+    side = square_side(images.shape[1])
+    if side is None:
+        raise ValueError(f"images must have a square number of features, got {images.shape[1]}")
+    columns = min(columns, images.shape[0])
+    rows = -(-images.shape[0] // columns)
+    grid = np.full((rows * (side + 1) - 1, columns * (side + 1) - 1), pad)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[r * (side + 1):r * (side + 1) + side,
+             c * (side + 1):c * (side + 1) + side] = image.reshape(side, side)
+    return grid
+
+
+def image_panels_html(panels: Sequence[tuple[str, np.ndarray]], columns: int = 10,
+                      alt: str = "images", width: float = 4.5) -> str:
+    """Side-by-side grids of flat square images, one titled panel each, ``width`` inches
+    wide (pixel values in [0, 1] are drawn as they are; other ranges are scaled per
+    panel)."""
+    grids, scales = [], []
+    for _, images in panels:
+        images = np.asarray(images, dtype=float)
+        low, high = (0.0, 1.0) if images.min() >= 0 and images.max() <= 1 else (
+            float(images.min()), float(images.max()))
+        grids.append(image_grid(images, columns, pad=low))  # gray_r: low is white
+        scales.append((low, high))
+    aspect = max(g.shape[0] / g.shape[1] for g in grids)
+    fig = Figure(figsize=(width * len(panels), width * aspect + 0.4))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (title, _), grid, (low, high) in zip(axes, panels, grids, scales):
+        ax.imshow(grid, cmap="gray_r", vmin=low, vmax=high, interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.set_axis_off()
+    return figure_html(fig, alt)
+
+
+def band_plot(ax, time, mean, low, high, label: str) -> None:
+    """A line with a shaded band between ``low`` and ``high``."""
+    ax.fill_between(time, low, high, alpha=0.3, lw=0)
+    ax.plot(time, mean, lw=1, label=label)
+
+
+# ----- generic sections -----
+
+KEY_ATTRS = ("test_log_likelihood", "log_evidence", "log_partition", "rate", "distortion",
+             "log_likelihood", "rmse", "accuracy", "nll", "ece")
+"""Run attributes (``posterior.attrs``) shown among the key figures, with their standard
+error when an attribute ``<name>_se`` or ``<name>_stderr`` is present (``test_stderr``
+for ``test_log_likelihood``, as in the commands' ``metrics.json``)."""
+
+
+def _stderr(attrs: dict[str, Any], name: str) -> float | None:
+    aliases = ("test_stderr",) if name == "test_log_likelihood" else ()
+    for key in (f"{name}_se", f"{name}_stderr", *aliases):
+        if isinstance(attrs.get(key), (int, float, np.number)):
+            return float(attrs[key])
+    return None
+
+
+def _attrs(idata: az.InferenceData) -> dict[str, Any]:
+    attrs = {}
+    for group in ("posterior", "sample_stats"):
+        if group in idata.groups():
+            attrs.update(getattr(idata, group).attrs)
+    return {k: v for k, v in attrs.items() if k not in ("created_at", "arviz_version")}
+
+
+@register_key_figures(order=ORDER_KEY)
+def _run_key_figures(idata: az.InferenceData) -> list[KeyFigure]:
+    attrs = _attrs(idata)
+    figures = []
+    for name in KEY_ATTRS:
+        if name in attrs and isinstance(attrs[name], (int, float, np.number)):
+            value = format_estimate(attrs[name], _stderr(attrs, name))
+            figures.append(KeyFigure(name.replace("_", " "), value))
+    return figures
+
+
+@register_key_figures(groups=("posterior",), order=ORDER_DIAGNOSTICS)
+def _chain_key_figures(idata: az.InferenceData) -> list[KeyFigure] | None:
+    posterior = idata.posterior
+    if "data" in posterior.dims or posterior.sizes.get("chain", 1) < 2:
         return None
-    attrs = {k: v for k, v in idata.posterior.attrs.items() if k not in ("created_at",)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rhat = np.concatenate([np.ravel(v) for v in az.rhat(posterior).data_vars.values()])
+        ess = np.concatenate([np.ravel(v) for v in
+                              az.ess(posterior, method="bulk").data_vars.values()])
+    total = posterior.sizes["chain"] * posterior.sizes["draw"]
+    over = int((rhat > 1.01).sum())
+    return [
+        KeyFigure("max R-hat", format_number(np.nanmax(rhat)),
+                  f"{over} of {rhat.size} components above 1.01"),
+        KeyFigure("min bulk ESS", format_number(float(np.nanmin(ess)), 3),
+                  f"of {total} draws in {posterior.sizes['chain']} chains"),
+    ]
+
+
+@register_section(groups=("posterior",), order=ORDER_DETAILS)
+def _attributes(idata: az.InferenceData) -> str | None:
+    attrs = _attrs(idata)
     if not attrs:
         return None
     rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(format_number(v))}</td></tr>"
         for k, v in attrs.items()
     )
-    return f"<h2>Run</h2><table>{rows}</table>"
+    return "<h2>Run</h2>" + collapsed(f"{len(attrs)} run attributes",
+                                      f"<table>{rows}</table>", open_=len(attrs) <= 12)
 
 
-@register_section
+@register_section(groups=("posterior",), order=ORDER_DETAILS + 1)
 def _summary(idata: az.InferenceData, max_data: int = 5, max_rows: int = 60) -> str | None:
-    if "posterior" not in idata.groups():
-        return None
     posterior = idata.posterior
     note = ""
     if "data" in posterior.dims and posterior.sizes["data"] > max_data:
@@ -77,296 +383,92 @@ def _summary(idata: az.InferenceData, max_data: int = 5, max_rows: int = 60) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         summary = az.summary(posterior, kind="all" if multi_chain else "stats")
-    if len(summary) > max_rows:
-        note += f"first {max_rows} of {len(summary)} rows; "
+    rows = len(summary)
+    if rows > max_rows:
+        note += f"first {max_rows} of {rows} rows; "
         summary = summary.iloc[:max_rows]
     if not multi_chain:
         note += "one chain: R-hat needs several"
-    return (
-        "<h2>Posterior summary (ArviZ)</h2>"
-        f'<p class="note">{html.escape(note)}</p>{table_html(summary)}'
-    )
+    return ("<h2>Posterior summary (ArviZ)</h2>"
+            + collapsed(f"{rows} rows: mean, sd, HDI" + (", ESS, R-hat" if multi_chain else ""),
+                        note_html(note) + table_html(summary), open_=rows <= 10))
 
 
-@register_section
-def _amortization(idata: az.InferenceData) -> str | None:
-    if "amortization" not in idata.groups():
-        return None
-    group = idata.amortization
-    khat = np.asarray(group["pareto_k"].values)
-    good, bad = float(group.attrs.get("khat_good", 0.5)), float(group.attrs.get("khat_bad", 0.7))
-    counts = [
-        (f"k ≤ {good:.1f} (good)", int((khat <= good).sum())),
-        (f"{good:.1f} < k ≤ {bad:.1f} (poor)", int(((khat > good) & (khat <= bad)).sum())),
-        (f"k > {bad:.1f} (failed)", int((khat > bad).sum())),
-    ]
-    rows = "".join(
-        f"<tr><th>{label}</th><td>{n}</td><td>{100 * n / khat.size:.1f}%</td></tr>"
-        for label, n in counts
-    )
-    fig = Figure(figsize=(9, 3.2))
-    ax_k, ax_ll = fig.subplots(1, 2)
-    ax_k.scatter(np.arange(khat.size), khat, s=8, c=np.where(khat > bad, "C3", "C0"))
-    for level, style in ((good, ":"), (bad, "--")):
-        ax_k.axhline(level, color="C3", linestyle=style, linewidth=1)
-    ax_k.set_xlabel("data point")
-    ax_k.set_ylabel("PSIS k̂")
-    ax_k.set_title("where amortization fails (Yao et al. 2018)")
-    ll = np.asarray(group["log_likelihood"].values)
-    ax_ll.scatter(ll, khat, s=8)
-    ax_ll.set_xlabel("importance-sampled log p(x) (nats)")
-    ax_ll.set_ylabel("PSIS k̂")
-    n = int(group.attrs.get("num_samples", 0))
-    return (
-        "<h2>Amortization: PSIS k̂ per data point</h2>"
-        f'<p class="note">S = {n} guide draws per data point; mean log p(x) = '
-        f"{ll.mean():.3f} nats (importance-sampled with the same draws).</p>"
-        f"<table>{rows}</table>{figure_html(fig, 'k-hat')}"
-    )
-
-
-@register_section
-def _training(idata: az.InferenceData) -> str | None:
-    if "training_history" not in idata.groups():
-        return None
-    history = idata.training_history
-    per_epoch = [v for v in history.data_vars if history[v].dims == ("epoch",)]
-    per_step = [v for v in history.data_vars if history[v].dims == ("step",)]
-    panels = per_epoch + per_step
-    if not panels:
-        return None
-    cols = min(3, len(panels))
-    rows = -(-len(panels) // cols)
+def _curve_panels(dataset, variables: list[str]) -> Figure:
+    cols = min(3, len(variables))
+    rows = -(-len(variables) // cols)
     fig = Figure(figsize=(4 * cols, 2.8 * rows))
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    for ax, name in zip(axes, panels):
-        values = np.asarray(history[name].values)
-        dim = history[name].dims[0]
-        ax.plot(np.asarray(history[dim].values), values, lw=1)
+    for ax, name in zip(axes, variables):
+        values = np.asarray(dataset[name].values, dtype=float)
+        dim = dataset[name].dims[0]
+        x = np.asarray(dataset[dim].values)
+        ax.plot(x, values, lw=1)
         if dim == "step" and values.size > 50:
             width = max(values.size // 50, 2)
             smooth = np.convolve(values, np.ones(width) / width, mode="valid")
-            ax.plot(np.asarray(history[dim].values)[width - 1 :], smooth, lw=1.5)
+            ax.plot(x[width - 1:], smooth, lw=1.5)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(dim)
-    for ax in axes[len(panels) :]:
+    for ax in axes[len(variables):]:
         ax.set_visible(False)
-    return f"<h2>Training history</h2>{figure_html(fig, 'training curves')}"
+    return fig
 
 
-@register_section
-def _rate_distortion(idata: az.InferenceData) -> str | None:
-    if "rate_distortion" not in idata.groups():
+@register_section(groups=("training_history",), order=ORDER_TRAINING)
+def _training(idata: az.InferenceData) -> str | None:
+    """Every scalar quantity logged per epoch or per step (vector-valued quantities,
+    such as learned parameter vectors, are left to the families' sections)."""
+    history = idata.training_history
+    panels = [v for v in history.data_vars if history[v].dims in (("epoch",), ("step",))]
+    if not panels:
         return None
-    curve = idata.rate_distortion
-    beta = np.asarray(curve["beta"].values)
-    rate, distortion = np.asarray(curve["rate"].values), np.asarray(curve["distortion"].values)
-    fig = Figure(figsize=(9, 3.4))
-    ax_rd, ax_beta = fig.subplots(1, 2)
-    points = ax_rd.scatter(rate, distortion, c=np.log10(beta), cmap="viridis", s=18)
-    ax_rd.plot(rate, distortion, lw=0.8, color="0.5")
-    fig.colorbar(points, ax=ax_rd, label="log10 β")
-    ax_rd.set_xlabel("rate (nats)")
-    ax_rd.set_ylabel("distortion (nats)")
-    ax_beta.semilogx(beta, rate, "o-", label="rate", ms=3)
-    ax_beta.semilogx(beta, distortion, "o-", label="distortion", ms=3)
-    ax_beta.semilogx(beta, rate + distortion, "--", label="rate + distortion (-ELBO)", lw=1)
-    ax_beta.set_xlabel("β")
-    ax_beta.set_ylabel("nats")
-    ax_beta.legend(fontsize=7)
+    notes = []
+    if history.attrs.get("best_epoch") is not None:
+        notes.append(f"best epoch {history.attrs['best_epoch']}")
+    if history.attrs.get("stopped_early"):
+        notes.append("stopped early")
+    return ("<h2>Training history</h2>" + note_html("; ".join(notes))
+            + figure_html(_curve_panels(history, panels), "training curves"))
+
+
+# ----- the page -----
+
+
+def key_figures(idata: az.InferenceData) -> list[KeyFigure]:
+    """The key figures of every registered builder that applies, in order."""
+    figures: list[KeyFigure] = []
+    for entry in _KEY_FIGURES:
+        if entry.applies(idata):
+            figures.extend(entry.build(idata) or ())
+    return figures
+
+
+def _key_box(figures: Sequence[KeyFigure]) -> str:
+    if not figures:
+        return ""
     rows = "".join(
-        f"<tr><td>{b:.3g}</td><td>{r:.3f}</td><td>{d:.3f}</td></tr>"
-        for b, r, d in zip(beta, rate, distortion)
+        f"<tr><th>{html.escape(f.label)}</th><td class='value'>{html.escape(f.value)}</td>"
+        f"<td class='note'>{html.escape(f.note)}</td></tr>"
+        for f in figures
     )
-    return (
-        "<h2>Rate-distortion curve</h2>"
-        f"{figure_html(fig, 'rate-distortion')}"
-        f"<table><tr><th>β</th><th>rate</th><th>distortion</th></tr>{rows}</table>"
-    )
-
-
-def _scalar_components(idata: az.InferenceData, limit: int = 6) -> az.InferenceData | None:
-    """Up to ``limit`` scalar components of the posterior, for trace and rank plots."""
-    posterior = idata.posterior
-    if "data" in posterior.dims or posterior.sizes.get("chain", 1) < 2:
-        return None
-    components = {}
-    for name, variable in posterior.data_vars.items():
-        values = np.asarray(variable.values)
-        flat = values.reshape(values.shape[0], values.shape[1], -1)
-        for j in range(min(2, flat.shape[-1])):
-            label = name if flat.shape[-1] == 1 else f"{name}[{j}]"
-            components[label] = flat[:, :, j]
-            if len(components) == limit:
-                return az.from_dict(posterior=components)
-    return az.from_dict(posterior=components) if components else None
-
-
-def _pyplot_figure_html(axes, alt: str) -> str:
-    import matplotlib.pyplot as plt
-
-    fig = np.atleast_1d(axes).ravel()[0].figure
-    html_img = figure_html(fig, alt)
-    plt.close(fig)
-    return html_img
-
-
-@register_section
-def _mcmc_traces(idata: az.InferenceData) -> str | None:
-    if "posterior" not in idata.groups():
-        return None
-    small = _scalar_components(idata)
-    if small is None:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traces = az.plot_trace(small, compact=False, show=False, figsize=(10, 1.8 * len(
-            small.posterior.data_vars)))
-        ranks = az.plot_rank(small, show=False, figsize=(10, 2.2 * -(-len(
-            small.posterior.data_vars) // 3)))
-    return (
-        "<h2>Chains: traces and rank plots</h2>"
-        '<p class="note">Rank plots are near uniform when the chains mix (Vehtari et al. '
-        "2021); a few scalar components are shown.</p>"
-        f"{_pyplot_figure_html(traces, 'traces')}{_pyplot_figure_html(ranks, 'ranks')}"
-    )
-
-
-@register_section
-def _step_sizes(idata: az.InferenceData) -> str | None:
-    if "sample_stats" not in idata.groups() or "step_size" not in idata.sample_stats:
-        return None
-    stats = idata.sample_stats
-    step = np.asarray(stats["step_size"].values)[0]
-    update = np.asarray(stats["update"].values)[0] if "update" in stats else np.arange(step.size)
-    fig = Figure(figsize=(9, 2.6))
-    ax = fig.subplots()
-    ax.plot(update, step, ".", ms=2)
-    ax.set_xlabel("update")
-    ax.set_ylabel("step size")
-    ax.set_title("step size of the update behind each draw")
-    temperature = stats.attrs.get("temperature", idata.posterior.attrs.get("temperature"))
-    note = f"temperature {temperature}" if temperature is not None else ""
-    return (f"<h2>Step-size schedule</h2><p class=\"note\">{html.escape(str(note))}</p>"
-            f"{figure_html(fig, 'step sizes')}")
-
-
-@register_section
-def _model_samples(idata: az.InferenceData) -> str | None:
-    if "model_samples" not in idata.groups():
-        return None
-    samples = np.asarray(idata.model_samples["x"].values)[:64]
-    side = int(round(np.sqrt(samples.shape[1])))
-    columns = 16
-    rows = -(-samples.shape[0] // columns)
-    if side * side == samples.shape[1]:  # square images: a grid
-        grid = np.ones((rows * (side + 1), columns * (side + 1)))
-        for i, image in enumerate(samples):
-            r, c = divmod(i, columns)
-            grid[r * (side + 1):r * (side + 1) + side,
-                 c * (side + 1):c * (side + 1) + side] = image.reshape(side, side)
-    else:
-        grid = samples
-    fig = Figure(figsize=(10, 10 * grid.shape[0] / grid.shape[1] + 0.3))
-    ax = fig.subplots()
-    ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_axis_off()
-    return (f"<h2>Samples from the model</h2><p class=\"note\">{samples.shape[0]} ancestral "
-            "draws (pixel probabilities of the last layer).</p>"
-            f"{figure_html(fig, 'model samples')}")
-
-
-def _band_plot(ax, time, mean, low, high, label: str) -> None:
-    ax.fill_between(time, low, high, alpha=0.3, lw=0)
-    ax.plot(time, mean, lw=1, label=label)
-
-
-@register_section
-def _filtering(idata: az.InferenceData) -> str | None:
-    if "filter" not in idata.groups():
-        return None
-    group = idata.filter
-    time = np.asarray(group["time"].values)
-    mean, var = np.asarray(group["filter_mean"].values), np.asarray(group["filter_var"].values)
-    ess, resampled = np.asarray(group["ess"].values), np.asarray(group["resampled"].values)
-    fig = Figure(figsize=(10, 3.2))
-    ax_state, ax_ess = fig.subplots(1, 2)
-    for j in range(min(3, mean.shape[1])):
-        sd = np.sqrt(var[:, j])
-        _band_plot(ax_state, time, mean[:, j], mean[:, j] - 2 * sd, mean[:, j] + 2 * sd,
-                   f"x[{j}]")
-    ax_state.set_xlabel("time")
-    ax_state.set_title("filtering mean ± 2 sd", fontsize=9)
-    ax_state.legend(fontsize=7)
-    ax_ess.plot(time, ess, lw=1)
-    ax_ess.plot(time[resampled > 0], ess[resampled > 0], "|", color="C3", ms=6,
-                label="resampled before moving")
-    ax_ess.set_xlabel("time")
-    ax_ess.set_ylabel("ESS")
-    ax_ess.set_title("effective sample size", fontsize=9)
-    ax_ess.legend(fontsize=7)
-    log_evidence = group.attrs.get("log_evidence")
-    note = (f"log Ẑ = {log_evidence:.3f}; " if log_evidence is not None else "") + (
-        f"{int(resampled.sum())} of {time.size} steps resampled; min ESS {ess.min():.1f}")
-    return (f"<h2>Particle filter</h2><p class=\"note\">{html.escape(note)}</p>"
-            f"{figure_html(fig, 'filtering')}")
-
-
-@register_section
-def _smoothed_states(idata: az.InferenceData) -> str | None:
-    if "posterior" not in idata.groups() or "x" not in idata.posterior:
-        return None
-    paths = idata.posterior["x"]
-    if "time" not in paths.dims:
-        return None
-    values = np.asarray(paths.transpose("chain", "draw", "time", ...).values)
-    draws = values.reshape(-1, values.shape[2], values.shape[3] if values.ndim > 3 else 1)
-    time = np.asarray(paths["time"].values)
-    low, median, high = np.quantile(draws, [0.05, 0.5, 0.95], axis=0)
-    fig = Figure(figsize=(10, 3.2))
-    ax = fig.subplots()
-    for j in range(min(3, draws.shape[2])):
-        _band_plot(ax, time, median[:, j], low[:, j], high[:, j], f"x[{j}]")
-    ax.set_xlabel("time")
-    ax.set_title("smoothed states: median and 90% band of the sampled paths", fontsize=9)
-    ax.legend(fontsize=7)
-    return (f"<h2>Smoothed states</h2><p class=\"note\">{draws.shape[0]} paths from "
-            f"{values.shape[0]} chains.</p>{figure_html(fig, 'smoothed states')}")
-
-
-@register_section
-def _parameter_traces(idata: az.InferenceData) -> str | None:
-    if "learning_history" not in idata.groups():
-        return None
-    history = idata.learning_history
-    names = list(history.data_vars)
-    cols = min(3, len(names))
-    rows = -(-len(names) // cols)
-    fig = Figure(figsize=(4 * cols, 2.6 * rows))
-    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    step = np.asarray(history["step"].values)
-    for ax, name in zip(axes, names):
-        values = np.asarray(history[name].values).reshape(step.size, -1)
-        ax.plot(step, values[:, :5], lw=1)
-        shown = "" if values.shape[1] <= 5 else f" (5 of {values.shape[1]})"
-        ax.set_title(name + shown, fontsize=9)
-        ax.set_xlabel("step")
-    for ax in axes[len(names):]:
-        ax.set_visible(False)
-    return f"<h2>Parameter learning</h2>{figure_html(fig, 'parameter traces')}"
+    return f"<div class='key'><table>{rows}</table></div>"
 
 
 def render(idata: az.InferenceData) -> str:
-    """The HTML fragments of every registered section that applies to ``idata``."""
-    parts = []
-    for builder in _SECTIONS:
-        fragment = builder(idata)
-        if fragment:
-            parts.append(fragment)
-    return "\n".join(parts)
+    """The key figures, then the HTML of every registered section that applies to
+    ``idata``, lower orders first."""
+    parts = [_key_box(key_figures(idata))]
+    for section in _SECTIONS:
+        if section.applies(idata):
+            fragment = section.build(idata)
+            if fragment:
+                parts.append(fragment)
+    return "\n".join(p for p in parts if p)
 
 
 def page(title: str, body: str) -> str:
+    """A complete HTML document (inline style, no external resource)."""
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
         f"</title><style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
@@ -388,17 +490,54 @@ def report(
     return path
 
 
+class IndexEntry(NamedTuple):
+    """A row of the index of :func:`combined_report`: a test, its outcome (``passed``,
+    ``failed``, ``skipped``), its duration in seconds and the headings of its entries."""
+
+    name: str
+    outcome: str
+    seconds: float = 0.0
+    headings: tuple[str, ...] = ()
+
+
+def _anchor(i: int) -> str:
+    return f"entry-{i}"
+
+
 def combined_report(
     entries: Iterable[tuple[str, az.InferenceData, str]],
     path: str | os.PathLike,
     title: str = "posterity diagnostics",
+    tests: Iterable[IndexEntry] = (),
 ) -> Path:
-    """One page for several ``(heading, idata, note)`` entries (used by the tests)."""
+    """One page for several ``(heading, idata, note)`` entries, led by an index of
+    ``tests`` with their outcome and links to their entries (``pytest
+    --diagnostics-report DIR`` writes it)."""
+    entries = list(entries)
+    anchors: dict[str, str] = {}
+    for i, (heading, _, _) in enumerate(entries):
+        anchors.setdefault(heading, _anchor(i))
     body = []
-    for heading, idata, note in entries:
-        body.append(f"<h2 style='border:0;font-size:1.4em'>{html.escape(heading)}</h2>")
-        if note:
-            body.append(f'<p class="note">{html.escape(note)}</p>')
+    tests = list(tests)
+    if tests:
+        failed = sum(t.outcome == "failed" for t in tests)
+        rows = []
+        for t in tests:
+            css = {"passed": "good", "failed": "bad"}.get(t.outcome, "note")
+            links = ", ".join(f"<a href='#{anchors[h]}'>{html.escape(h)}</a>"
+                              for h in t.headings if h in anchors)
+            rows.append(f"<tr><td style='text-align:left'>{html.escape(t.name)}</td>"
+                        f"<td class='{css}'>{html.escape(t.outcome)}</td>"
+                        f"<td>{t.seconds:.1f} s</td><td style='text-align:left'>{links}</td></tr>")
+        body.append(
+            f"<h2>Statistical tests: {len(tests) - failed} of {len(tests)} passed"
+            f"{'' if not failed else f', {failed} failed'}</h2><table><tr><th>test</th>"
+            f"<th>outcome</th><th>time</th><th>figures</th></tr>{''.join(rows)}</table>"
+        )
+    for i, (heading, idata, note) in enumerate(entries):
+        body.append(f"<h2 id='{_anchor(i)}' style='border:0;font-size:1.4em'>"
+                    f"{html.escape(heading)}</h2>")
+        body.append(note_html(note))
         body.append(render(idata).replace("<h2>", "<h3>").replace("</h2>", "</h3>"))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

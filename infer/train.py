@@ -1,100 +1,88 @@
-"""The one training loop that every gradient-trained engine shares.
+"""The one training loop that every gradient-trained engine shares, and the optimizer
+set-up they share.
 
-An engine plugs in by providing
+An engine plugs in by meeting :class:`~posterity.infer.protocols.Trainable`:
 
 * ``step(batch) -> dict[str, float]``: one update on a minibatch, returning the
   logged quantities (``"loss"`` first);
 * ``validate(data) -> dict[str, float]``: validation metrics, one of which is named
   by the engine's ``monitor = (name, "max" | "min")``;
-* ``state_dict()`` / ``load_state_dict(state)``: modules and optimizer state.
+* ``state_dict()`` / ``load_state_dict(state)``: modules and optimizer state;
+* optionally ``config()``: its settings, stored in checkpoints and checked on resume.
 
 :func:`fit` adds epochs and shuffled minibatches, a history of every quantity, early
-stopping, a ``tqdm`` progress bar, a NaN/Inf guard and exact checkpoint/resume.
+stopping, a progress bar, a NaN/Inf guard, a time budget, exact checkpoint/resume
+(:mod:`posterity.infer.checkpoints`) and a clean stop on SIGINT/SIGTERM.
+:func:`make_optimizer` and :func:`optimizer_step` build and step the optimizers of the
+gradient engines (VI, wake-sleep, score ascent) in one way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import math
 import os
+import signal
+import threading
 import time
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pyro
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
-from .checks import check_int
+from . import checkpoints
+from .checkpoints import (
+    CheckpointError,
+    CheckpointLockedError,
+    CheckpointMismatchError,
+)
+from .checks import check_choice, check_int, check_positive
+from .history import History
+from .optim import OptimizerSpec, SchedulerSpec, make_optimizer, optimizer_step
+from .progress import progress_bar
+from .protocols import Trainable
 
+__all__ = [
+    "CheckpointError",
+    "OptimizerSpec",
+    "SchedulerSpec",
+    "CheckpointLockedError",
+    "CheckpointMismatchError",
+    "History",
+    "Interrupted",
+    "NonFiniteError",
+    "Trainable",
+    "fit",
+    "make_optimizer",
+    "optimizer_step",
+]
 
 class NonFiniteError(FloatingPointError):
     """Training produced NaN or Inf; the message names the step and the quantity."""
 
 
-class Trainable(Protocol):
-    monitor: tuple[str, str]
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped :func:`fit` after an update (and a checkpoint).
 
-    def step(self, batch: Tensor) -> dict[str, float]: ...
+    Attributes: ``history`` (the run so far), ``epoch`` (1-based), ``step`` (global
+    update count), ``checkpoint`` (the path written, or ``None``) and ``signal`` (its
+    name). Rerunning the same call resumes exactly where it stopped.
+    """
 
-    def validate(self, data: Tensor) -> dict[str, float]: ...
+    def __init__(self, message: str, *, history: History, epoch: int, step: int,
+                 checkpoint: Path | None, signal: str):
+        super().__init__(message)
+        self.history, self.epoch, self.step = history, epoch, step
+        self.checkpoint, self.signal = checkpoint, signal
 
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-@dataclass
-class History:
-    """Every logged quantity: ``steps[name]`` per update, ``epochs[name]`` per epoch."""
-
-    steps: dict[str, list[float]] = field(default_factory=dict)
-    epochs: dict[str, list[float]] = field(default_factory=dict)
-    stopped_early: bool = False
-    best_epoch: int | None = None
-    out_of_time: bool = False
-
-    def log_step(self, metrics: dict[str, float]) -> None:
-        for name, value in metrics.items():
-            self.steps.setdefault(name, []).append(float(value))
-
-    def log_epoch(self, metrics: dict[str, float]) -> None:
-        for name, value in metrics.items():
-            self.epochs.setdefault(name, []).append(float(value))
-
-    def __getitem__(self, name: str) -> list[float]:
-        if name in self.epochs:
-            return self.epochs[name]
-        return self.steps[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.epochs or name in self.steps
-
-    @property
-    def num_epochs(self) -> int:
-        return len(self.epochs.get("epoch", []))
-
-    def state_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self.__dict__)
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> History:
-        return cls(**copy.deepcopy(state))
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"pyro": pyro.util.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    pyro.util.set_rng_state(state["pyro"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def _num_rows(data: Tensor | tuple[Tensor, ...]) -> int:
@@ -116,6 +104,49 @@ def _guard(metrics: dict[str, float], epoch: int, step: int) -> None:
             )
 
 
+class _Signals:
+    """Defers SIGINT and SIGTERM while active: the loop polls ``received`` after each
+    update. A second signal stops at once. Handlers are installed in the main thread
+    only (Python delivers signals there) and restored on exit."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            self._restore()
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+
+def _settings(engine: Any, config: Mapping[str, Any] | None, loop: dict[str, Any]
+              ) -> dict[str, Any]:
+    """The flat settings a checkpoint stores: the loop's, the caller's ``config`` and
+    ``engine.config()`` (prefixed ``engine.``)."""
+    settings = {**loop, **dict(config or {})}
+    engine_config = engine.config() if callable(getattr(engine, "config", None)) else {}
+    if not isinstance(engine_config, Mapping):
+        raise TypeError(f"{type(engine).__name__}.config() must return a dict, got "
+                        f"{type(engine_config).__name__}")
+    settings.update({f"engine.{k}": v for k, v in engine_config.items()})
+    return checkpoints.plain_settings(settings)
+
+
 def fit(
     engine: Trainable,
     data: Tensor | tuple[Tensor, ...],
@@ -130,14 +161,18 @@ def fit(
     checkpoint_every: int = 1,
     resume: bool = True,
     seed: int | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     history: History | None = None,
     time_budget: float | None = None,
+    config: Mapping[str, Any] | None = None,
+    safe_keys: Iterable[str] = (),
 ) -> History:
     """Train ``engine`` for ``epochs`` passes over ``data`` in shuffled minibatches.
 
     Args:
-        engine: an object with ``step``, ``validate``, ``monitor`` and state dicts.
+        engine: a :class:`~posterity.infer.protocols.Trainable`; if it also has
+            ``config()`` (:class:`~posterity.infer.protocols.Configurable`), its
+            settings are stored in the checkpoint and checked on resume.
         data: ``[N, ...]`` tensor, or a tuple of tensors sharing their first dimension.
         epochs: total number of epochs (a resumed run counts the ones already done).
         batch_size: rows per update; the last minibatch of an epoch may be smaller.
@@ -146,21 +181,58 @@ def fit(
             ``engine.monitor``; ``None`` never stops early.
         restore_best: with early stopping, restore the best parameters at the end.
         checkpoint: file to save the full state to (modules, optimizer, RNG, shuffling
-            generator, history) every ``checkpoint_every`` epochs.
+            generator, history, settings) every ``checkpoint_every`` epochs, and on
+            SIGINT/SIGTERM. Loaded with ``weights_only=True``. A lock file
+            ``<checkpoint>.lock`` keeps a second run off it.
         resume: if ``checkpoint`` exists, continue from it exactly as an uninterrupted
-            run would.
+            run would. ``False`` starts over and overwrites it.
         seed: seeds Pyro/PyTorch and the shuffling at the start of a fresh run.
-        progress: show a ``tqdm`` bar with the current objective.
+        progress: show a ``tqdm`` bar with the current objective; ``None`` follows
+            :mod:`posterity.infer.progress` (shown on an interactive terminal only).
         history: a history to extend (the engine's own, across ``fit`` calls).
-        time_budget: stop once the updates (not validation) have taken this many
-            seconds in all; the interrupted epoch is validated and logged. For comparing
-            engines at equal wall-clock time.
+        time_budget: stop this call once its updates (not validation) have taken this
+            many seconds; the interrupted epoch is validated and logged. The budget
+            belongs to the call: a resumed run gets its own.
+        config: the run's settings (e.g. the command line's), plain values. Stored in
+            the checkpoint with the loop's own settings (``batch_size``, ``seed``, the
+            number of rows, ...) and ``engine.config()``. On resume a difference in
+            one of :data:`~posterity.infer.checkpoints.SAFE_KEYS` or ``safe_keys`` is
+            applied and reported by a warning; any other difference raises
+            :class:`CheckpointMismatchError`.
+        safe_keys: further setting names that may change on resume.
 
     Returns:
         The :class:`History`.
 
     Raises:
         NonFiniteError: when a logged quantity becomes NaN or Inf.
+        CheckpointError: the checkpoint is unreadable, corrupt or holds more than
+            plain data; :class:`CheckpointMismatchError` when it was written with
+            other settings; :class:`CheckpointLockedError` when another run holds it.
+        Interrupted: on SIGINT or SIGTERM, after the current update and a checkpoint.
+        OSError: the checkpoint cannot be written (one line naming the path).
+
+    Example:
+        >>> import torch
+        >>> class Mean:  # fits the mean of the data by SGD
+        ...     monitor = ("valid_loss", "min")
+        ...     def __init__(self):
+        ...         self.mu = torch.zeros(1, requires_grad=True)
+        ...         self.optimizer, _ = make_optimizer([self.mu], "sgd", lr=0.5)
+        ...     def step(self, batch):
+        ...         loss = (batch - self.mu).pow(2).mean()
+        ...         optimizer_step(self.optimizer, loss)
+        ...         return {"loss": loss.item()}
+        ...     def validate(self, data):
+        ...         return {"valid_loss": (data - self.mu).pow(2).mean().item()}
+        ...     def state_dict(self):
+        ...         return {"mu": self.mu.detach().clone()}
+        ...     def load_state_dict(self, state):
+        ...         self.mu.data.copy_(state["mu"])
+        >>> engine = Mean()
+        >>> history = fit(engine, torch.full((8, 1), 3.0), epochs=5, batch_size=4, seed=0)
+        >>> round(engine.mu.item(), 3), history.num_epochs
+        (3.0, 5)
     """
     check_int("epochs", epochs, 0)
     check_int("batch_size", batch_size, 1)
@@ -168,105 +240,199 @@ def fit(
     check_int("checkpoint_every", checkpoint_every, 1)
     if patience is not None:
         check_int("patience", patience, 1)
+    if time_budget is not None:
+        check_positive("time_budget", time_budget)
     num_rows = _num_rows(data)
+    if num_rows == 0:
+        raise ValueError("data has no rows")
     monitor, mode = engine.monitor
-    sign = 1.0 if mode == "max" else -1.0
-
-    history = history if history is not None else History()
-    shuffle = torch.Generator()
-    stopping = {"best": -math.inf, "bad": 0, "best_state": None}
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
-    if checkpoint is not None and resume and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
-        engine.load_state_dict(saved["engine"])
-        history = History.from_state_dict(saved["history"])
-        stopping = saved["stopping"]
-        shuffle.set_state(saved["shuffle"])
-        _set_rng_state(saved["rng"])
-    else:
-        if seed is not None:
+    check_choice("engine.monitor[1]", mode, ("max", "min"))
+    path = Path(checkpoint) if checkpoint is not None else None
+    settings = None
+    if path is not None:
+        settings = _settings(engine, config, {
+            "engine": type(engine).__name__, "num_data": num_rows, "batch_size": batch_size,
+            "seed": seed, "epochs": epochs, "patience": patience, "valid_every": valid_every,
+            "restore_best": restore_best, "checkpoint_every": checkpoint_every,
+            "time_budget": time_budget,
+        })
+    with contextlib.ExitStack() as stack:
+        if path is not None:
+            stack.enter_context(checkpoints.RunLock(path))
+            checkpoints.remove_stale_temporaries(path)
+        loop = _Loop(engine, data, path, settings, batch_size, history)
+        if path is not None and resume and path.exists():
+            loop.resume(safe_keys, patience)
+        elif seed is not None:
             pyro.set_rng_seed(seed)
-        shuffle.manual_seed(int(torch.randint(2**62, ()).item()) if seed is None else seed)
+            loop.shuffle.manual_seed(seed)
+        else:
+            loop.shuffle.manual_seed(int(torch.randint(2**62, ()).item()))
+        loop.run(epochs=epochs, valid=valid, valid_every=valid_every, patience=patience,
+                 restore_best=restore_best, checkpoint_every=checkpoint_every,
+                 progress=progress, time_budget=time_budget, monitor=monitor,
+                 sign=1.0 if mode == "max" else -1.0)
+    if loop.history.stopped_early and restore_best and loop.stopping["best_state"] is not None:
+        engine.load_state_dict(loop.stopping["best_state"])
+    return loop.history
 
-    start_epoch = history.num_epochs
-    steps_per_epoch = math.ceil(num_rows / batch_size)
-    total_step = len(next(iter(history.steps.values()), []))
-    bar = tqdm(
-        total=steps_per_epoch * max(epochs - start_epoch, 0),
-        disable=not progress,
-        desc=type(engine).__name__,
-        leave=False,
-        dynamic_ncols=True,
-    )
-    shown: dict[str, str] = {}  # the progress bar's postfix: latest step and validation values
-    trained_seconds = sum(history.epochs.get("seconds", []))
-    try:
-        for epoch in range(start_epoch, epochs):
-            if history.stopped_early or history.out_of_time:
-                break
-            started = time.perf_counter()
-            sums: dict[str, float] = {}
-            order = torch.randperm(num_rows, generator=shuffle)
-            for begin in range(0, num_rows, batch_size):
-                metrics = engine.step(_take(data, order[begin : begin + batch_size]))
-                total_step += 1
-                _guard(metrics, epoch, total_step)
-                history.log_step(metrics)
-                for name, value in metrics.items():
-                    sums[name] = sums.get(name, 0.0) + value
-                bar.update()
-                shown.update({k: f"{v:.4g}" for k, v in metrics.items()})
-                bar.set_postfix(shown, refresh=False)
-                if time_budget is not None and \
-                        trained_seconds + time.perf_counter() - started >= time_budget:
-                    history.out_of_time = True
+
+class _Loop:
+    """The state of one :func:`fit` call: history, early stopping, the shuffling
+    generator and, after an interrupt, the position inside an epoch."""
+
+    def __init__(self, engine: Trainable, data: Any, path: Path | None,
+                 settings: dict[str, Any] | None, batch_size: int, history: History | None):
+        self.engine, self.data, self.path, self.settings = engine, data, path, settings
+        self.batch_size = batch_size
+        self.history = history if history is not None else History()
+        self.shuffle = torch.Generator()
+        self.stopping: dict[str, Any] = {"best": -math.inf, "bad": 0, "best_state": None}
+        self.position: dict[str, Any] | None = None
+
+    def resume(self, safe_keys: Iterable[str], patience: int | None) -> None:
+        saved = checkpoints.load(self.path, required=_REQUIRED)
+        if saved["format"] != _FORMAT:
+            raise CheckpointError(
+                f"checkpoint {self.path} has format {saved['format']!r}, this version reads "
+                f"{_FORMAT}; pass resume=False (CLI: --fresh) to start over, or use another "
+                "directory")
+        try:
+            before = json.loads(saved["settings"])
+        except (TypeError, ValueError):
+            raise CheckpointError(f"checkpoint {self.path} has unreadable settings; pass "
+                                  "resume=False (CLI: --fresh) to start over") from None
+        notes = checkpoints.compare_settings(self.path, before, self.settings, safe_keys)
+        if notes:
+            warnings.warn(f"resuming {self.path} with " + ", ".join(notes), stacklevel=4)
+        try:
+            self.engine.load_state_dict(saved["engine"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else \
+                type(error).__name__
+            raise CheckpointMismatchError(
+                f"checkpoint {self.path} does not fit this {type(self.engine).__name__} "
+                f"({reason[:300]}); pass resume=False (CLI: --fresh) to start over, or use "
+                "another directory") from error
+        self.history = History.from_state_dict(saved["history"])
+        self.history.out_of_time = False  # the budget belonged to the call that stopped
+        self.stopping = saved["stopping"]
+        self.history.stopped_early = patience is not None and self.stopping["bad"] >= patience
+        self.shuffle.set_state(saved["shuffle"])
+        checkpoints.set_rng_state(saved["rng"])
+        self.position = saved["position"]
+
+    def save(self, position: dict[str, Any] | None = None) -> None:
+        checkpoints.save(self.path, {
+            "format": _FORMAT,
+            "settings": json.dumps(self.settings, sort_keys=True),
+            "engine": self.engine.state_dict(),
+            "history": self.history.state_dict(),
+            "stopping": self.stopping,
+            "shuffle": self.shuffle.get_state(),
+            "rng": checkpoints.rng_state(),
+            "position": position,
+        })
+
+    def run(self, *, epochs: int, valid: Any, valid_every: int, patience: int | None,
+            restore_best: bool, checkpoint_every: int, progress: bool | None,
+            time_budget: float | None, monitor: str, sign: float) -> None:
+        engine, history, stopping = self.engine, self.history, self.stopping
+        num_rows = _num_rows(self.data)
+        steps_per_epoch = math.ceil(num_rows / self.batch_size)
+        start_epoch = history.num_epochs
+        total_step = len(next(iter(history.steps.values()), []))
+        done_before = self.position["next_step"] if self.position else 0
+        shown: dict[str, str] = {}  # the bar's postfix: latest step and validation values
+        spent = 0.0  # seconds of updates in this call, for the time budget
+        signals = _Signals()
+        with signals, progress_bar(
+            total=max(steps_per_epoch * (epochs - start_epoch) - done_before, 0),
+            progress=progress, desc=type(engine).__name__,
+        ) as bar:
+            for epoch in range(start_epoch, epochs):
+                if history.stopped_early or history.out_of_time:
                     break
-            record = {"epoch": epoch + 1, "seconds": time.perf_counter() - started}
-            trained_seconds += record["seconds"]
-            steps_done = math.ceil(min(begin + batch_size, num_rows) / batch_size)
-            record.update({f"train_{k}": v / steps_done for k, v in sums.items()})
-            if valid is not None and (epoch + 1) % valid_every == 0:
-                valid_metrics = engine.validate(valid)
-                _guard(valid_metrics, epoch, total_step)
-                record.update(valid_metrics)
-                score = sign * valid_metrics[monitor]
-                if score > stopping["best"]:
-                    stopping.update(best=score, bad=0)
-                    history.best_epoch = epoch + 1
-                    if patience is not None and restore_best:
-                        stopping["best_state"] = copy.deepcopy(engine.state_dict())
+                if self.position is not None:  # resuming inside an epoch
+                    epoch_shuffle, first = self.position["shuffle"], self.position["next_step"]
+                    sums, carried = dict(self.position["sums"]), self.position["seconds"]
+                    self.shuffle.set_state(epoch_shuffle)
+                    self.position = None
                 else:
-                    stopping["bad"] += 1
-                    if patience is not None and stopping["bad"] >= patience:
-                        history.stopped_early = True
-                shown[monitor] = f"{valid_metrics[monitor]:.4g}"
-                bar.set_postfix(shown, refresh=True)
-            history.log_epoch(record)
-            if checkpoint is not None and (
-                (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or history.stopped_early
-                or history.out_of_time
-            ):
-                _save(checkpoint, engine, history, stopping, shuffle)
-    finally:
-        bar.close()
-    if history.stopped_early and restore_best and stopping["best_state"] is not None:
-        engine.load_state_dict(stopping["best_state"])
-    return history
+                    epoch_shuffle, first, sums, carried = self.shuffle.get_state(), 0, {}, 0.0
+                started = time.perf_counter()
+                order = torch.randperm(num_rows, generator=self.shuffle)
+                done = first
+                for index in range(first, steps_per_epoch):
+                    begin = index * self.batch_size
+                    metrics = engine.step(_take(self.data, order[begin: begin + self.batch_size]))
+                    total_step += 1
+                    done = index + 1
+                    _guard(metrics, epoch, total_step)
+                    history.log_step(metrics)
+                    for name, value in metrics.items():
+                        sums[name] = sums.get(name, 0.0) + value
+                    bar.update()
+                    shown.update({k: f"{v:.4g}" for k, v in metrics.items()})
+                    bar.set_postfix(shown, refresh=False)
+                    if time_budget is not None and \
+                            spent + time.perf_counter() - started >= time_budget:
+                        history.out_of_time = True
+                        break
+                    if signals.received is not None and done < steps_per_epoch:
+                        position = {"next_step": done, "shuffle": epoch_shuffle, "sums": sums,
+                                    "seconds": carried + time.perf_counter() - started}
+                        self._interrupt(signals.received, epoch, total_step, position)
+                elapsed = time.perf_counter() - started
+                spent += elapsed
+                record = {"epoch": epoch + 1, "seconds": carried + elapsed}
+                record.update({f"train_{k}": v / done for k, v in sums.items()})
+                if valid is not None and (epoch + 1) % valid_every == 0:
+                    valid_metrics = engine.validate(valid)
+                    _guard(valid_metrics, epoch, total_step)
+                    if monitor not in valid_metrics:
+                        raise KeyError(f"{type(engine).__name__}.validate() returned "
+                                       f"{sorted(valid_metrics)}, without {monitor!r} "
+                                       "(the engine's monitor)")
+                    record.update(valid_metrics)
+                    score = sign * float(valid_metrics[monitor])
+                    if score > stopping["best"]:
+                        stopping.update(best=score, bad=0)
+                        history.best_epoch = epoch + 1
+                        if patience is not None and restore_best:
+                            stopping["best_state"] = copy.deepcopy(engine.state_dict())
+                    else:
+                        stopping["bad"] += 1
+                        if patience is not None and stopping["bad"] >= patience:
+                            history.stopped_early = True
+                    shown[monitor] = f"{valid_metrics[monitor]:.4g}"
+                    bar.set_postfix(shown, refresh=True)
+                history.log_epoch(record)
+                if self.path is not None and (
+                    (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs
+                    or history.stopped_early or history.out_of_time or signals.received
+                ):
+                    self.save()
+                if signals.received is not None:
+                    self._interrupt(signals.received, epoch, total_step, None, saved=True)
+            if signals.received is not None:  # arrived after the last check: still stop
+                self._interrupt(signals.received, history.num_epochs - 1, total_step, None,
+                                saved=True)
+
+    def _interrupt(self, signum: int, epoch: int, step: int, position: dict[str, Any] | None,
+                   saved: bool = False) -> None:
+        if self.path is not None and not saved:
+            self.save(position)
+        name = signal.Signals(signum).name
+        where = f"{type(self.engine).__name__} stopped by {name} at epoch {epoch + 1}, step {step}"
+        if self.path is not None:
+            message = f"{where}; checkpoint written to {self.path}; rerun to resume"
+        else:
+            message = f"{where}; no checkpoint was written (pass checkpoint= to resume later)"
+        raise Interrupted(message, history=self.history, epoch=epoch + 1, step=step,
+                          checkpoint=self.path, signal=name)
 
 
-def _save(
-    path: Path, engine: Trainable, history: History, stopping: dict, shuffle: torch.Generator
-) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(
-        {
-            "engine": engine.state_dict(),
-            "history": history.state_dict(),
-            "stopping": stopping,
-            "shuffle": shuffle.get_state(),
-            "rng": _rng_state(),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous checkpoint
+_FORMAT = 2
+_REQUIRED = ("format", "settings", "engine", "history", "stopping", "shuffle", "rng",
+             "position")

@@ -3,9 +3,16 @@ layers, the data plate, Bernoulli layers). Models and guides import from here, n
 from each other."""
 
 from .bernoulli import bernoulli_log_prob, bernoulli_site, check_layers, latent_site
-from .gated import BetaStandardizer, GatedLinear, GatedMLP, MultiRateMixin, check_beta_range
+from .gated import (
+    BetaStandardizer,
+    GatedLinear,
+    GatedMLP,
+    MultiRateMixin,
+    check_beta_range,
+    gate_parameters,
+)
 from .networks import activation_module, check_layer_sizes, mlp
-from .plates import check_binary, check_width, data_plate
+from .plates import check_binary, check_matrix, check_width, data_plate
 
 __all__ = [
     "BetaStandardizer",
@@ -19,8 +26,10 @@ __all__ = [
     "check_binary",
     "check_layer_sizes",
     "check_layers",
+    "check_matrix",
     "check_width",
     "data_plate",
+    "gate_parameters",
     "latent_site",
     "mlp",
 ]

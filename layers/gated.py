@@ -77,6 +77,26 @@ class GatedLinear(nn.Module):
         return self.linear(h) * self.gate(u.unsqueeze(-1) * self.gate_weight + self.gate_bias)
 
 
+def gate_parameters(*modules: nn.Module) -> list[nn.Parameter]:
+    """The gate parameters ``(w, b)`` of every :class:`GatedLinear` inside ``modules``.
+
+    The multi-rate engines give them their own optimizer group (``gate_lr_multiplier``
+    of :class:`posterity.infer.AmortizedVI`): they are the only parameters through which
+    the networks depend on β, and at the base learning rate they lag behind the weights.
+
+    Example:
+        >>> len(gate_parameters(GatedMLP(4, (3,), 2, "encoder")))
+        4
+    """
+    seen: dict[int, nn.Parameter] = {}
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, GatedLinear):
+                for p in (layer.gate_weight, layer.gate_bias):
+                    seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
 class GatedMLP(nn.Module):
     """An MLP of :class:`GatedLinear` layers: ``forward(h, u)``.
 

@@ -29,6 +29,15 @@ def check_binary(x: Tensor, name: str) -> None:
         )
 
 
+def check_matrix(x: Tensor, width: int, name: str) -> None:
+    """``x`` must be ``[N, width]``: one row of ``width`` features per data point."""
+    if x.dim() != 2:
+        raise ValueError(
+            f"{name} must have shape [N, D] with D = {width}, got {tuple(x.shape)}"
+        )
+    check_width(x, width, name)
+
+
 def check_width(x: Tensor, width: int, name: str) -> None:
     if x.dim() < 1 or x.shape[-1] != width:
         raise ValueError(

@@ -65,13 +65,27 @@ def _check_X(X: Tensor, in_dim: int) -> None:
         raise ValueError(f"X must have shape [N, {in_dim}], got {shape}")
 
 
+def _check_y(X: Tensor, y: Tensor | None) -> None:
+    """``y`` is ``[N]``: the likelihood's event shape is ``()``, so a column ``[N, 1]``
+    would broadcast against the ``[N]`` predictions instead of being scored row by row."""
+    if y is None:
+        return
+    if not isinstance(y, Tensor) or y.dim() != 1:
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(
+            f"y must have shape [N] (one scalar target or label per row of X), got {shape}; "
+            f"a column [N, 1] would broadcast against the [N] predictions: pass "
+            f"y.squeeze(-1)")
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"y has {y.shape[0]} rows but X has {X.shape[0]}")
+
+
 def _validate(X: Tensor, y: Tensor | None, in_dim: int) -> None:
     _check_X(X, in_dim)
     if not torch.isfinite(X).all():
         raise ValueError("X contains NaN or Inf")
+    _check_y(X, y)
     if y is not None:
-        if y.shape[0] != X.shape[0]:
-            raise ValueError(f"y has {y.shape[0]} rows but X has {X.shape[0]}")
         if y.is_floating_point() and not torch.isfinite(y).all():
             raise ValueError("y contains NaN or Inf")
 
@@ -160,6 +174,7 @@ class BayesianMLP(PyroModule):
 
     def forward(self, X: Tensor, y: Tensor | None = None, subsample: bool = True) -> Tensor:
         _check_X(X, self.sizes[0])
+        _check_y(X, y)
         zero = X.new_zeros(())
         weights = []
         for i, (fan_in, fan_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
@@ -211,6 +226,7 @@ class BayesianLogisticRegression(PyroModule):
 
     def forward(self, X: Tensor, y: Tensor | None = None, subsample: bool = True) -> Tensor:
         _check_X(X, self.in_dim)
+        _check_y(X, y)
         zero = X.new_zeros(())
         weight = pyro.sample("weight",
                              dist.Normal(zero, self.prior_scale).expand([self.in_dim]).to_event(1))

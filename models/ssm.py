@@ -1,22 +1,53 @@
-"""State-space models: the protocol every SMC engine uses, and two models.
+"""State-space models: the protocol every SMC engine uses, and three models.
 
 A subclass of :class:`StateSpaceModel` declares
 
 * ``initial()``: the law of ``x_0``, ``event_shape == (state_dim,)``;
-* ``transition(x_prev, t)``: the law of ``x_t`` given ``x_{t-1}`` (batched over the
-  leading dimensions of ``x_prev``);
-* ``emission(x, t)``: the law of ``y_t`` given ``x_t``, ``event_shape == (obs_dim,)``;
+* ``transition(x_prev, t)``: the law of ``x_t`` given ``x_{t-1}``, with
+  ``event_shape == (state_dim,)`` and ``batch_shape == x_prev.shape[:-1]``;
+* ``emission(x, t)``: the law of ``y_t`` given ``x_t``, ``event_shape == (obs_dim,)``
+  and ``batch_shape == x.shape[:-1]``;
 * optionally ``transition_log_bound(t)``: an upper bound of ``log q_t(x' | x)`` over
-  both arguments, for O(N) rejection backward sampling;
+  both arguments, for O(N) rejection backward sampling. Engines compare it with every
+  density they compute; an exceeded bound is reported (a warning, the exact kernel for
+  that step, and ``result.bound_violations``), never used silently;
 * optionally the fast paths ``sample_transition``, ``transition_log_prob`` and
   ``emission_log_prob``: the same draws and densities in plain tensor code. At N = 1000
   the filter is bound by per-operation overhead, and building distribution objects
   every step costs more than the arithmetic. The defaults go through the laws above;
   a test checks every built-in override against them.
 
+**Shapes.** States are ``[..., state_dim]``: every leading dimension is a batch
+dimension (particles ``[N, d]``, chains of particles ``[C, N, d]``, one state ``[d]``
+in :meth:`~StateSpaceModel.simulate` and :meth:`~StateSpaceModel.forward`), so write
+``x_prev[..., 0]``, never ``x_prev[:, 0]`` (that indexes particles, not coordinates;
+the engines detect it and say so). Laws are over vectors: a scalar state needs
+``dist.Normal(loc, scale).to_event(1)`` with ``loc`` of shape ``[..., 1]``; a law with
+``event_shape == ()`` is refused with that hint. ``state_dim`` and ``obs_dim`` are read
+from the event shapes of ``initial()`` and ``emission``; declaring them is optional.
+Observations ``ys`` are ``[T, obs_dim]`` (``[T]`` when ``obs_dim == 1``), converted to
+the model's dtype and device. :func:`posterity.infer.smc.check_model` runs a model
+through every call the engines make and reports what does not conform.
+
 The base class derives the Pyro program ``forward(ys)`` (a ``pyro.markov`` loop) and
 ``simulate(T)``, so the same model runs with the SMC engines, SVI or NUTS. Parameters
 are module parameters, which makes score-based learning plain autograd.
+
+Example:
+    >>> import pyro.distributions as dist
+    >>> import torch
+    >>> class RandomWalk(StateSpaceModel):
+    ...     def initial(self):
+    ...         return dist.Normal(torch.zeros(1), 1.0).to_event(1)
+    ...     def transition(self, x_prev, t):
+    ...         return dist.Normal(x_prev, 0.5).to_event(1)
+    ...     def emission(self, x, t):
+    ...         return dist.Normal(x[..., 0:1], 1.0).to_event(1)
+    >>> model = RandomWalk()
+    >>> model.state_dim, model.obs_dim
+    (1, 1)
+    >>> model.simulate(T=5).observations.shape
+    torch.Size([5, 1])
 """
 
 from __future__ import annotations
@@ -24,6 +55,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -31,6 +63,7 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 _LOG_2PI = math.log(2 * math.pi)
+
 
 @dataclass
 class SimulatedPath:
@@ -40,23 +73,72 @@ class SimulatedPath:
     observations: Tensor
 
 
-class StateSpaceModel(PyroModule):
-    """Base class: subclasses declare ``initial``, ``transition`` and ``emission``."""
+def _vector_event(law, method: str, dim_name: str) -> int:
+    """``law.event_shape[0]``, or a ``TypeError``/``ValueError`` naming ``method``."""
+    shape = getattr(law, "event_shape", None)
+    if shape is None or not callable(getattr(law, "log_prob", None)):
+        raise TypeError(f"{method} must return a pyro.distributions law, got "
+                        f"{type(law).__name__}")
+    if len(shape) != 1:
+        hint = " — add .to_event(1) (a scalar state is a vector of length 1)" \
+            if len(shape) == 0 else ""
+        raise ValueError(f"{method} returned a law with event_shape {tuple(shape)}; "
+                         f"expected ({dim_name},){hint}")
+    return int(shape[0])
 
-    state_dim: int
-    obs_dim: int
+
+class StateSpaceModel(PyroModule):
+    """Base class: subclasses declare ``initial``, ``transition`` and ``emission``
+    (see the module docstring for shapes). ``__init__`` takes no required argument."""
 
     def initial(self) -> dist.TorchDistribution:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define initial()")
 
     def transition(self, x_prev: Tensor, t: int) -> dist.TorchDistribution:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define transition(x_prev, t)")
 
     def emission(self, x: Tensor, t: int) -> dist.TorchDistribution:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define emission(x, t)")
+
+    # dimensions: declared (``self.state_dim = d`` or a class attribute) or read from laws
+    @property
+    def state_dim(self) -> int:
+        if "_state_dim" not in self.__dict__:
+            with torch.no_grad():
+                self.__dict__["_state_dim"] = _vector_event(self.initial(), "initial()",
+                                                            "state_dim")
+        return self.__dict__["_state_dim"]
+
+    @state_dim.setter
+    def state_dim(self, value: int) -> None:
+        self.__dict__["_state_dim"] = int(value)
+
+    @property
+    def obs_dim(self) -> int:
+        if "_obs_dim" not in self.__dict__:
+            with torch.no_grad():
+                law = self.initial()
+                x = law.mean if _has_mean(law) else law.sample()
+                self.__dict__["_obs_dim"] = _vector_event(self.emission(x, 0), "emission(x, t)",
+                                                          "obs_dim")
+        return self.__dict__["_obs_dim"]
+
+    @obs_dim.setter
+    def obs_dim(self, value: int) -> None:
+        self.__dict__["_obs_dim"] = int(value)
+
+    def reference_tensor(self) -> Tensor:
+        """A tensor with the model's dtype and device: its first floating parameter or
+        buffer, else the mean (or a draw) of ``initial()``."""
+        for tensor in (*self.parameters(), *self.buffers()):
+            if tensor.is_floating_point():
+                return tensor
+        with torch.no_grad():
+            law = self.initial()
+            return law.mean if _has_mean(law) else law.sample()
 
     def sample_transition(self, x_prev: Tensor, t: int) -> Tensor:
-        """A draw of ``x_t`` for every row of ``x_prev``."""
+        """A draw of ``x_t`` for every state in ``x_prev`` (``[..., state_dim]``)."""
         return self.transition(x_prev, t).sample()
 
     def transition_log_prob(self, x_prev: Tensor, x: Tensor, t: int) -> Tensor:
@@ -74,18 +156,33 @@ class StateSpaceModel(PyroModule):
             return x.new_zeros(x.shape[:-1])
         return self.emission_log_prob(x, y, t)
 
-    def check_observations(self, ys: Tensor, allow_missing: bool = False) -> Tensor:
-        """``ys`` as ``[T, obs_dim]``; NaN only where missing data is allowed."""
+    def check_observations(self, ys, allow_missing: bool = False) -> Tensor:
+        """``ys`` as ``[T, obs_dim]`` in the model's dtype and on its device; NaN only
+        where missing data is allowed. Arrays and lists are converted."""
         if not isinstance(ys, Tensor):
-            raise TypeError(f"ys must be a torch.Tensor, got {type(ys).__name__}")
-        if ys.dim() == 1 and self.obs_dim == 1:
+            if not isinstance(ys, (np.ndarray, list, tuple)):
+                raise TypeError(f"ys must be a torch.Tensor or an array, got "
+                                f"{type(ys).__name__}")
+            try:
+                ys = torch.as_tensor(np.asarray(ys, dtype=np.float64))
+            except (TypeError, ValueError) as error:
+                raise TypeError(f"ys could not be read as numbers: {error}") from None
+        if ys.is_complex() or ys.dtype == torch.bool:
+            raise TypeError(f"ys must hold real numbers, got dtype {ys.dtype}")
+        reference = self.reference_tensor()
+        ys = ys.to(dtype=reference.dtype, device=reference.device)
+        obs_dim = self.obs_dim
+        if ys.dim() == 1 and obs_dim == 1:
             ys = ys.unsqueeze(-1)
-        if ys.dim() != 2 or ys.shape[1] != self.obs_dim:
-            raise ValueError(f"ys must have shape [T, {self.obs_dim}], got {tuple(ys.shape)}")
+        if ys.dim() != 2 or ys.shape[1] != obs_dim:
+            raise ValueError(f"ys must have shape [T, {obs_dim}] (obs_dim from "
+                             f"emission's event_shape), got {tuple(ys.shape)}")
         if ys.shape[0] < 1:
             raise ValueError("ys is empty")
         if torch.isinf(ys).any():
-            raise ValueError("ys contains Inf")
+            rows = torch.isinf(ys).any(-1).nonzero().flatten()[:5].tolist()
+            raise ValueError(f"ys contains Inf (time steps {rows}); in {ys.dtype} the "
+                             f"largest finite value is {torch.finfo(ys.dtype).max:.3g}")
         if not allow_missing and torch.isnan(ys).any():
             raise ValueError(
                 "ys contains NaN; pass missing=True to treat NaN as missing observations"
@@ -106,7 +203,9 @@ class StateSpaceModel(PyroModule):
 
     @torch.no_grad()
     def simulate(self, T: int) -> SimulatedPath:
-        """Draw states and observations for ``T`` steps."""
+        """Draw states ``[T, state_dim]`` and observations ``[T, obs_dim]``."""
+        if isinstance(T, bool) or not isinstance(T, int):
+            raise TypeError(f"T must be an int, got {type(T).__name__} {T!r}")
         if T < 1:
             raise ValueError(f"T must be >= 1, got {T}")
         x = self.initial().sample()
@@ -117,6 +216,13 @@ class StateSpaceModel(PyroModule):
             states.append(x)
             observations.append(self.emission(x, t).sample())
         return SimulatedPath(torch.stack(states), torch.stack(observations))
+
+
+def _has_mean(law) -> bool:
+    try:
+        return isinstance(law.mean, Tensor)
+    except NotImplementedError:
+        return False
 
 
 def _matrix(value, shape: tuple[int, int], name: str) -> Tensor:
@@ -143,6 +249,11 @@ class LinearGaussianSSM(StateSpaceModel):
     def __init__(self, state_dim: int = 1, obs_dim: int = 1, A=0.9, Q=0.5, C=1.0, R=1.0,
                  m0=0.0, P0=1.0) -> None:
         super().__init__()
+        for name, value in (("state_dim", state_dim), ("obs_dim", obs_dim)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         self.state_dim, self.obs_dim = state_dim, obs_dim
         self.A = nn.Parameter(_matrix(A, (state_dim, state_dim), "A"))
         self.C = nn.Parameter(_matrix(C, (obs_dim, state_dim), "C"))

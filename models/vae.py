@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from posterity.layers.gated import DEFAULT_BETA_RANGE, GatedMLP, MultiRateMixin
 from posterity.layers.networks import mlp
-from posterity.layers.plates import check_binary, check_width, data_plate
+from posterity.layers.plates import check_binary, check_matrix, check_width, data_plate
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -119,7 +119,7 @@ class VAE(MultiRateMixin, PyroModule):
             pyro.sample("x", self.observation_dist(z, beta), obs=x)
 
     def validate_data(self, x: Tensor, name: str = "data") -> None:
-        check_width(x, self.x_dim, name)
+        check_matrix(x, self.x_dim, name)
         if self.likelihood == "bernoulli":
             check_binary(x, name)
 
@@ -177,7 +177,7 @@ class LinearGaussianVAE(PyroModule):
             pyro.sample("x", dist.Normal(loc, self.noise_scale).to_event(1), obs=x)
 
     def validate_data(self, x: Tensor, name: str = "data") -> None:
-        check_width(x, self.x_dim, name)
+        check_matrix(x, self.x_dim, name)
 
     def log_joint(
         self, x: Tensor, latents: dict[str, Tensor], num_data: int | None = None

@@ -1,4 +1,5 @@
-"""The command line: `posterity fit vae` trains, evaluates and writes its report."""
+"""The command line: each `posterity fit` family trains, evaluates and writes its report;
+runs resume from their checkpoint, and `posterity demo` writes one report for all."""
 
 import json
 
@@ -90,7 +91,7 @@ def test_fit_ssm_on_a_csv_with_gaps(tmp_path):
     series.write_text("\n".join(lines) + "\n")
     out = tmp_path / "sv"
     code = main(["fit", "ssm", "--data", str(series), "--model", "sv", "--steps", "5",
-                 "--particles", "20", "--filter-particles", "100", "--iters", "10",
+                 "--num-particles", "20", "--filter-particles", "100", "--iters", "10",
                  "--chains", "2", "--out", str(out), "--quiet"])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -98,10 +99,17 @@ def test_fit_ssm_on_a_csv_with_gaps(tmp_path):
     assert torch.isfinite(torch.tensor(metrics["log_evidence"]))
     idata = az.from_netcdf(str(out / "idata.nc"))
     assert idata.posterior["x"].shape == (2, 8, 40, 1)
-    assert idata.learning_history["objective"].shape == (5,)
+    assert idata.training_history["step_objective"].shape == (5,)
     page = (out / "report.html").read_text()
     assert "Smoothed states" in page and "Particle filter" in page
-    assert "Parameter learning" in page
+    assert "Learned parameters" in page
+    # a rerun with more steps continues the learning from the checkpoint
+    code = main(["fit", "ssm", "--data", str(series), "--model", "sv", "--steps", "7",
+                 "--particles", "20", "--filter-particles", "100", "--iters", "10",
+                 "--chains", "2", "--out", str(out), "--quiet"])
+    assert code == 0
+    idata = az.from_netcdf(str(out / "idata.nc"))
+    assert idata.training_history["step_objective"].shape == (7,)
 
 
 def test_fit_sbn_writes_report_idata_and_metrics(tmp_path, capsys):
@@ -119,3 +127,55 @@ def test_fit_sbn_writes_report_idata_and_metrics(tmp_path, capsys):
     page = (out / "report.html").read_text()
     assert "Samples from the model" in page and "Training history" in page
     assert "test log p(x)" in capsys.readouterr().out
+
+
+VAE_SMALL = ["fit", "vae", "--data", "digits", "-k", "2", "--z-dim", "2", "--hidden", "8",
+             "--batch-size", "200", "--eval-samples", "10", "--eval-points", "20",
+             "--diagnostic-points", "5", "--quiet"]
+
+
+def test_a_rerun_resumes_and_a_changed_model_setting_is_refused(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main([*VAE_SMALL, "--epochs", "1", "--out", out]) == 0
+    capsys.readouterr()
+    assert main([*VAE_SMALL, "--epochs", "2", "--out", out]) == 0  # epochs may change
+    printed = capsys.readouterr().out
+    assert "resumed from" in printed and "--fresh starts over" in printed
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 2
+
+    assert main([*VAE_SMALL, "--epochs", "2", "--activation", "relu", "--out", out]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert "--activation" in error and "--fresh" in error
+
+    code = main([*VAE_SMALL, "--epochs", "1", "--activation", "relu", "--fresh", "--out", out])
+    assert code == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 1
+
+
+def test_every_fit_command_takes_the_shared_flags():
+    from posterity.infer.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    shared = ["--out", "o", "--seed", "3", "--fresh", "--quiet", "--debug", "--threads", "2"]
+    for command in COMMANDS:
+        particles = ["--num-particles", "7"] if command.name != "bnn" else []
+        args = parser.parse_args(["fit", command.name, *shared, *particles])
+        assert (args.out, args.seed, args.fresh, args.quiet, args.debug, args.threads) == \
+            ("o", 3, True, True, True, 2)
+        assert args.family is command
+        if particles:
+            assert args.num_particles == 7
+    assert parser.parse_args(["fit", "sbn", "-k", "4"]).num_particles == 4
+    assert parser.parse_args(["fit", "ssm", "--particles", "9"]).num_particles == 9
+
+
+def test_demo_only_vae_writes_one_combined_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--only", "vae", "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["vae"] and metrics["vae"]["epochs"] == 1
+    assert (out / "vae" / "idata.nc").exists() and (out / "vae" / "checkpoint.pt").exists()
+    page = (out / "report.html").read_text()
+    assert "posterity demo" in page and "VAE (iwae) on digits" in page
+    assert "vae: test log p(x)" in capsys.readouterr().out

@@ -126,3 +126,44 @@ def test_rate_is_the_kl_and_distortion_the_expected_negative_log_likelihood(ppca
         ratio = weighted_particles(model, guide, (x,), num_particles=64, plate_nesting=1)
     stderr = ratio.log_density_ratio.std() / math.sqrt(ratio.log_density_ratio.numel())
     assert abs(float(curve.rate) - float(kl)) < 4 * float(stderr)
+
+
+def test_the_objective_of_each_beta_is_distortion_plus_beta_rate():
+    from posterity.models import VAE
+
+    model = VAE(10, 3, (8,), multi_rate=True)
+    guide = GaussianEncoder(10, 3, (8,), multi_rate=True)
+    x = torch.bernoulli(torch.full((30, 10), 0.4))
+    curve = rate_distortion(model, guide, x, [0.1, 1.0, 5.0], num_samples=4)
+    torch.testing.assert_close(curve.objective,
+                               curve.distortion + torch.tensor([0.1, 1.0, 5.0]) * curve.rate)
+    data = curve.to_dataset()
+    assert sorted(data.data_vars) == ["distortion", "objective", "rate"]
+    assert data["objective"].dims == ("beta",) and data.sizes["beta"] == 3
+
+
+def test_reference_points_evaluate_one_pair_per_beta():
+    from posterity.infer.amortized import reference_points
+    from posterity.models import VAE
+
+    x = torch.bernoulli(torch.full((30, 10), 0.4))
+    pairs = {b: (VAE(10, 3, (8,)), GaussianEncoder(10, 3, (8,))) for b in (3.0, 0.5)}
+    pyro.set_rng_seed(0)
+    reference = reference_points(pairs, x, num_samples=4)
+    pyro.set_rng_seed(0)
+    first = rate_distortion(*pairs[0.5], x, num_samples=4)
+    assert reference.beta.tolist() == [0.5, 3.0]
+    torch.testing.assert_close(reference.rate[0], first.rate)
+    with pytest.raises(TypeError, match="pairs\\[0.5\\] must be a \\(model, guide\\) tuple"):
+        reference_points({0.5: pairs[0.5][0]}, x)
+    with pytest.raises(ValueError, match="betas must be finite and > 0"):
+        reference_points({-1.0: pairs[0.5]}, x)
+
+
+@pytest.mark.parametrize("betas", [[], [0.1, -2.0], [float("nan")]])
+def test_bad_betas_are_named(betas):
+    from posterity.models import VAE
+
+    model, guide = VAE(10, 3, (8,), multi_rate=True), GaussianEncoder(10, 3, (8,), multi_rate=True)
+    with pytest.raises(ValueError, match="betas"):
+        rate_distortion(model, guide, torch.bernoulli(torch.full((5, 10), 0.4)), betas)

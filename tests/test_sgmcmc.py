@@ -9,6 +9,7 @@ and minibatch noise, a few percent of the variance) stay well inside those bound
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import arviz as az
@@ -49,12 +50,14 @@ def run(kernel, num_samples: int, *args, burn_in: int = 2000) -> dict:
     return mcmc.get_samples()
 
 
-# (kernel factory, steps) per target: ε chosen from the curvature, see the module docstring
-# pSGLD's ε is larger by 1/G, its preconditioner at the mode (G ≈ 1/sqrt(V) ≈ 0.04)
+# (kernel factory, steps) per target: ε chosen from the curvature, see the module docstring.
+# pSGLD's preconditioner G = 1/(λ + sqrt(V)) is built from the per-datum gradient ∇U/N
+# (Li et al. 2016): G ≈ N/sqrt(V_U) ≈ 50 × 0.04 = 2 at the mode, so its effective step
+# εG is about twice SGLD's (ε = 1e-2 / N gives the chain of ε = 1e-2 with V built from ∇U)
 KERNELS = {
     "SGLD": lambda m, scale, init: SGLD(m, step_size=2e-4 * scale, thin=10,
                                         initial_params=init),
-    "pSGLD": lambda m, scale, init: PreconditionedSGLD(m, step_size=1e-2 * scale, thin=10,
+    "pSGLD": lambda m, scale, init: PreconditionedSGLD(m, step_size=2e-4 * scale, thin=10,
                                                        initial_params=init),
     "SGHMC": lambda m, scale, init: SGHMC(m, step_size=2e-3 * math.sqrt(scale),
                                           friction=10.0, thin=10, initial_params=init),
@@ -95,7 +98,8 @@ def test_logistic_regression_agrees_with_nuts():
     (X,) = standardize(X)
     kernels = {
         "SGLD": lambda m: SGLD(m, step_size=1e-4, thin=10),
-        "pSGLD": lambda m: PreconditionedSGLD(m, step_size=2e-3, thin=10),
+        # ε = 2e-3 / N (N = 768): the per-datum preconditioner is N times larger
+        "pSGLD": lambda m: PreconditionedSGLD(m, step_size=2.6e-6, thin=10),
         "SGHMC": lambda m: SGHMC(m, step_size=1e-3, friction=20.0, thin=10),  # small step
     }
     for name, make in kernels.items():
@@ -285,3 +289,168 @@ def test_cuda_sgld(cuda):
     mcmc = MCMC(kernel, num_samples=20, warmup_steps=0, disable_progbar=True)
     mcmc.run(X, y)
     assert mcmc.get_samples()["weight"].device.type == "cuda"
+
+
+# --- issue 11/16: conventions, guards, chains, counters ---------------------------------
+def test_psgld_preconditioner_is_built_from_the_per_datum_gradient():
+    """Li et al. (2016, algorithm 1): V averages (∇U / N)², N the data plate's size."""
+    target = gaussian_target(2, 0.5)
+    kernel = PreconditionedSGLD(target, step_size=1e-4, initial_params={"theta": torch.zeros(2)})
+    pyro.set_rng_seed(9)
+    kernel.setup(0)
+    assert kernel.data_size == 50
+    pyro.set_rng_seed(10)
+    _, grad = kernel.potential.value_and_grad(kernel.initial_params)
+    pyro.set_rng_seed(10)
+    kernel.sample(kernel.initial_params)
+    torch.testing.assert_close(kernel.state["square_avg"]["theta"], (grad["theta"] / 50) ** 2)
+
+
+class LinearPush(torch.nn.Module):
+    """θ ~ N(0, 1) plus a factor c θ: at θ = 0 the potential is finite (0), and a large
+    enough step overflows the float32 update."""
+
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = c
+
+    def forward(self):
+        theta = pyro.sample("theta", pyro.distributions.Normal(torch.zeros(1), 1.0).to_event(1))
+        pyro.factor("push", -self.c * theta.sum())
+
+
+@pytest.mark.parametrize("make, c, quantity", [
+    (lambda m, s: SGLD(m, 10.0, require_subsample=False, initial_params=s), 3e38,
+     "parameter 'theta'"),
+    (lambda m, s: PreconditionedSGLD(m, 1e39, require_subsample=False, initial_params=s),
+     1.0, "parameter 'theta'"),
+    (lambda m, s: SGHMC(m, 2.0, friction=0.1, require_subsample=False, initial_params=s),
+     3e38, "momentum of 'theta'"),
+], ids=["SGLD", "pSGLD", "SGHMC"])
+def test_guard_checks_parameters_and_momentum_after_each_update(make, c, quantity):
+    """The last update's parameters are never fed to the potential: the guard on the
+    parameters (and momentum) is what catches them."""
+    kernel = make(LinearPush(c), {"theta": torch.zeros(1)})
+    with pytest.raises(NonFiniteError, match=f"{quantity}.* at update 0 of chain 0 "
+                                             r"\(step size"):
+        MCMC(kernel, num_samples=1, warmup_steps=0, disable_progbar=True).run()
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: SGLD(m, 1e3),
+    lambda m: PreconditionedSGLD(m, 10.0),
+    lambda m: SGHMC(m, 0.05, friction=10),
+    lambda m: StructuredSGMCMC(PreconditionedSGLD(m, 10.0), groups="layer"),
+], ids=["SGLD", "pSGLD", "SGHMC", "structured-pSGLD"])
+def test_every_kernel_raises_when_it_diverges(make):
+    X, y = torch.randn(50, 3), torch.randn(50)
+    pyro.set_rng_seed(11)
+    kernel = make(BayesianMLP(3, (4,), 1, subsample_size=10))
+    with pytest.raises(NonFiniteError, match=r"at update \d+ of chain 0 \(step size"):
+        MCMC(kernel, num_samples=300, warmup_steps=0, disable_progbar=True).run(X, y)
+
+
+def test_structured_kernel_reports_its_own_counter():
+    X, y = torch.randn(60, 3), torch.randn(60)
+    schedule = PolynomialDecay(1e-4, 1.0, 0.55)
+    kernel = StructuredSGMCMC(SGLD(BayesianMLP(3, (4,), 1, subsample_size=10), schedule),
+                              groups="layer")
+    pyro.set_rng_seed(12)
+    kernel.setup(0, X, y)
+    params = kernel.initial_params
+    for _ in range(7):
+        params = kernel.sample(params)
+    assert kernel.num_steps == 7
+    assert kernel.logging()["step_size"] == schedule(6)
+
+
+def test_structured_buffer_draws_differ_between_chains():
+    X, y = torch.randn(60, 3), torch.randn(60)
+    kernel = StructuredSGMCMC(SGLD(BayesianMLP(3, (4,), 1, subsample_size=10), 1e-4),
+                              groups="layer")
+    pyro.set_rng_seed(13)
+    draws = []
+    for chain in range(2):  # as pyro.infer.MCMC runs two chains in one process
+        kernel.setup(0, X, y)
+        assert kernel.chain == chain
+        draws.append([kernel.buffer.rng.random() for _ in range(5)])
+        kernel.cleanup()
+    assert draws[0] != draws[1]
+
+
+@pytest.mark.parametrize("dropout, per_update", [(None, 3 * 2), (0.5, 2)])
+def test_structured_gradients_per_update(dropout, per_update):
+    """Without dropout each of the 3 groups gets its own 2 composites; with dropout one
+    masked composite serves every group it keeps (Alexos et al. 2022)."""
+    X, y = torch.randn(60, 3), torch.randn(60)
+    kernel = StructuredSGMCMC(SGLD(BayesianMLP(3, (4,), 1, subsample_size=10), 1e-4),
+                              groups="layer", dropout=dropout, num_composites=2)
+    pyro.set_rng_seed(14)
+    kernel.setup(0, X, y)
+    params = kernel.sample(kernel.initial_params)  # the buffer is empty: one gradient
+    before = kernel.potential.evaluations
+    for _ in range(20):
+        params = kernel.sample(params)
+    assert len(kernel.groups) == 3
+    # with dropout, a composite that keeps no group (probability 0.5³) is skipped
+    spent = (kernel.potential.evaluations - before) / 20
+    assert spent == per_update if dropout is None else 1 <= spent <= per_update
+
+
+def test_dropout_gradient_is_unbiased_for_each_group():
+    """The inverse-probability average over masked composites has the mean of the
+    per-group composite gradient (here a quadratic potential: composites change the
+    gradient of the other groups only through their values, so with a buffer holding
+    the current state both equal ∇U)."""
+    target = gaussian_target(2, 0.0)
+    kernel = StructuredSGMCMC(SGLD(target, 1e-4, initial_params={"theta": torch.ones(2)}),
+                              groups={"theta": torch.tensor([0, 1])}, dropout=0.5,
+                              num_composites=2)
+    pyro.set_rng_seed(15)
+    kernel.setup(0)
+    params = kernel.initial_params
+    kernel.buffer.add(params)
+    n = 100
+    full = torch.stack([kernel.potential.value_and_grad(params)[1]["theta"] for _ in range(n)])
+    structured = torch.stack([kernel.structured_gradient(params, 1e-4)["theta"]
+                              for _ in range(n)])
+    se = (structured.var(0) / n + full.var(0) / n).sqrt()
+    assert ((structured.mean(0) - full.mean(0)).abs() < 4 * se).all()
+
+
+def test_first_draw_after_warmup_reports_its_own_update():
+    """Issue 11: with 30 warm-up draws and thin = 2 the first draw is update 61."""
+    X, y = torch.randn(60, 3), torch.bernoulli(torch.full((60,), 0.5))
+    schedule = PolynomialDecay(1e-3, 1.0, 0.55)
+    kernel = SGLD(BayesianLogisticRegression(3, subsample_size=20), schedule, thin=2)
+    pyro.set_rng_seed(16)
+    mcmc = MCMC(kernel, num_samples=10, warmup_steps=30, disable_progbar=True)
+    mcmc.run(X, y)
+    stats = to_inference_data(mcmc).sample_stats
+    assert stats["update"].values[0, 0] == 61
+    assert stats["step_size"].values[0, 0] == schedule(61)
+    assert az.from_pyro(mcmc).sample_stats["diverging"].shape == (1, 10)
+
+
+def test_chains_of_one_run_start_from_their_own_prior_draws():
+    X, y = torch.randn(60, 3), torch.bernoulli(torch.full((60,), 0.5))
+    pyro.set_rng_seed(17)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="num_chains=.*available_cpu")
+        mcmc = MCMC(SGLD(BayesianLogisticRegression(3, subsample_size=20), 1e-12),
+                    num_samples=2, warmup_steps=0, num_chains=2, disable_progbar=True)
+        mcmc.run(X, y)
+    first = mcmc.get_samples(group_by_chain=True)["weight"][:, 0]
+    assert (first[0] - first[1]).abs().max() > 1e-3
+
+
+def test_targets_of_the_wrong_shape_are_refused():
+    X, y = torch.randn(60, 3), torch.randn(60)
+    with pytest.raises(ValueError, match=r"y must have shape \[N\] .* got \(60, 1\)"):
+        BayesianMLP(3, (4,), 1)(X, y[:, None])
+    pyro.set_rng_seed(18)
+    mcmc = MCMC(SGLD(BayesianMLP(3, (4,), 1, subsample_size=20), 1e-4), num_samples=5,
+                warmup_steps=0, disable_progbar=True)
+    mcmc.run(X, y)
+    with pytest.raises(ValueError, match=r"y must have shape \[N\] .* got \(10, 1\)"):
+        to_inference_data(mcmc, X[:10], y[:10, None])

@@ -197,8 +197,8 @@ def test_filter_result_converts_to_inference_data():
     ssm = StochasticVolatility()
     result = ParticleFilter(ssm, 100, progress=False).run(ssm.simulate(25).observations)
     idata = result.to_inference_data()
-    assert idata.filter["ess"].shape == (25,)
-    assert idata.filter.attrs["log_evidence"] == pytest.approx(float(result.log_evidence))
+    assert idata.filtering["ess"].shape == (25,)
+    assert idata.filtering.attrs["log_evidence"] == pytest.approx(float(result.log_evidence))
 
 
 def test_smoother_results_convert_to_inference_data():
@@ -221,13 +221,13 @@ def test_report_shows_filtering_smoothing_and_learning():
     ssm = StochasticVolatility()
     ys = ssm.simulate(20).observations
     page = render(ParticleFilter(ssm, 50, progress=False).run(ys).to_inference_data())
-    assert "Particle filter" in page and "min ESS" in page
+    assert "Particle filter" in page and "filter ESS" in page
     paths = ParticleGibbs(ssm, 20, progress=False).run(ys, num_iters=5, num_chains=2)
     assert "Smoothed states" in render(paths.to_inference_data())
     learning = ScoreAscent(ssm, num_particles=20, progress=False).fit(ys, num_steps=3)
     idata = learning.to_inference_data()
-    assert idata.learning_history["mu"].shape == (3, 1)
-    assert "Parameter learning" in render(idata)
+    assert idata.training_history["mu"].shape == (3, 1)
+    assert "Learned parameters" in render(idata)
 
 
 @pytest.mark.parametrize("make", [lambda: lgssm(3), StochasticVolatility,
@@ -537,3 +537,129 @@ def test_filter_and_paris_agree_with_the_particles_library():
         peer, ours = torch.tensor(peer, dtype=torch.float64), torch.tensor(ours).double()
         stderr = math.sqrt((peer.var() + ours.var()) / replicates)
         assert abs(float(peer.mean() - ours.mean())) < 4 * stderr, (peer.mean(), ours.mean())
+
+
+# --- batched chains, checked bounds, numerics, the shared training loop -------------------
+
+
+@torch.no_grad()
+def test_batched_rejection_backward_draws_each_systems_kernel():
+    """Two independent particle systems in one call: each target's index follows its own
+    system's backward kernel."""
+    ssm = lgssm(1)
+    pyro.set_rng_seed(16)
+    previous = torch.randn(2, 6, 1)
+    log_w = torch.log_softmax(torch.randn(2, 6), -1)
+    targets = torch.tensor([[0.0], [1.5]]).unsqueeze(1).expand(2, 20_000, 1)
+    for kernel in (lambda: exact_backward(ssm, previous, log_w, targets, 1),
+                   lambda: rejection_backward(ssm, previous, log_w, targets, 1, exact_work=0)):
+        indices = kernel()
+        assert indices.shape == (2, 20_000)
+        for b in range(2):
+            probs = torch.softmax(log_w[b] + ssm.transition(previous[b], 1)
+                                  .log_prob(targets[b, :1]), 0)
+            counts = torch.bincount(indices[b], minlength=6) / 20_000
+            stderr = (probs * (1 - probs) / 20_000).sqrt()
+            assert ((counts - probs).abs() < 5 * stderr + 1e-4).all(), (b, counts, probs)
+
+
+@torch.no_grad()
+def test_particle_gibbs_chains_are_batched_and_start_apart():
+    ssm = StochasticVolatility()
+    pyro.set_rng_seed(17)
+    ys = ssm.simulate(15).observations
+    seen = []
+    result = ParticleGibbs(ssm, 20, progress=False).run(
+        ys, num_iters=10, num_chains=3, callback=lambda c, i, path: seen.append((c, i)))
+    assert result.paths.shape == (3, 10, 15, 1)
+    assert len(seen) == 30 and seen[:3] == [(0, 0), (1, 0), (2, 0)]
+    first = result.paths[:, 0]
+    assert (first[0] != first[1]).any() and (first[1] != first[2]).any()
+    assert result.burn_in == 2  # the default, num_iters // 5, kept for to_inference_data
+    assert result.to_inference_data().posterior["x"].shape == (3, 8, 15, 1)
+    assert result.to_inference_data(burn_in=0).posterior["x"].shape == (3, 10, 15, 1)
+
+
+@torch.no_grad()
+def test_filter_warns_when_the_ess_collapses_and_names_the_time_step():
+    ssm = StochasticVolatility()
+    pyro.set_rng_seed(18)
+    ys = ssm.simulate(20).observations
+    ys[10] = 1e6  # the outlier of issue 16: log-weights of order -1e12
+    with pytest.warns(RuntimeWarning, match="collapsed to 1.00 of 500 particles at time step 10"):
+        ParticleFilter(ssm, 500, progress=False).run(ys)
+
+
+@torch.no_grad()
+def test_float32_overflow_is_named_as_such():
+    ssm = StochasticVolatility()
+    ys = ssm.simulate(20).observations
+    ys[7] = 1e20  # finite in float32, but y² overflows
+    with pytest.raises(FloatingPointError, match=r"time step 7: .*overflows torch.float32 "
+                                                 r"when squared.*ssm.double\(\)"):
+        ParticleFilter(ssm, 100, progress=False).run(ys)
+    result = ParticleFilter(StochasticVolatility().double(), 100, progress=False).run(
+        ys.double())
+    assert result.log_evidence.dtype == torch.float64
+
+
+def test_every_result_converts_without_arguments():
+    ssm = StochasticVolatility()
+    ys = ssm.simulate(10).observations
+    results = [
+        ParticleFilter(ssm, 30, progress=False).run(ys),
+        PaRIS(ssm, sum_of_states, 30, progress=False).run(ys),
+        ParticleGibbs(ssm, 10, progress=False).run(ys, num_iters=5, num_chains=2),
+        PPG(ssm, sum_of_states, 10, num_iters=3, burn_in=1, progress=False).run(ys),
+        ScoreAscent(ssm, num_particles=10, progress=False).fit(ys, num_steps=2),
+    ]
+    groups = [list(result.to_inference_data().groups()) for result in results]
+    assert groups == [["filtering"], ["smoothing"], ["posterior"], ["posterior", "constant_data"],
+                      ["training_history"]]
+
+
+def test_score_ascent_ppg_runs_burn_in_and_sweeps_per_update(monkeypatch):
+    ssm = StochasticVolatility()
+    ys = ssm.simulate(10).observations
+    learner = ScoreAscent(ssm, "ppg", num_particles=10, sweeps_per_update=3, burn_in=2,
+                          max_trials=5, progress=False)
+    calls = []
+    original = learner._sweep
+    monkeypatch.setattr(learner, "_sweep",
+                        lambda ys: calls.append(torch.is_grad_enabled()) or original(ys))
+    learner.fit(ys, num_steps=2)
+    # per update: 2 path moves without gradient, then 3 scored sweeps
+    assert calls == [False, False, True, True, True] * 2
+    assert learner.backward.max_trials == 5
+
+
+def test_score_ascent_resumes_exactly_from_a_checkpoint(tmp_path):
+    """Through the shared loop: 2 updates, a checkpoint, 2 more in a fresh engine give the
+    parameters and history of 4 uninterrupted updates, bit for bit."""
+    ys = StochasticVolatility().simulate(12).observations
+
+    def learner():
+        return ScoreAscent(StochasticVolatility(), "ppg", num_particles=10, progress=False)
+
+    straight = learner()
+    straight.fit(ys, num_steps=4, seed=3)
+    first = learner()
+    first.fit(ys, num_steps=2, seed=3, checkpoint=tmp_path / "sa.pt", checkpoint_every=1)
+    resumed = learner()
+    result = resumed.fit(ys, num_steps=4, seed=3, checkpoint=tmp_path / "sa.pt")
+    for (name, a), b in zip(straight.ssm.named_parameters(), resumed.ssm.parameters()):
+        assert torch.equal(a, b), name
+    assert result.objective == straight.history.steps["objective"]
+    assert result.history["mu"].shape == (4, 1)
+
+
+def test_score_ascent_stops_on_a_non_finite_objective():
+    from posterity.infer import NonFiniteError
+
+    ssm = StochasticVolatility()
+    ys = ssm.simulate(8).observations
+    learner = ScoreAscent(ssm, num_particles=10, progress=False)
+    with torch.no_grad():
+        ssm.log_sigma.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="log_sigma hold NaN or Inf before update 1"):
+        learner.fit(ys, num_steps=2)

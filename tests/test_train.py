@@ -1,4 +1,7 @@
-"""The shared training loop: exact resume, early stopping, NaN guard, progress, history."""
+"""The shared training loop: exact resume, early stopping, NaN guard, progress, history;
+and the shared optimizer set-up."""
+
+import math
 
 import pyro
 import pytest
@@ -108,6 +111,7 @@ def test_same_seed_same_result(data):
     ({"epochs": 2, "batch_size": 0}, "batch_size must be >= 1"),
     ({"epochs": -1, "batch_size": 10}, "epochs must be >= 0"),
     ({"epochs": 2, "batch_size": 10, "patience": 0}, "patience must be >= 1"),
+    ({"epochs": 2, "batch_size": 10, "time_budget": -1}, "time_budget must be > 0, got -1"),
 ])
 def test_bad_loop_arguments(data, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -147,3 +151,83 @@ def test_time_budget_stops_mid_epoch_and_logs_the_partial_epoch(data):
     assert history.out_of_time and history.num_epochs == 1
     assert 0.3 <= history.epochs["seconds"][0] < 1.0
     assert engine.updates < 100 and history.epochs["valid_metric"] == [0.0]
+
+
+# --- the shared optimizer set-up ----------------------------------------------------------
+def test_make_optimizer_keeps_each_groups_own_learning_rate():
+    from posterity.infer.train import make_optimizer
+
+    w, gate = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(1))
+    opt, scheduler = make_optimizer([{"params": [w]}, {"params": [gate], "lr": 0.1}], "adam",
+                                    lr=0.01, betas=(0.5, 0.9))
+    assert isinstance(opt, torch.optim.Adam) and scheduler is None
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.1]
+    assert opt.param_groups[1]["betas"] == (0.5, 0.9)
+
+
+def test_cosine_decays_every_group_to_zero_over_total_steps():
+    from posterity.infer.train import make_optimizer, optimizer_step
+
+    w, gate = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(1))
+    opt, scheduler = make_optimizer([{"params": [w]}, {"params": [gate], "lr": 0.1}], "sgd",
+                                    lr=1.0, scheduler="cosine", total_steps=4)
+    rates = []
+    for _ in range(4):
+        optimizer_step(opt, (w.sum() + gate.sum()) * 0.0, scheduler)
+        rates.append([g["lr"] for g in opt.param_groups])
+    half = [0.5 * (1 + math.cos(math.pi * t / 4)) for t in range(1, 5)]
+    expected = [rate for h in half for rate in (h, 0.1 * h)]
+    assert [r for pair in rates for r in pair] == pytest.approx(expected, abs=1e-12)
+
+
+def test_optimizer_factories_and_classes_are_accepted():
+    from posterity.infer.train import make_optimizer
+
+    w = torch.nn.Parameter(torch.ones(2))
+    opt, _ = make_optimizer([w], torch.optim.SGD, lr=0.3, momentum=0.9)
+    assert opt.param_groups[0]["momentum"] == 0.9
+    opt, _ = make_optimizer([w], lambda params, lr: torch.optim.RMSprop(params, lr=lr), lr=0.2)
+    assert isinstance(opt, torch.optim.RMSprop) and opt.param_groups[0]["lr"] == 0.2
+    opt, _ = make_optimizer([w], lambda params: torch.optim.SGD(params, lr=0.05))
+    assert opt.param_groups[0]["lr"] == 0.05
+    opt, scheduler = make_optimizer(
+        [w], lr=0.1, scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5))
+    assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"optimizer": "lbfgs"}, ValueError, "optimizer must be one of"),
+    ({"optimizer": 3}, TypeError, "optimizer must be 'adam', 'adamw', 'sgd'"),
+    ({"lr": 0.0}, ValueError, "lr must be > 0, got 0.0"),
+    ({"scheduler": "cosine"}, ValueError, "scheduler='cosine' needs total_steps"),
+    ({"scheduler": "linear", "total_steps": 5}, ValueError, "scheduler must be one of"),
+    ({"optimizer": lambda p: None}, TypeError, "must return a torch.optim.Optimizer"),
+])
+def test_bad_optimizer_settings_are_named(kwargs, error, message):
+    from posterity.infer.train import make_optimizer
+
+    with pytest.raises(error, match=message):
+        make_optimizer([torch.nn.Parameter(torch.ones(1))], **kwargs)
+
+
+def test_make_optimizer_refuses_no_parameters_and_a_bare_tensor():
+    from posterity.infer.train import make_optimizer
+
+    with pytest.raises(ValueError, match="params_or_groups is empty"):
+        make_optimizer([])
+    with pytest.raises(TypeError, match="got a single Tensor"):
+        make_optimizer(torch.nn.Parameter(torch.ones(1)))
+
+
+def test_optimizer_step_clips_then_calls_the_hook_then_steps():
+    from posterity.infer.train import make_optimizer, optimizer_step
+
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt, _ = make_optimizer([w], "sgd", lr=1.0)
+    seen = []
+    optimizer_step(opt, (w * torch.tensor([30.0, 40.0])).sum(), clip_grad_norm=5.0,
+                   before_step=lambda: seen.append(w.grad.clone()))
+    assert torch.allclose(seen[0], torch.tensor([3.0, 4.0]))  # clipped to norm 5 first
+    assert torch.allclose(w.detach(), torch.tensor([-3.0, -4.0]))
+    with pytest.raises(ValueError, match="loss must be a scalar tensor, got shape"):
+        optimizer_step(opt, w * 2)

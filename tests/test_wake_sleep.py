@@ -157,14 +157,14 @@ def test_sleep_phase_fast_path_equals_the_traced_programs():
 
 @pytest.mark.parametrize("algorithm", ["ws", "rws", "nrws", "bihm", "nbihm"])
 def test_every_algorithm_learns_a_small_belief_net(algorithm):
-    """Ten epochs raise the held-out log-likelihood far beyond its Monte Carlo error."""
+    """Five epochs at the algorithm's defaults raise the held-out log-likelihood far
+    beyond its Monte Carlo error."""
     from posterity.datasets import binarized_digits
 
     train, valid, _ = binarized_digits()
     pyro.set_rng_seed(4)
     model, guide = helmholtz_machine((64, 16, 4))
-    engine = WakeSleep(model, guide, algorithm=algorithm, num_particles=5, lr=3e-3,
-                       damping=0.2)
+    engine = WakeSleep(model, guide, algorithm=algorithm, num_particles=5)
     before = log_likelihood(model, guide, valid[:200], 200, return_stderr=True,
                             progress=False)
     engine.fit(train, epochs=5, batch_size=32, progress=False)
@@ -259,21 +259,68 @@ def test_cuda_natural_rws_step(cuda):
     engine = WakeSleep(model.to(cuda), guide.to(cuda), algorithm="nrws", num_particles=4)
     x = torch.bernoulli(torch.full((32, 16), 0.3, device=cuda))
     assert math.isfinite(engine.step(engine.prepare(x))["loss"])
-    assert engine.preconditioner.factors[model.generative[0]].cholesky.device.type == "cuda"
+    assert engine.preconditioner.factors[model.generative[0]].inverse.device.type == "cuda"
 
 
-def test_natural_rws_resumes_exactly_like_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("algorithm", ["nrws", "nbihm"])
+def test_natural_algorithms_resume_exactly_like_an_uninterrupted_run(tmp_path, algorithm):
+    """Three updates per epoch and a refresh every second update: the resumed run must
+    continue the preconditioner's counter and cached factors, not restart them."""
     x = torch.bernoulli(torch.full((60, 12), 0.3), generator=torch.Generator().manual_seed(8))
 
     def run(epochs: int, checkpoint):
         torch.manual_seed(9)
-        engine = WakeSleep(*helmholtz_machine((12, 5, 3)), algorithm="nrws", num_particles=3)
+        engine = WakeSleep(*helmholtz_machine((12, 5, 3)), algorithm=algorithm,
+                           num_particles=3, refresh_every=2)
         engine.fit(x, epochs=epochs, batch_size=20, checkpoint=checkpoint, seed=10,
                    progress=False)
-        return [p.detach().clone() for p in engine.parameters()]
+        return engine
 
     straight = run(3, tmp_path / "straight.pt")
     run(1, tmp_path / "resumed.pt")
     resumed = run(3, tmp_path / "resumed.pt")
-    for a, b in zip(straight, resumed):
+    assert resumed.preconditioner.num_updates == straight.preconditioner.num_updates == 9
+    for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+    saved = torch.load(tmp_path / "resumed.pt", weights_only=True)  # plain containers only
+    assert saved["engine"]["natural"]["num_updates"] == 9
+
+
+def test_config_lists_the_settings_as_plain_values():
+    engine = WakeSleep(*helmholtz_machine((12, 5, 3)), algorithm="nrws")
+    config = engine.config()
+    assert config["algorithm"] == "nrws" and config["optimizer"] == "SGD"
+    assert config["layers"] == [12, 5, 3] and config["refresh_every"] == 10
+    assert all(v is None or isinstance(v, (str, int, float, list)) for v in config.values())
+    assert WakeSleep(*helmholtz_machine((12, 5, 3)), algorithm="rws").config()["damping"] is None
+
+
+def test_natural_rws_defaults_learn_much_faster_per_update_than_plain_rws():
+    """The defaults realise the paper (Várady et al. 2022): with the same plain-SGD
+    learning rate, 60 NRWS updates raise the held-out log-likelihood of a small belief
+    net far more than 60 RWS updates. Over training seeds 12, 14 and 15 the difference
+    was 2.86, 2.33 and 2.64 nats (spread 0.26): the threshold of 1 nat lies 6 spreads
+    below, and far above the Monte Carlo error of the paired held-out estimates."""
+    torch.manual_seed(11)
+    truth, _ = helmholtz_machine((24, 8, 4))
+    with torch.no_grad():
+        for p in truth.parameters():
+            p.normal_(0.0, 2.5)
+        data = truth.sample_joint(torch.zeros(1200, 24), 1)["x"][0]
+    train, held_out = data[:1000], data[1000:]
+
+    def gain(algorithm: str, **options) -> tuple[torch.Tensor, torch.Tensor]:
+        pyro.set_rng_seed(12)
+        model, guide = helmholtz_machine((24, 8, 4))
+        engine = WakeSleep(model, guide, algorithm=algorithm, **options)
+        assert engine.lr == 0.01 and type(engine.optimizer).__name__ == "SGD"
+        for batch in engine.prepare(train)[:60 * 16].split(16):
+            engine.step(batch)
+        pyro.set_rng_seed(13)
+        return log_likelihood(model, guide, held_out, 200, return_stderr=True, progress=False)
+
+    natural, natural_se = gain("nrws")
+    plain, plain_se = gain("rws", optimizer="sgd", lr=0.01)
+    difference = (natural - plain).mean()
+    stderr = (natural_se.pow(2) + plain_se.pow(2)).sum().sqrt() / len(held_out)
+    assert difference > 1.0 and difference > 10 * stderr, (difference, stderr)

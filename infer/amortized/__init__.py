@@ -1,8 +1,9 @@
 """posterity.infer.amortized: amortized variational inference (ELBO, β, IWAE, Multi-Rate
 VAE), importance-sampled evaluation and PSIS diagnostics of the recognition network."""
 
+from . import sections  # noqa: F401  (registers the report sections)
 from .engine import AmortizedEngine
-from .evaluate import RateDistortion, log_likelihood, rate_distortion
+from .evaluate import RateDistortion, log_likelihood, rate_distortion, reference_points
 from .inference_data import amortized_inference_data
 from .vi import OBJECTIVES, AmortizedVI
 
@@ -14,4 +15,5 @@ __all__ = [
     "amortized_inference_data",
     "log_likelihood",
     "rate_distortion",
+    "reference_points",
 ]

@@ -12,11 +12,15 @@ from .. import train
 
 
 class AmortizedEngine:
-    """Mixin: ``fit`` through :func:`posterity.infer.train.fit`, and state dicts.
+    """Mixin: ``fit`` through :func:`posterity.infer.train.fit`, state dicts and the
+    settings that checkpoints store (:meth:`config`).
 
     Subclasses set ``model``, ``guide``, ``optimizer``, ``scheduler``, ``history`` and
     ``num_steps``, and implement ``prepare``, ``step``, ``validate`` and ``monitor``.
+    They put their settings (objective, particles, sizes, ...) in ``self._config``.
     """
+
+    _config: dict[str, Any]
 
     model: nn.Module
     guide: nn.Module
@@ -36,18 +40,51 @@ class AmortizedEngine:
                 seen.setdefault(id(p), p)
         return list(seen.values())
 
+    def config(self) -> dict[str, Any]:
+        """The settings that define this engine's training, as plain values: the model
+        and guide classes, the optimizer, its learning rates and what the subclass put in
+        ``self._config``. :func:`~posterity.infer.train.fit` stores them in checkpoints
+        and refuses to resume with different ones.
+
+        Example:
+            >>> import torch
+            >>> from posterity.guides import GaussianEncoder
+            >>> from posterity.infer import AmortizedVI
+            >>> from posterity.models import VAE
+            >>> vi = AmortizedVI(VAE(4, 2, (8,)), GaussianEncoder(4, 2, (8,)), lr=1e-3)
+            >>> settings = AmortizedEngine.config(vi)  # what a subclass may extend
+            >>> {k: settings[k] for k in ("model", "guide", "optimizer", "lr")}
+            {'model': 'VAE', 'guide': 'GaussianEncoder', 'optimizer': 'Adam', 'lr': 0.001}
+        """
+        lrs = [group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups]
+        settings: dict[str, Any] = {
+            "model": type(self.model).__name__,
+            "guide": type(self.guide).__name__,
+            "optimizer": type(self.optimizer).__name__,
+            "lr": lrs[0] if len(lrs) == 1 else lrs,
+            "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None,
+        }
+        settings.update(getattr(self, "_config", {}))
+        return settings
+
     def fit(self, data: Tensor, epochs: int, batch_size: int = 100,
             valid: Tensor | None = None, **kwargs: Any) -> train.History:
         """Train on ``data`` (``[N, D]``); see :func:`posterity.infer.train.fit`.
 
         Keyword arguments (``patience``, ``checkpoint``, ``resume``, ``seed``,
-        ``progress``, ``time_budget``, ...) go to the shared training loop.
+        ``progress``, ``time_budget``, ``config``, ...) go to the shared training loop.
+        On SIGINT/SIGTERM (:class:`~posterity.infer.train.Interrupted`) the history so
+        far is kept in ``self.history``.
         """
         data = self.prepare(data, "data")
         if valid is not None:
             valid = self.prepare(valid, "valid")
-        self.history = train.fit(self, data, epochs=epochs, batch_size=batch_size,
-                                 valid=valid, history=self.history, **kwargs)
+        try:
+            self.history = train.fit(self, data, epochs=epochs, batch_size=batch_size,
+                                     valid=valid, history=self.history, **kwargs)
+        except train.Interrupted as stop:
+            self.history = stop.history
+            raise
         return self.history
 
     def state_dict(self) -> dict[str, Any]:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from ..checks import check_int, prepare_pair
 from ..importance import WeightedParticles, weighted_particles
+from ..progress import progress_bar
 
 # Particles x rows x width kept in memory at once (~64 MB of float32).
 _MAX_ELEMENTS = 2**24
@@ -33,7 +33,7 @@ def log_likelihood(
     batch_size: int = 100,
     chunk_size: int | None = None,
     return_stderr: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Importance-sampled ``log p(x)`` of each row of ``x`` (Burda et al. 2016).
 
@@ -50,7 +50,7 @@ def log_likelihood(
         chunk_size: particles per pass; by default as many as fit ``2**24`` elements.
         return_stderr: also return the delta-method standard error of each estimate,
             ``sqrt(Var(w) / S) / mean(w)``, estimated from the same samples.
-        progress: show a ``tqdm`` bar.
+        progress: show a ``tqdm`` bar; ``None`` follows :mod:`posterity.infer.progress`.
 
     Returns:
         ``[N]`` log-likelihoods in nats (and ``[N]`` standard errors).
@@ -72,7 +72,7 @@ def log_likelihood(
 
     estimates, stderrs = [], []
     batches = x.split(batch_size)
-    for batch in tqdm(batches, disable=not progress, desc="log_likelihood", leave=False):
+    for batch in progress_bar(batches, progress=progress, desc="log_likelihood"):
         sum_w, sum_w2 = [], []
         for start in range(0, num_samples, chunk_size):
             k = min(chunk_size, num_samples - start)
@@ -93,8 +93,17 @@ def log_likelihood(
 
 @dataclass
 class RateDistortion:
-    """Rate ``E_q[log q(z|x) - log p(z)]`` and distortion ``-E_q[log p(x|z)]``, in nats
-    per data point, at each ``beta`` (``None`` for a model without a β input)."""
+    """Rate ``R = E_q[log q(z|x) - log p(z)]`` and distortion ``D = -E_q[log p(x|z)]``, in
+    nats per data point, at each ``beta`` (``None`` for a model without a β input).
+
+    Example:
+        >>> curve = RateDistortion(torch.tensor([20.0, 5.0]), torch.tensor([90.0, 110.0]),
+        ...                        torch.tensor([0.1, 2.0]))
+        >>> curve.objective  # D + β R, what the β-VAE at each β minimizes
+        tensor([ 92., 120.])
+        >>> sorted(curve.to_dataset(prefix="reference_").data_vars)
+        ['reference_distortion', 'reference_objective', 'reference_rate']
+    """
 
     rate: Tensor
     distortion: Tensor
@@ -105,20 +114,66 @@ class RateDistortion:
         """``-(rate + distortion)``: the ELBO at each β."""
         return -(self.rate + self.distortion)
 
-    def plot(self, ax: Any = None) -> Any:
-        """Distortion against rate, one point per β (annotated), on a matplotlib axis."""
+    @property
+    def objective(self) -> Tensor:
+        """``D + β R`` at each β (β = 1 without betas: minus the ELBO), nats per data
+        point, lower is better: the β-VAE objective (Higgins et al. 2017) that the
+        multi-rate model at β and a β-VAE trained at β both minimize."""
+        beta = self.beta if self.beta is not None else 1.0
+        return self.distortion + beta * self.rate
+
+    def to_dataset(self, prefix: str = ""):
+        """An ``xarray.Dataset`` of ``rate``, ``distortion`` and ``objective`` over the
+        coordinate ``beta`` (each name prefixed by ``prefix``, coordinate included, so
+        that a curve and its reference points merge into one group)."""
+        import xarray as xr
+
+        beta = self.beta if self.beta is not None else self.rate.new_ones(())
+        dim = f"{prefix}beta"
+
+        def values(t: Tensor) -> np.ndarray:
+            return np.atleast_1d(t.detach().cpu().numpy())
+
+        return xr.Dataset(
+            {f"{prefix}{name}": (dim, values(getattr(self, name)))
+             for name in ("rate", "distortion", "objective")},
+            coords={dim: values(beta)},
+        )
+
+    def plot(self, ax: Any = None, reference: RateDistortion | None = None) -> Any:
+        """Distortion against rate, one point per β (annotated), on a matplotlib axis;
+        ``reference`` (e.g. separately trained β-VAEs, :func:`reference_points`) is
+        drawn as separate markers."""
         import matplotlib.pyplot as plt
 
         ax = ax or plt.subplots(figsize=(5, 4))[1]
         rate, distortion = self.rate.cpu().numpy(), self.distortion.cpu().numpy()
-        ax.plot(np.atleast_1d(rate), np.atleast_1d(distortion), "o-")
+        ax.plot(np.atleast_1d(rate), np.atleast_1d(distortion), "o-", label="one model")
         if self.beta is not None:
             for r, d, b in zip(rate, distortion, self.beta.cpu().numpy()):
                 ax.annotate(f"β={b:.3g}", (r, d), fontsize=7, alpha=0.7)
+        if reference is not None:
+            ax.plot(np.atleast_1d(reference.rate.cpu().numpy()),
+                    np.atleast_1d(reference.distortion.cpu().numpy()), "s",
+                    mfc="none", label="separate models (reference)")
+            ax.legend(fontsize=8)
         ax.set_xlabel("rate (nats)")
         ax.set_ylabel("distortion (nats)")
         ax.set_title("rate-distortion")
         return ax
+
+
+def _check_betas(betas: Any, like: Tensor) -> Tensor:
+    try:
+        betas = torch.as_tensor(betas, dtype=like.dtype, device=like.device).flatten()
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"betas must be a sequence of positive numbers or a tensor, got "
+                        f"{type(betas).__name__}") from error
+    if betas.numel() == 0:
+        raise ValueError("betas is empty")
+    if not (torch.isfinite(betas) & (betas > 0)).all():
+        raise ValueError(f"betas must be finite and > 0, got {betas.tolist()}")
+    return betas
 
 
 @torch.no_grad()
@@ -145,6 +200,7 @@ def rate_distortion(
         A :class:`RateDistortion` with ``[len(betas)]`` tensors (scalars without betas).
     """
     check_int("num_samples", num_samples, 1)
+    check_int("batch_size", batch_size, 1)
     x, nesting = prepare_pair(model, guide, x, "x")
 
     def measure(kwargs: dict) -> tuple[float, float]:
@@ -161,11 +217,53 @@ def rate_distortion(
 
     if betas is None:
         rate, distortion = measure({})
-        return RateDistortion(torch.tensor(rate), torch.tensor(distortion))
-    betas = torch.as_tensor(betas, dtype=x.dtype).flatten()
+        return RateDistortion(x.new_tensor(rate), x.new_tensor(distortion))
+    betas = _check_betas(betas, x)
     points = [
         measure({"beta": lambda batch, b=float(b): batch.new_full((batch.shape[0],), b)})
         for b in betas
     ]
     rates, distortions = zip(*points)
-    return RateDistortion(torch.tensor(rates), torch.tensor(distortions), betas)
+    return RateDistortion(x.new_tensor(rates), x.new_tensor(distortions), betas)
+
+
+def reference_points(
+    pairs: Mapping[float, tuple[Callable, Callable]],
+    x: Tensor,
+    *,
+    num_samples: int = 16,
+    batch_size: int = 500,
+) -> RateDistortion:
+    """Rate and distortion of separately trained models, one per β (e.g. β-VAEs).
+
+    The reference points of a multi-rate curve: ``pairs[β] = (model, guide)`` trained
+    with the β objective at that β, each evaluated on ``x`` as by
+    :func:`rate_distortion`. Compare ``curve.objective`` with ``reference.objective``
+    at the same β, plot with ``curve.plot(reference=reference)``, or store
+    ``reference.to_dataset(prefix="reference_")`` beside ``curve.to_dataset()``.
+
+    Returns:
+        A :class:`RateDistortion` with ``beta`` the sorted keys of ``pairs``.
+
+    Example:
+        >>> from posterity.models import VAE
+        >>> from posterity.guides import GaussianEncoder
+        >>> x = torch.bernoulli(torch.full((20, 6), 0.5))
+        >>> pairs = {b: (VAE(6, 2, (4,)), GaussianEncoder(6, 2, (4,))) for b in (0.5, 2.0)}
+        >>> reference_points(pairs, x).beta
+        tensor([0.5000, 2.0000])
+    """
+    if not isinstance(pairs, Mapping) or not pairs:
+        raise TypeError("pairs must be a non-empty mapping {beta: (model, guide)}, got "
+                        f"{type(pairs).__name__}")
+    for beta, pair in pairs.items():
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise TypeError(f"pairs[{beta!r}] must be a (model, guide) tuple, got "
+                            f"{type(pair).__name__}")
+    betas = sorted(pairs)
+    checked = _check_betas(betas, x if isinstance(x, Tensor) else torch.zeros(()))
+    points = [rate_distortion(*pairs[b], x, num_samples=num_samples, batch_size=batch_size)
+              for b in betas]
+    return RateDistortion(torch.stack([p.rate for p in points]),
+                          torch.stack([p.distortion for p in points]),
+                          checked.to(points[0].rate))

@@ -5,8 +5,16 @@ importance weights and PSIS diagnostics.
 * ``sample_stats``: ``log_importance_weight`` ``(chain, draw, data)``;
 * ``amortization``: per data point, the PSIS shape ``pareto_k`` (Vehtari et al. 2024;
   Yao et al. 2018 read ``k > 0.5`` as a poor and ``k > 0.7`` as a failed
-  approximation), the importance-sampled ``log_likelihood`` and the relative ESS;
+  approximation), the importance-sampled ``log_likelihood``, the relative ESS, and the
+  ``rate`` ``E_q[log q(z|x) - log p(z)]`` and ``distortion`` ``-E_q[log p(x|z)]``
+  (Alemi et al. 2018) estimated with the same draws;
 * ``observed_data``: the data points;
+* ``posterior_predictive``: ``reconstructions``, the mean of the model's observation
+  distribution given one guide draw per data point (pixel probabilities of a Bernoulli
+  decoder), dims ``(chain, draw, data, x_dim_0)`` with one chain and one draw, when the
+  model has a single observed site;
+* ``model_samples`` (``num_model_samples > 0`` and a model with ``sample(n)``): ``x``
+  ``(sample, feature)``, e.g. mean images of ancestral draws;
 * ``training_history``: every logged quantity, by ``epoch`` and by ``step``;
 * ``rate_distortion`` (multi-rate runs): rate and distortion by ``beta``.
 """
@@ -20,12 +28,13 @@ from typing import Any
 
 import arviz as az
 import numpy as np
+import pyro.poutine as poutine
 import torch
 import xarray as xr
 from torch import Tensor
 
 from ..checks import check_int, prepare_pair
-from ..importance import weighted_particles
+from ..importance import sample_sites, weighted_particles
 from ..inference_data import history_dataset
 from ..train import History
 from .evaluate import RateDistortion
@@ -49,15 +58,31 @@ def relative_ess(log_weights: Tensor) -> Tensor:
 
 
 def rate_distortion_dataset(curve: RateDistortion) -> xr.Dataset:
-    """A rate-distortion curve as a dataset over ``beta`` (nats per data point)."""
-    beta = curve.beta if curve.beta is not None else torch.ones(1)
-    return xr.Dataset(
-        {
-            "rate": ("beta", np.atleast_1d(curve.rate.cpu().numpy())),
-            "distortion": ("beta", np.atleast_1d(curve.distortion.cpu().numpy())),
-        },
-        coords={"beta": beta.cpu().numpy()},
-    )
+    """A rate-distortion curve as a dataset over ``beta``: rate, distortion and the
+    objective D + βR, nats per data point (:meth:`RateDistortion.to_dataset`)."""
+    return curve.to_dataset()
+
+
+def reconstructions(model: Callable, guide: Callable, x: Tensor) -> Tensor | None:
+    """The mean of ``p(x | z)`` at one draw ``z ~ q(z | x)`` per row of ``x``, ``[N, D]``.
+
+    Found by tracing the guide and replaying the model, so it works for any pair of
+    programs; ``None`` when the model has not exactly one observed site or its
+    distribution has no mean.
+    """
+    with poutine.block(), torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    observed = [s for s in sample_sites(model_trace).values() if s["is_observed"]]
+    if len(observed) != 1:
+        return None
+    try:
+        mean = observed[0]["fn"].mean
+    except NotImplementedError:
+        return None
+    if mean.numel() != x.numel():
+        return None
+    return mean.reshape(x.shape[0], -1)
 
 
 @torch.no_grad()
@@ -71,6 +96,7 @@ def amortized_inference_data(
     history: History | None = None,
     attrs: dict[str, Any] | None = None,
     batch_size: int = 100,
+    num_model_samples: int = 0,
 ) -> az.InferenceData:
     """Guide draws, importance weights and PSIS diagnostics for the rows of ``x``.
 
@@ -82,6 +108,9 @@ def amortized_inference_data(
             R-hat and ESS can be read (they should be about 1 and about ``S``).
         history: a training history to include.
         attrs: extra attributes (engine name, objective, ...).
+        batch_size: data points per vectorized pass.
+        num_model_samples: draws from ``model.sample(n)`` for a ``model_samples`` group
+            (0: none; models without ``sample`` get none).
 
     Returns:
         ``InferenceData`` with the groups listed in this module's docstring.
@@ -93,13 +122,16 @@ def amortized_inference_data(
             f"num_samples ({num_samples}) must be a multiple of num_chains ({num_chains})"
         )
     x, nesting = prepare_pair(model, guide, x, "x")
+    check_int("num_model_samples", num_model_samples, 0)
     latents: dict[str, list[Tensor]] = {}
-    log_weights = []
+    log_weights, rate, distortion = [], [], []
     for batch in x.split(batch_size):
         particles = weighted_particles(
             model, guide, (batch,), num_particles=num_samples, plate_nesting=nesting
         )
         log_weights.append(particles.log_weights)
+        rate.append(-particles.log_density_ratio.mean(0))
+        distortion.append(-particles.log_likelihood.mean(0))
         for name, value in particles.latents.items():
             latents.setdefault(name, []).append(value)
     log_weights = torch.cat(log_weights, dim=1)  # [S, N]
@@ -132,11 +164,25 @@ def amortized_inference_data(
                 "pareto_k": ("data", pareto_khat(log_weights)),
                 "log_likelihood": ("data", log_lik.cpu().numpy()),
                 "relative_ess": ("data", relative_ess(log_weights).cpu().numpy()),
+                "rate": ("data", torch.cat(rate).cpu().numpy()),
+                "distortion": ("data", torch.cat(distortion).cpu().numpy()),
             },
             coords=coords,
             attrs={"num_samples": num_samples, "khat_good": KHAT_GOOD, "khat_bad": KHAT_BAD},
         ),
     }
+    means = reconstructions(model, guide, x)
+    if means is not None:
+        groups["posterior_predictive"] = az.dict_to_dataset(
+            {"reconstructions": means.cpu().numpy()[None, None]}, library=None,
+            coords=coords, dims={"reconstructions": ["data", "x_dim_0"]},
+        )
+    if num_model_samples and callable(getattr(model, "sample", None)):
+        samples = model.sample(num_model_samples).reshape(num_model_samples, -1)
+        groups["model_samples"] = xr.Dataset(
+            {"x": (("sample", "feature"), samples.cpu().numpy())},
+            coords={"sample": np.arange(num_model_samples)},
+        )
     if history is not None and (history.epochs or history.steps):
         groups["training_history"] = history_dataset(history)
     idata = az.InferenceData(**groups)

@@ -2,7 +2,7 @@
 
 Pyro's ``initialize_model`` refuses models with subsample sites, so the potential is
 built here from a trace: latent values are mapped to their support with
-``biject_to(support)``, the model is traced conditioned on them, and
+``biject_to(support)``, the model is traced conditioned on them, and::
 
     U(u) = -[log p̃(x(u)) + log |det J(u)|],
 
@@ -21,8 +21,11 @@ the same value and gradient.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.distributions import constraints
@@ -42,6 +45,57 @@ def subsampled_plates(trace: poutine.Trace) -> dict[str, tuple[int, int]]:
             if subsample_size is not None and subsample_size < size:
                 found[name] = (size, subsample_size)
     return found
+
+
+def data_sites(trace: poutine.Trace, plates: set[str] | dict) -> dict[str, tuple[str, int]]:
+    """The observed sites inside the data ``plates``: ``{site: (plate, axis)}``.
+
+    ``axis`` is the position of the plate's dimension in the site's value (batch
+    shape, then event shape). Each site's value must have exactly the shape of its
+    distribution, ``batch_shape + event_shape``: a value that would broadcast (``y`` of
+    shape ``[N, 1]`` against a ``[N]`` batch) is a ``ValueError`` naming the site.
+    ``pyro.factor`` sites carry no data and are left out.
+    """
+    found = {}
+    for name, site in trace.nodes.items():
+        if (site["type"] != "sample" or not site["is_observed"] or site_is_subsample(site)
+                or isinstance(site["fn"], dist.Unit)):
+            continue
+        frames = [f for f in site["cond_indep_stack"] if f.name in plates]
+        if not frames:
+            continue
+        fn, value = site["fn"], site["value"]
+        expected = tuple(fn.batch_shape + fn.event_shape)
+        if not isinstance(value, Tensor) or tuple(value.shape) != expected:
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"observed site {name!r} has a value of shape {got} but its distribution "
+                f"has shape {expected} (batch {tuple(fn.batch_shape)} + event "
+                f"{tuple(fn.event_shape)}); the data would broadcast instead of being "
+                f"scored point by point: pass data of shape {expected} (for example y of "
+                f"shape [N] rather than [N, 1])"
+            )
+        frame = frames[0]
+        found[name] = (frame.name, len(fn.batch_shape) + frame.dim)
+    return found
+
+
+@contextmanager
+def seeded(seed: int | None, device: torch.device | None = None) -> Iterator[None]:
+    """Run the block on torch's generators seeded with ``seed``, then restore them
+    (nothing happens with ``seed=None``)."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def chain_seed(run_seed: int, chain: int) -> int:
+    """A 63-bit seed that depends only on a run's seed and a chain's index."""
+    return random.Random(f"{run_seed}:{chain}").getrandbits(63)
 
 
 class Potential:
@@ -81,10 +135,20 @@ class Potential:
                               is constraints.real}
         self.shapes = {n: s["value"].shape for n, s in latents.items()}
         self.plates = subsampled_plates(trace)
+        self.observed = data_sites(trace, self.plates)
+        self.evaluations = 0  # gradient evaluations, for cost accounting
 
-    def prior_draw(self) -> dict[str, Tensor]:
-        """Unconstrained values of a fresh draw from the prior."""
-        with poutine.block(), torch.no_grad():
+    @property
+    def data_size(self) -> int:
+        """``N``: the size of the subsampled data plate (the largest, if several; 1 if
+        the model has none)."""
+        return max((size for size, _ in self.plates.values()), default=1)
+
+    def prior_draw(self, seed: int | None = None) -> dict[str, Tensor]:
+        """Unconstrained values of a fresh draw from the prior (drawn with torch's
+        generators seeded with ``seed``, and restored after, when one is given)."""
+        first = next(iter(self.prior_trace.nodes[n]["value"] for n in self.names))
+        with poutine.block(), torch.no_grad(), seeded(seed, first.device):
             trace = poutine.trace(self.model).get_trace(*self.args, **self.kwargs)
         return {n: self.transforms[n](trace.nodes[n]["value"]).detach() for n in self.names}
 
@@ -113,6 +177,7 @@ class Potential:
 
     def value_and_grad(self, params: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """``U`` at ``params`` and ``∇U``, both detached."""
+        self.evaluations += 1
         leaves = {n: v.detach().requires_grad_(True) for n, v in params.items()}
         value = self(leaves)
         grads = torch.autograd.grad(value, list(leaves.values()))

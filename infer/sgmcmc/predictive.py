@@ -1,24 +1,24 @@
-"""Posterior predictive, pointwise log-likelihood and metrics of SG-MCMC draws, and their
-conversion to ArviZ ``InferenceData``.
+"""Posterior predictive means and metrics of SG-MCMC draws for models called as
+``model(X, y, subsample=False)`` (the built-in :mod:`posterity.models.bnn` signature).
 
 Predicted values come from ``pyro.infer.Predictive``; the pointwise log-likelihood and
 the predictive means come from the model traced once per posterior draw on all rows
-(``subsample=False``): a loop over draws after sampling, not in any hot path.
+(``subsample=False``): a loop over draws after sampling, not in any hot path. Any
+model signature converts to ArviZ through :mod:`posterity.infer.sgmcmc.inference_data`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
-import arviz as az
-import numpy as np
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.infer import Predictive
 from torch import Tensor
+
+from .inference_data import sgmcmc_inference_data
 
 OBSERVED_SITE = "obs"
 
@@ -46,6 +46,9 @@ def pointwise_predictive(
         the predictive mean of a Gaussian likelihood or the class probabilities of a
         categorical one.
     """
+    validate = getattr(model, "validate_data", None)
+    if callable(validate):
+        validate(X, y)
     first = next(iter(samples.values()))
     chains, draws = first.shape[:2]
     flat = {k: v.reshape(chains * draws, *v.shape[2:]) for k, v in samples.items()}
@@ -106,49 +109,10 @@ def classification_metrics(predictive: dict[str, Tensor], y: Tensor,
     return {"accuracy": float(correct.mean()), "nll": float(nll), "ece": float(ece)}
 
 
-def sgmcmc_inference_data(
-    mcmc: Any,
-    X: Tensor | None = None,
-    y: Tensor | None = None,
-    *,
-    site: str = OBSERVED_SITE,
-) -> az.InferenceData:
-    """``InferenceData`` of a ``pyro.infer.MCMC`` run with a posterity SG-MCMC kernel.
-
-    Groups: ``posterior`` (constrained draws), ``posterior_predictive`` and pointwise
-    ``log_likelihood`` of ``X, y`` (default: the data the chains were run on), so that
-    ``az.loo`` and ``az.waic`` work, ``observed_data``, and ``sample_stats`` with the
-    step size of the update that produced each draw and the temperature.
-    """
-    kernel = mcmc.kernel
-    if X is None:
-        if not mcmc._args:
-            raise ValueError("pass X (and y): the MCMC run kept no data")
-        X, y = mcmc._args[0], mcmc._args[1] if len(mcmc._args) > 1 else None
-    samples = mcmc.get_samples(group_by_chain=True)
-    chains, draws = next(iter(samples.values())).shape[:2]
-    predictive = pointwise_predictive(kernel.model, samples, X, y, site=site)
-
-    def numpy(t: Tensor) -> np.ndarray:
-        return t.detach().cpu().numpy()
-
-    posterior = {k: numpy(v) for k, v in samples.items()}
-    steps = kernel.step_indices(draws)
-    step_size = np.tile([kernel.schedule(t) for t in steps], (chains, 1))
-    groups = {
-        "posterior": posterior,
-        "posterior_predictive": {site: numpy(predictive["prediction"])},
-        "sample_stats": {"step_size": step_size,
-                         "temperature": np.full((chains, draws), kernel.temperature),
-                         "update": np.tile(steps, (chains, 1))},
-    }
-    dims = {site: ["data"]}
-    if y is not None:
-        groups["log_likelihood"] = {site: numpy(predictive["log_likelihood"])}
-        groups["observed_data"] = {site: numpy(y)}
-    idata = az.from_dict(**groups, dims=dims,
-                         coords={"data": np.arange(X.shape[0])},
-                         attrs={"kernel": type(kernel).__name__,
-                                "schedule": repr(kernel.schedule),
-                                "thin": kernel.thin, "temperature": kernel.temperature})
-    return idata
+__all__ = [
+    "classification_metrics",
+    "log_predictive_density",
+    "pointwise_predictive",
+    "regression_metrics",
+    "sgmcmc_inference_data",  # moved to .inference_data; kept importable here
+]

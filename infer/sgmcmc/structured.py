@@ -4,12 +4,23 @@ The latent variables are split into groups. The update of group ``g`` uses the
 gradient of the potential at a *composite* state: group ``g`` at its current value and
 every other group replaced by a draw from a buffer of earlier chain states. The chain
 then targets the closest factorized approximation ``Π_g q_g(θ_g)``, trading exactness
-for faster mixing across groups. In the dropout variant each other group is replaced
-only with probability ``p``, and the
-gradient is averaged over ``num_composites`` such composites.
+for faster mixing across groups; each update costs ``num_groups × num_composites``
+gradients.
 
-With a single group the composite is the current state, and the kernel takes exactly
-the base kernel's steps (same random numbers, same values).
+In the dropout variant each other group is replaced only with probability ``p``. One
+masked composite then serves every group at once (Alexos et al. 2022, section 3.3):
+each group is kept at its current value with probability ``1 - p`` and otherwise
+replaced, so for every kept group the composite is a draw of exactly its own
+composite law (the others replaced independently with probability ``p``). Each group's
+gradient is the inverse-probability average ``Σ_k r_kg ∇_g U(c_k) / (K (1 - p))`` over
+the ``K = num_composites`` composites ``c_k`` (``r_kg = 1`` when group ``g`` was kept
+in ``c_k``): unbiased, at ``K`` gradients per update whatever the number of groups.
+
+With a single group (or before the buffer holds a state) the composite is the current
+state: one gradient per update, and with one group the kernel takes exactly the base
+kernel's steps (same random numbers, same values). The buffer draws use a generator
+seeded from ``seed``, the run's seed and the chain's index, so chains draw
+different composites.
 """
 
 from __future__ import annotations
@@ -20,7 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checks import check_int
 from .kernels import Params, SGMCMCKernel
+from .potential import chain_seed
 
 GROUPINGS = ("site", "layer", "random", "permuted", "neuron")
 
@@ -109,10 +122,13 @@ class StructuredSGMCMC(SGMCMCKernel):
         num_groups: the number of groups for ``"random"``, ``"permuted"``, ``"neuron"``.
         buffer_size: earlier states kept for the composites.
         buffer: ``"ring"`` or ``"reservoir"``.
-        dropout: ``None`` (replace every other group) or ``p``, the probability that
-            each other group is replaced in a composite.
-        num_composites: composites averaged per group gradient.
-        seed: seeds the grouping and the buffer draws (the chain itself follows torch's
+        dropout: ``None`` (replace every other group: ``num_groups × num_composites``
+            gradients per update) or ``p``, the probability that each other group is
+            replaced in a composite (``num_composites`` gradients per update, each
+            composite serving every group it keeps; see the module docstring).
+        num_composites: composites per update (per group without dropout).
+        seed: seeds the grouping (shared by all chains) and, with the run's seed and
+            the chain index, the buffer draws (the chain itself follows torch's
             generator, as the base kernel does).
 
     Example:
@@ -141,63 +157,87 @@ class StructuredSGMCMC(SGMCMCKernel):
             raise TypeError("base must not itself be structured")
         super().__init__(base.model, base.schedule, temperature=base.temperature,
                          thin=base.thin, require_subsample=base.require_subsample,
-                         initial_params=base._initial_params)
-        if dropout is not None and not 0 < dropout <= 1:
-            raise ValueError(f"dropout must be in (0, 1], got {dropout}")
-        if num_composites < 1:
-            raise ValueError(f"num_composites must be >= 1, got {num_composites}")
-        self.base, self.grouping, self.num_groups = base, groups, num_groups
-        self.dropout, self.num_composites = dropout, num_composites
-        self.seed, self.buffer_kind, self.buffer_size = seed, buffer, buffer_size
+                         initial_params=base._user_initial_params)
+        if dropout is not None and (isinstance(dropout, bool) or not 0 < dropout <= 1):
+            raise ValueError(f"dropout must be in (0, 1] or None, got {dropout!r}")
+        self.base, self.grouping = base, groups
+        self.num_groups = check_int("num_groups", num_groups, 1)
+        self.num_composites = check_int("num_composites", num_composites, 1)
+        self.buffer_size = check_int("buffer_size", buffer_size, 1)
+        self.dropout, self.seed, self.buffer_kind = dropout, seed, buffer
         self.group_ids: dict[str, Tensor] = {}
+        self.group_masks: dict[int, dict[str, Tensor]] = {}
+        self.groups: list[int] = []
         self.buffer = StateBuffer(buffer_size, buffer, random.Random(seed))
 
     def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:
-        self.base._initial_params = self._initial_params
-        self.base.setup(warmup_steps, *args, **kwargs)
-        self.potential, self.transforms = self.base.potential, self.base.transforms
-        self._initial_params = self.base.initial_params
-        self.num_steps = 0
+        super().setup(warmup_steps, *args, **kwargs)
+        base = self.base
+        base.potential, base.transforms = self.potential, self.transforms
+        base.chain, base.run_seed, base.warmup_steps = self.chain, self.run_seed, warmup_steps
+        base.num_steps = 0
+        base.state = self.state = base.init_state(self._initial_params)
         generator = torch.Generator().manual_seed(self.seed)
         ids = assign_groups(self.potential.shapes, self.grouping, self.num_groups, generator)
         self.group_ids = {n: g.to(self._initial_params[n].device) for n, g in ids.items()}
         self.groups = sorted({int(g) for ids in self.group_ids.values()
                               for g in torch.as_tensor(ids).unique()})
-        self.buffer = StateBuffer(self.buffer_size, self.buffer_kind, random.Random(self.seed))
+        self.group_masks = {g: {n: ids == g for n, ids in self.group_ids.items()}
+                            for g in self.groups}
+        # the grouping is shared by all chains; the buffer draws differ per chain
+        stream = random.Random(f"{self.seed}:{chain_seed(self.run_seed, self.chain)}")
+        self.buffer = StateBuffer(self.buffer_size, self.buffer_kind, stream)
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return self.base.state_tensors()
 
     def step(self, params: Params, step_size: float, exploring: bool) -> Params:
         if len(self.groups) == 1:
-            return self.base.step(params, step_size, exploring)
-        grads = {n: torch.zeros_like(v) for n, v in params.items()}
-        for group in self.groups:
-            for _ in range(self.num_composites):
-                composite = self.composite(params, group)
-                group_grads = self.base.gradient(composite)
-                for name in params:
-                    mask = (self.group_ids[name] == group).to(params[name].dtype)
-                    grads[name] += mask * group_grads[name] / self.num_composites
-        new = self.base.update(params, grads, step_size, exploring)
+            return super().step(params, step_size, exploring)
+        new = self.update(params, self.structured_gradient(params, step_size), step_size,
+                          exploring)
+        self.check_finite(new, step_size)
         self.buffer.add(new)
         return new
 
-    def composite(self, params: Params, group: int) -> Params:
-        """``group`` at its current value, the other groups from the buffer."""
+    def structured_gradient(self, params: Params, step_size: float) -> Params:
+        """Each group's gradient at its composites (``[site shape]`` per site)."""
         if not len(self.buffer):
+            return self.gradient(params, step_size)
+        grads = {n: torch.zeros_like(v) for n, v in params.items()}
+        if self.dropout is None or self.dropout == 1:
+            for group in self.groups:
+                for _ in range(self.num_composites):
+                    others = [h for h in self.groups if h != group]
+                    group_grads = self.gradient(self.composite(params, others), step_size)
+                    for name in params:
+                        grads[name] += torch.where(self.group_masks[group][name],
+                                                   group_grads[name], 0.0)
+            return {n: g / self.num_composites for n, g in grads.items()}
+        weight = 1.0 / (self.num_composites * (1 - self.dropout))
+        for _ in range(self.num_composites):
+            replaced = [h for h in self.groups if self.buffer.rng.random() < self.dropout]
+            if len(replaced) == len(self.groups):
+                continue  # no group kept: this composite contributes zero to every group
+            composite_grads = self.gradient(self.composite(params, replaced), step_size)
+            for name in params:
+                kept = self._union(replaced, name, params[name]).logical_not()
+                grads[name] += torch.where(kept, composite_grads[name], 0.0) * weight
+        return grads
+
+    def _union(self, groups: list[int], name: str, like: Tensor) -> Tensor:
+        take = torch.zeros_like(like, dtype=torch.bool)
+        for h in groups:
+            take |= self.group_masks[h][name]
+        return take
+
+    def composite(self, params: Params, replaced: list[int]) -> Params:
+        """``params`` with the groups in ``replaced`` taken from one buffered state."""
+        if not len(self.buffer) or not replaced:
             return params
         draw = self.buffer.draw()
-        replaced = {h: self.dropout is None or self.buffer.rng.random() < self.dropout
-                    for h in self.groups if h != group}
-        out = {}
-        for name, value in params.items():
-            take = torch.zeros_like(self.group_ids[name], dtype=torch.bool)
-            for h, swap in replaced.items():
-                if swap:
-                    take |= self.group_ids[name] == h
-            out[name] = torch.where(take, draw[name], value)
-        return out
-
-    def logging(self) -> dict[str, float]:
-        return self.base.logging()
+        return {name: torch.where(self._union(replaced, name, value), draw[name], value)
+                for name, value in params.items()}
 
     def update(self, params: Params, grads: Params, step_size: float, exploring: bool) -> Params:
         return self.base.update(params, grads, step_size, exploring)

@@ -11,17 +11,19 @@ log space. Everything is vectorized over particles.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from posterity.models.ssm import StateSpaceModel
 
 from ..checks import check_int
+from ..progress import progress_bar
+from .protocol import validate_model
 from .resampling import resampler
 
 
@@ -73,14 +75,15 @@ class FilterResult:
     history: dict[str, Tensor] = field(default_factory=dict)
 
     def to_inference_data(self):
-        """ESS history, filtering moments and the log-evidence as ``InferenceData``."""
+        """ESS history, filtering moments and the log-evidence as ``InferenceData``
+        (group ``filtering``)."""
         import arviz as az
         import numpy as np
         import xarray as xr
 
         T = self.filter_mean.shape[0]
         return az.InferenceData(
-            filter=xr.Dataset(
+            filtering=xr.Dataset(
                 {
                     "filter_mean": (("time", "state_dim"), self.filter_mean.cpu().numpy()),
                     "filter_var": (("time", "state_dim"), self.filter_var.cpu().numpy()),
@@ -91,6 +94,61 @@ class FilterResult:
                 attrs={"log_evidence": float(self.log_evidence)},
             )
         )
+
+
+class WeightMonitor:
+    """Called at every step with the ESS and the incremental log weights: raises
+    ``FloatingPointError`` naming the time step and the cause when every weight
+    vanished (NaN, +Inf, every particle at -Inf, an observation that overflows the
+    dtype), and warns once per run when the ESS collapses below
+    ``max(1.5, min(5, N / 100))`` particles."""
+
+    def __init__(self, num_particles: int, engine: str) -> None:
+        self.num_particles, self.engine, self.warned = num_particles, engine, False
+        self.collapse = max(1.5, min(5.0, 0.01 * num_particles))
+
+    def __call__(self, ess: float, increment: Tensor, y: Tensor, t: int) -> None:
+        if ess >= 1.0 - 1e-3 and (self.warned or ess >= self.collapse):
+            return
+        spread = _overflow_note(increment, y)
+        if not ess >= 1.0 - 1e-3:  # NaN when every weight vanished (or one is +inf)
+            raise FloatingPointError(f"{self.engine}: every particle weight vanished at time "
+                                     f"step {t}: {_vanished_cause(increment, y)}")
+        self.warned = True
+        warnings.warn(
+            f"{self.engine}: the effective sample size collapsed to {ess:.2f} of "
+            f"{self.num_particles} particles at time step {t}{spread}; the estimates there "
+            "rest on very few particles (an outlying observation, a model that misfits the "
+            "data, or too few particles)", RuntimeWarning, stacklevel=3)
+
+
+def _overflow_note(increment: Tensor, y: Tensor) -> str:
+    finite = increment[torch.isfinite(increment)]
+    if not finite.numel():
+        return ""
+    spread = float(finite.max() - finite.min())
+    note = f" (incremental log weights span {spread:.3g} nats)"
+    if increment.dtype != torch.float64 and spread * torch.finfo(increment.dtype).eps > 1:
+        note += (f"; log weights this large lose precision in {increment.dtype}: "
+                 "run the model in float64 (ssm.double())")
+    return note
+
+
+def _vanished_cause(increment: Tensor, y: Tensor) -> str:
+    if torch.isnan(increment).any():
+        return (f"the log-likelihood term is NaN for {int(torch.isnan(increment).sum())} "
+                "particles (check emission_log_prob or the proposal at this step)")
+    if (increment == math.inf).any():
+        return "the log-likelihood term overflowed to +Inf (a degenerate emission law?)"
+    finfo = torch.finfo(y.dtype)
+    if not torch.isnan(y).any() and float(y.abs().max()) > math.sqrt(finfo.max):
+        return (f"the observation (|y| = {float(y.abs().max()):.3g}) overflows {y.dtype} "
+                f"when squared (largest {y.dtype} is {finfo.max:.3g}), so every log-density "
+                "is -Inf: rescale the data or run the model in float64 (ssm.double()); "
+                "more particles will not help")
+    return ("the log-likelihood term is -Inf for every particle: the observation has zero "
+            "density under all of them (check the model and this observation; a better "
+            "proposal or more particles may help)")
 
 
 def _weighted_moments(steps: list[FilterStep]) -> Tensor:
@@ -114,7 +172,14 @@ class ParticleFilter:
             ``proposal(None, 0, y_0)`` at ``t = 0``); default: the model's own laws.
         missing: treat NaN in ``ys`` as missing observations (weight 1).
         keep_history: keep every step's particles, weights and ancestors.
-        progress: show a ``tqdm`` bar over time steps.
+        progress: show a ``tqdm`` bar over time steps (``None``: on an interactive
+            terminal only, see :mod:`posterity.infer.progress`).
+
+    The model is checked against the protocol when the filter is built
+    (:func:`~.protocol.check_model`); ``ys`` is converted to the model's dtype and
+    device. The filter warns once (per filter object) when the ESS collapses to a handful of
+    particles, and names the time step and the cause (NaN, overflow, an observation
+    that overflows the dtype) when every weight vanishes.
 
     Example:
         >>> from posterity.models import StochasticVolatility
@@ -134,11 +199,9 @@ class ParticleFilter:
         proposal: Callable[[Tensor | None, int, Tensor], Any] | None = None,
         missing: bool = False,
         keep_history: bool = False,
-        progress: bool = True,
+        progress: bool | None = None,
     ) -> None:
-        if not isinstance(ssm, StateSpaceModel):
-            raise TypeError(f"ssm must be a StateSpaceModel, got {type(ssm).__name__}")
-        self.ssm = ssm
+        self.ssm = validate_model(ssm)
         self.num_particles = check_int("num_particles", num_particles, 2)
         self.resample = resampler(resampling)
         if not 0 <= ess_threshold <= 1:
@@ -146,6 +209,8 @@ class ParticleFilter:
         self.ess_threshold = float(ess_threshold)
         self.proposal, self.missing = proposal, bool(missing)
         self.keep_history, self.progress = keep_history, progress
+        # warns once per filter object, however many runs
+        self.weight_monitor = WeightMonitor(self.num_particles, type(self).__name__)
 
     def _move(self, x_prev: Tensor | None, t: int, y: Tensor, observed: bool
               ) -> tuple[Tensor, Tensor]:
@@ -174,8 +239,8 @@ class ParticleFilter:
         uniform = ys.new_full((N,), -math.log(N))
         x = log_w = None
         ess = float(N)
-        for t in tqdm(range(T), disable=not self.progress, desc=type(self).__name__,
-                      leave=False):
+        monitor = self.weight_monitor
+        for t in progress_bar(range(T), progress=self.progress, desc=type(self).__name__):
             x_prev, log_w_prev, ancestors = x, log_w, None
             if t > 0 and ess < self.ess_threshold * N:
                 ancestors = self.resample(log_w.exp())
@@ -185,11 +250,7 @@ class ParticleFilter:
             step_log_evidence = torch.logsumexp(unnormalized, 0)
             log_w = unnormalized - step_log_evidence
             ess = 1.0 / float(log_w.exp().square().sum())
-            if not ess >= 1.0 - 1e-3:  # NaN when every weight vanished (or one is +inf)
-                raise FloatingPointError(
-                    f"all particle weights vanished at time step {t}; use more particles "
-                    "or a better proposal"
-                )
+            monitor(ess, increment, ys[t], t)
             yield FilterStep(t, ys[t], x_prev, log_w_prev, x, log_w, ancestors,
                              step_log_evidence, ess)
 
@@ -224,7 +285,7 @@ class ParticleFilter:
             log_evidence=torch.stack(log_evidences).sum(),
             filter_mean=mean,
             filter_var=(second - mean.square()).clamp_min(0),
-            ess=torch.tensor(ess),
+            ess=torch.tensor(ess, dtype=mean.dtype),
             resampled=torch.tensor(resampled),
             particles=step.particles,
             log_weights=step.log_weights,

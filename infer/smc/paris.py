@@ -14,7 +14,7 @@ per step.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -29,36 +29,55 @@ AdditiveFunctional = Callable[[Tensor | None, Tensor, Tensor, int], Tensor]
 
 
 def evaluate_term(h: AdditiveFunctional, x_prev: Tensor | None, x: Tensor, y: Tensor,
-                  t: int) -> Tensor:
-    """``h_t`` on a batch of particles, as ``[M, k]``."""
+                  t: int, check: bool = True) -> Tensor:
+    """``h_t`` on a batch of particles ``x`` (``[M, d]``), as ``[M, k]``.
+
+    With ``check``, ``h`` must return a tensor ``[M]`` or ``[M, k]`` with no NaN: a
+    ``TypeError``/``ValueError`` names ``h`` and the time step otherwise."""
     value = h(x_prev, x, y, t)
+    if not check:
+        return value.unsqueeze(-1) if value.dim() == 1 else value
+    if not isinstance(value, Tensor):
+        raise TypeError(f"h(x_prev, x, y, t) must return a Tensor [num_particles, k], got "
+                        f"{type(value).__name__} at time step {t}")
     if value.dim() == 1:
         value = value.unsqueeze(-1)
-    if value.shape[0] != x.shape[0]:
-        raise ValueError(f"h must return [num_particles, k], got {tuple(value.shape)} at t={t}")
+    if value.dim() != 2 or value.shape[0] != x.shape[0]:
+        raise ValueError(f"h(x_prev, x, y, t) must return [num_particles, k] = "
+                         f"[{x.shape[0]}, k] for x of shape {tuple(x.shape)}, got "
+                         f"{tuple(value.shape)} at time step {t}")
+    if value.dtype != x.dtype and value.is_floating_point():
+        value = value.to(x.dtype)
+    if torch.isnan(value).any():
+        raise ValueError(f"h(x_prev, x, y, t) returned NaN at time step {t} (for "
+                         f"{int(torch.isnan(value).any(-1).sum())} of {x.shape[0]} particles)")
     return value
 
 
 def paris_update(step: FilterStep, statistics: Tensor | None, h: AdditiveFunctional,
-                 backward, num_backward: int) -> tuple[Tensor, Tensor | None]:
+                 backward, num_backward: int, check: bool = True
+                 ) -> tuple[Tensor, Tensor | None]:
     """One PaRIS step: the new statistics ``[N, k]`` and the backward indices
     ``[N, Ñ]`` (``None`` at ``t = 0``)."""
     if step.t == 0:
-        return evaluate_term(h, None, step.particles, step.y, 0), None
+        return evaluate_term(h, None, step.particles, step.y, 0, check), None
     n = step.particles.shape[0]
     targets = step.particles.repeat_interleave(num_backward, 0)
     indices = backward(step.previous, step.previous_log_weights, targets, step.t)
     terms = statistics[indices] + evaluate_term(h, step.previous[indices], targets, step.y,
-                                                step.t)
+                                                step.t, check)
     return terms.reshape(n, num_backward, -1).mean(1), indices.reshape(n, num_backward)
 
 
 @dataclass
 class SmoothingResult:
-    """``estimate``: ``E[Σ_t h_t | y]``, ``[k]``; ``log_evidence`` of the filter run."""
+    """``estimate``: ``E[Σ_t h_t | y]``, ``[k]``; ``log_evidence`` of the filter run;
+    ``bound_violations``: ``(t, excess)`` where a transition density exceeded
+    ``transition_log_bound(t)`` (those steps used the exact backward kernel)."""
 
     estimate: Tensor
     log_evidence: Tensor
+    bound_violations: list[tuple[int, float]] = field(default_factory=list)
 
     def to_inference_data(self):
         """The estimate (dim ``functional``) and the log-evidence as ``InferenceData``."""
@@ -67,7 +86,8 @@ class SmoothingResult:
 
         return az.InferenceData(smoothing=xr.Dataset(
             {"estimate": ("functional", self.estimate.detach().cpu().numpy())},
-            attrs={"log_evidence": float(self.log_evidence)},
+            attrs={"log_evidence": float(self.log_evidence),
+                   "bound_violations": len(self.bound_violations)},
         ))
 
 
@@ -82,8 +102,14 @@ class PaRIS:
         num_backward: ``Ñ >= 1`` backward draws per particle (2 is the usual choice).
         backward: ``"auto"``, ``"exact"`` or ``"rejection"`` (see :mod:`.backward`).
         max_trials: proposals per accept-reject draw before the exact fallback.
-        (others as :class:`ParticleFilter`; ``ess_threshold`` defaults to 1 here:
-        resampling at every step)
+
+    The other arguments are those of :class:`ParticleFilter`; ``ess_threshold`` defaults
+    to 1 here: resampling at every step.
+
+    ``h`` is checked at every step: a value that is not ``[N, k]`` (or ``[N]``), or that
+    holds NaN, raises an error naming ``h`` and the time step. The rejection backward
+    kernel checks the model's bound against every density it computes (see
+    :mod:`.backward`); violations are in ``result.bound_violations``.
 
     Example:
         >>> from posterity.models import StochasticVolatility
@@ -114,13 +140,16 @@ class PaRIS:
         # with adaptive resampling, N = 10⁵ ran 10× slower on stochastic volatility
         filter_kwargs.setdefault("ess_threshold", 1.0)
         self.filter = ParticleFilter(ssm, num_particles, **filter_kwargs)
-        self.backward = backward_sampler(ssm, backward, max_trials)
+        self.backward = backward_sampler(ssm, backward, max_trials, num_particles)
 
     @torch.no_grad()
     def run(self, ys: Tensor) -> SmoothingResult:
+        """Smooth ``ys`` (``[T, obs_dim]``)."""
         statistics, log_evidence = None, 0.0
+        violations = len(self.backward.bound_violations)
         for step in self.filter.steps(ys):
             statistics, _ = paris_update(step, statistics, self.h, self.backward,
                                          self.num_backward)
             log_evidence = log_evidence + step.log_evidence
-        return SmoothingResult(step.log_weights.exp() @ statistics, log_evidence)
+        return SmoothingResult(step.log_weights.exp() @ statistics, log_evidence,
+                               list(self.backward.bound_violations[violations:]))

@@ -12,18 +12,19 @@ number of iterations where PaRIS's only falls with ``N``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from posterity.models.ssm import StateSpaceModel
 
 from ..checks import check_int
+from ..progress import progress_bar
 from .backward import backward_sampler
 from .paris import AdditiveFunctional, paris_update
 from .particle_gibbs import ParticleGibbs, conditional_steps
+from .protocol import validate_model
 
 
 def path_through_backward_indices(particles: list[Tensor], indices: list[Tensor | None],
@@ -36,19 +37,22 @@ def path_through_backward_indices(particles: list[Tensor], indices: list[Tensor 
     for t in range(len(particles) - 1, 0, -1):
         choice = torch.randint(indices[t].shape[1], (1,), device=weights.device)
         index = indices[t][index, choice]
-        path.insert(0, particles[t - 1][index])
-    return torch.cat(path)
+        path.append(particles[t - 1][index])
+    return torch.cat(path[::-1])
 
 
 @dataclass
 class PPGResult:
     """``estimate`` ``[k]`` (the average over iterations after burn-in), the
-    per-iteration ``estimates`` ``[num_iters, k]`` and the last reference ``path``."""
+    per-iteration ``estimates`` ``[num_iters, k]``, the last reference ``path``
+    ``[T, d]`` and ``bound_violations`` (``(t, excess)`` where a transition density
+    exceeded ``transition_log_bound(t)``; those steps used the exact kernel)."""
 
     estimate: Tensor
     estimates: Tensor
     path: Tensor
     burn_in: int = 0
+    bound_violations: list[tuple[int, float]] = field(default_factory=list)
 
     def to_inference_data(self):
         """Per-iteration estimates after burn-in as one chain (ArviZ gives their ESS and
@@ -56,8 +60,8 @@ class PPGResult:
         import arviz as az
 
         return az.from_dict(
-            posterior={"estimate": self.estimates[self.burn_in:].cpu().numpy()[None]},
-            constant_data={"path": self.path.cpu().numpy()},
+            posterior={"estimate": self.estimates[self.burn_in:].detach().cpu().numpy()[None]},
+            constant_data={"path": self.path.detach().cpu().numpy()},
             dims={"estimate": ["functional"], "path": ["time", "state_dim"]},
         )
 
@@ -71,7 +75,12 @@ class PPG:
         num_iters: iterations; ``burn_in`` of them (``< num_iters``) are discarded.
         num_backward: ``Ñ >= 1`` backward draws per particle.
         backward: ``"auto"``, ``"exact"`` or ``"rejection"``.
+        max_trials: proposals per accept-reject draw before the exact fallback.
         missing: treat NaN in ``ys`` as missing observations.
+        progress: a ``tqdm`` bar over iterations (``None``: on a terminal only).
+
+    Each sweep is the conditional SMC of :class:`~.particle_gibbs.ParticleGibbs` (one
+    system, particles ``[N, d]``); ``h`` is checked as in :class:`~.paris.PaRIS`.
 
     Example:
         >>> from posterity.models import StochasticVolatility
@@ -85,15 +94,17 @@ class PPG:
     def __init__(self, ssm: StateSpaceModel, h: AdditiveFunctional, num_particles: int = 100,
                  num_iters: int = 50, burn_in: int = 10, num_backward: int = 2,
                  backward: str = "auto", max_trials: int | None = None, missing: bool = False,
-                 progress: bool = True) -> None:
-        self.ssm, self.h = ssm, h
+                 progress: bool | None = None) -> None:
+        if not callable(h):
+            raise TypeError(f"h must be a callable h(x_prev, x, y, t), got {type(h).__name__}")
+        self.ssm, self.h = validate_model(ssm), h
         self.num_particles = check_int("num_particles", num_particles, 2)
         self.num_iters = check_int("num_iters", num_iters, 1)
         self.burn_in = check_int("burn_in", burn_in, 0)
         if self.burn_in >= self.num_iters:
             raise ValueError(f"burn_in ({burn_in}) must be < num_iters ({num_iters})")
         self.num_backward = check_int("num_backward", num_backward, 1)
-        self.backward = backward_sampler(ssm, backward, max_trials)
+        self.backward = backward_sampler(ssm, backward, max_trials, num_particles)
         self.missing, self.progress = bool(missing), progress
 
     def sweep(self, ys: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
@@ -109,14 +120,21 @@ class PPG:
 
     @torch.no_grad()
     def run(self, ys: Tensor, reference: Tensor | None = None) -> PPGResult:
+        """``num_iters`` sweeps from ``reference`` (``[T, d]``; default: a path from an
+        unconditional filter)."""
         ys = self.ssm.check_observations(ys, allow_missing=self.missing)
         if reference is None:
             reference = ParticleGibbs(self.ssm, self.num_particles, progress=False,
                                       backward="exact", missing=self.missing).initial_path(ys)
+        elif tuple(reference.shape) != (ys.shape[0], self.ssm.state_dim):
+            raise ValueError(f"reference must have shape [T, state_dim] = "
+                             f"[{ys.shape[0]}, {self.ssm.state_dim}], got "
+                             f"{tuple(reference.shape)}")
+        violations = len(self.backward.bound_violations)
         estimates = []
-        for _ in tqdm(range(self.num_iters), disable=not self.progress, desc="PPG",
-                      leave=False):
+        for _ in progress_bar(range(self.num_iters), progress=self.progress, desc="PPG"):
             estimate, reference = self.sweep(ys, reference)
             estimates.append(estimate)
         estimates = torch.stack(estimates)
-        return PPGResult(estimates[self.burn_in:].mean(0), estimates, reference, self.burn_in)
+        return PPGResult(estimates[self.burn_in:].mean(0), estimates, reference, self.burn_in,
+                         list(self.backward.bound_violations[violations:]))

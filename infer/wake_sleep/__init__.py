@@ -2,12 +2,20 @@
 (natural) bidirectional Helmholtz machines for sigmoid belief nets and other programs
 with Bernoulli latents."""
 
-from .engine import ALGORITHMS, WakeSleep, guide_log_density, sleep_samples
+from . import sections  # noqa: F401  (registers the report sections)
+from .engine import ALGORITHMS, DEFAULTS, WakeSleep, guide_log_density, sleep_samples
 from .helmholtz import helmholtz_machine
-from .natural import BernoulliNaturalGradient, LayerRecorder, bernoulli_fisher_blocks, factorize
+from .natural import (
+    BernoulliNaturalGradient,
+    LayerRecorder,
+    bernoulli_fisher_blocks,
+    factorize,
+    spd_inverse,
+)
 
 __all__ = [
     "ALGORITHMS",
+    "DEFAULTS",
     "BernoulliNaturalGradient",
     "LayerRecorder",
     "WakeSleep",
@@ -16,4 +24,5 @@ __all__ = [
     "guide_log_density",
     "helmholtz_machine",
     "sleep_samples",
+    "spd_inverse",
 ]

@@ -2,52 +2,84 @@
 
 ``posterity fit sbn --data mnist --algorithm nrws --layers 200 200 10 -k 10 --epochs 10
 --out runs/sbn`` trains, evaluates ``log p(x)`` (for BiHM ``log p*(x)`` with its
-partition function) and writes ``report.html``, ``idata.nc``, ``metrics.json`` and
-``checkpoint.pt`` into ``--out``. ``--data`` takes what ``posterity fit vae`` takes
+partition function) and leaves ``report.html``, ``idata.nc``, ``metrics.json`` and
+``checkpoint.pt`` in ``--out``. ``--data`` takes what ``posterity fit vae`` takes
 (binary data only).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
-import pyro
-import torch
+from posterity.datasets import DataError, load_matrix
 
-from ..report import report
+from ..command import Command, Outcome, Run, UsageError, add_num_particles, integer, real, rounded
 from .engine import ALGORITHMS, WakeSleep
 from .helmholtz import helmholtz_machine
 
 
-def fit_sbn(args: argparse.Namespace) -> int:
-    from ..cli import load_data
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="digits",
+                        help="digits | mnist | path to binary .npz/.npy/.csv (default digits)")
+    parser.add_argument("--algorithm", choices=ALGORITHMS, default="nrws")
+    parser.add_argument("--layers", type=integer(1), nargs="+", default=[200, 200, 10],
+                        help="latent widths from the data up (the data width is inferred)")
+    add_num_particles(parser, 10, 1, "-k",
+                      help="particles per data point (at least 2 except for --algorithm ws)")
+    parser.add_argument("--damping", type=real(0, closed="low"), default=None,
+                        help="Fisher damping of the natural algorithms (>= 0; default: the "
+                             "engine's, 0.03)")
+    parser.add_argument("--refresh-every", type=integer(1), default=None,
+                        help="recompute the Fisher factorizations every this many updates "
+                             "(default: the engine's, 10)")
+    parser.add_argument("--insomnia", type=real(0, 1, closed="both"), default=0.5,
+                        help="RWS wake-q weight, in [0, 1]")
+    parser.add_argument("--epochs", type=integer(1), default=10)
+    parser.add_argument("--time-budget", type=real(0), default=None,
+                        help="stop training after this many seconds of updates")
+    parser.add_argument("--batch-size", type=integer(1), default=32)
+    parser.add_argument("--lr", type=real(0), default=None,
+                        help="learning rate (> 0; default: the algorithm's own, see "
+                             "posterity.infer.wake_sleep.DEFAULTS)")
+    parser.add_argument("--valid-points", type=integer(1), default=500)
+    parser.add_argument("--eval-samples", type=integer(1), default=5000)
+    parser.add_argument("--eval-points", type=integer(1), default=None,
+                        help="first N test points")
+    parser.add_argument("--diagnostic-points", type=integer(1), default=100)
 
-    torch.set_num_threads(args.threads)
-    pyro.set_rng_seed(args.seed)
-    train, valid, test = load_data(args.data)
+
+def check(args: argparse.Namespace) -> None:
+    if args.algorithm != "ws" and args.num_particles < 2:
+        raise UsageError("--num-particles", f"must be >= 2 for --algorithm {args.algorithm} "
+                                            f"(it reweights particles), got {args.num_particles}")
+
+
+def run(args: argparse.Namespace, run: Run) -> Outcome:
+    train, valid, test = load_matrix(args.data)
+    for part in (train, valid, test):
+        if not bool(((part == 0) | (part == 1)).all()):
+            raise DataError(f"{args.data} holds values other than 0 and 1; a sigmoid belief "
+                            f"net models binary data")
     model, guide = helmholtz_machine((train.shape[1], *args.layers))
+    tuning = {name: getattr(args, name) for name in ("lr", "damping", "refresh_every")
+              if getattr(args, name) is not None}  # unset: the engine's tuned defaults
     engine = WakeSleep(model, guide, algorithm=args.algorithm, num_particles=args.num_particles,
-                       lr=args.lr, damping=args.damping, refresh_every=args.refresh_every,
-                       insomnia=args.insomnia)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint = out / "checkpoint.pt"
-    resumed = checkpoint.exists() and not args.fresh
+                       insomnia=args.insomnia, **tuning)
+    progress = False if args.quiet else None
     started = time.perf_counter()
     engine.fit(train, epochs=args.epochs, batch_size=args.batch_size,
-               valid=valid[: args.valid_points], checkpoint=checkpoint, resume=not args.fresh,
-               seed=args.seed, progress=not args.quiet, time_budget=args.time_budget)
+               valid=valid[: args.valid_points], seed=args.seed, progress=progress,
+               time_budget=args.time_budget, **run.train_options(safe_keys=("valid_points",)))
     train_seconds = time.perf_counter() - started
     test_eval = test[: args.eval_points] if args.eval_points else test
-    ll = engine.log_likelihood(test_eval, args.eval_samples, progress=not args.quiet)
+    ll = engine.log_likelihood(test_eval, args.eval_samples, progress=progress)
     idata = engine.to_inference_data(test_eval[: args.diagnostic_points])
+    stderr = float(ll.std() / ll.numel() ** 0.5) if ll.numel() > 1 else float("nan")
     metrics = {
         "algorithm": args.algorithm,
         "test_log_likelihood": float(ll.mean()),
-        "test_stderr": float(ll.std() / ll.numel() ** 0.5),
+        "test_stderr": stderr,
         "test_points": int(test_eval.shape[0]),
         "eval_samples": args.eval_samples,
         "epochs": engine.history.num_epochs,
@@ -58,44 +90,21 @@ def fit_sbn(args: argparse.Namespace) -> int:
         metrics["log_partition"] = engine.history.epochs["log_partition"][-1] \
             if "log_partition" in engine.history.epochs else engine.log_partition()[0]
     idata.posterior.attrs.update(data=args.data, test_log_likelihood=metrics[
-        "test_log_likelihood"], eval_samples=args.eval_samples)
-    idata.to_netcdf(str(out / "idata.nc"), engine="h5netcdf")
-    path = report(idata, out / "report.html",
-                  title=f"Sigmoid belief net ({args.algorithm}) on {args.data}")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"test log p(x) = {metrics['test_log_likelihood']:.3f} ± {metrics['test_stderr']:.3f}"
-          f" nats (S={args.eval_samples}, {metrics['test_points']} points); "
-          f"{metrics['epochs']} epochs"
-          + (f" (resumed from {checkpoint}; --fresh starts over)" if resumed
-             else f" trained in {train_seconds:.1f} s"))
-    print(f"report: {path.resolve()}")
-    return 0
+        "test_log_likelihood"], test_log_likelihood_se=stderr, eval_samples=args.eval_samples)
+    line = (f"test log p(x) = {metrics['test_log_likelihood']:.2f} ± {stderr:.2f} nats "
+            f"(S={args.eval_samples}, {metrics['test_points']} points); "
+            f"{metrics['epochs']} epochs in {rounded(train_seconds, 3)} s")
+    return Outcome(idata, metrics, f"Sigmoid belief net ({args.algorithm}) on {args.data}",
+                   [line])
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="digits",
-                        help="digits | mnist | path to binary .npz/.npy/.csv")
-    parser.add_argument("--algorithm", choices=ALGORITHMS, default="nrws")
-    parser.add_argument("--layers", type=int, nargs="+", default=[200, 200, 10],
-                        help="latent widths from the data up (the data width is inferred)")
-    parser.add_argument("-k", "--num-particles", type=int, default=10)
-    parser.add_argument("--damping", type=float, default=0.2, help="natural algorithms")
-    parser.add_argument("--refresh-every", type=int, default=1,
-                        help="recompute the Fisher factorizations every this many updates")
-    parser.add_argument("--insomnia", type=float, default=0.5, help="RWS wake-q weight")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--time-budget", type=float, default=None,
-                        help="stop after this many seconds of updates")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--valid-points", type=int, default=500)
-    parser.add_argument("--eval-samples", type=int, default=5000)
-    parser.add_argument("--eval-points", type=int, default=None, help="first N test points")
-    parser.add_argument("--diagnostic-points", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="runs/sbn")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--fresh", action="store_true",
-                        help="ignore a checkpoint in --out instead of resuming from it")
-    parser.set_defaults(func=fit_sbn)
+COMMAND = Command(
+    name="sbn",
+    help="sigmoid belief net trained by (natural) wake-sleep",
+    description=__doc__.split("\n\n")[0],
+    add_arguments=add_arguments,
+    check=check,
+    run=run,
+    flags={"num_particles": "--num-particles", "damping": "--damping",
+           "refresh_every": "--refresh-every", "insomnia": "--insomnia", "layers": "--layers"},
+)

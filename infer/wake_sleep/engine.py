@@ -30,6 +30,7 @@ reweighted algorithms, the BiHM bound for BiHM). ``validate`` reports ``log p̂(
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,19 @@ from .natural import BernoulliNaturalGradient, LayerRecorder, linear_layers
 
 ALGORITHMS = ("ws", "rws", "nrws", "bihm", "nbihm")
 FISHER_WEIGHTS = ("sleep", "importance")
+#: Each algorithm's default optimizer and learning rate: the best of a small grid at the
+#: benchmark budget (bench/wake_sleep.py: SBN 784-100-10, K = 10, batch 32, 471 updates on
+#: 5000 binarized-MNIST images; see the class docstring for the measurements).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "ws": {"optimizer": "adam", "lr": 3e-2},
+    "rws": {"optimizer": "adam", "lr": 1e-2},
+    "nrws": {"optimizer": "sgd", "lr": 1e-2},
+    "bihm": {"optimizer": "adam", "lr": 1e-2},
+    "nbihm": {"optimizer": "sgd", "lr": 1e-2},
+}
+_ADAPTIVE = tuple(getattr(torch.optim, name) for name in (
+    "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad", "Adadelta",
+    "SparseAdam", "Adafactor") if hasattr(torch.optim, name))
 
 
 def sleep_samples(model: Callable, x: Tensor, num_particles: int, plate_nesting: int
@@ -87,10 +101,12 @@ class WakeSleep(AmortizedEngine):
         guide: its recognition program ``guide(x)`` with the same latent site names.
         algorithm: ``"ws"``, ``"rws"``, ``"nrws"``, ``"bihm"`` or ``"nbihm"``.
         num_particles: ``K`` (``>= 2`` except for ``"ws"``).
-        lr: learning rate of the default optimizer (Adam).
+        lr: learning rate; ``None`` takes the algorithm's default (:data:`DEFAULTS`).
         insomnia: RWS/NRWS weight of wake-q against sleep-q (1: wake only).
-        damping: ``α >= 0`` of the natural-gradient preconditioner.
-        refresh_every: recompute the Fisher factorizations every this many updates.
+        damping: ``α >= 0`` of the natural-gradient preconditioner (natural algorithms).
+        refresh_every: recompute the Fisher blocks' inverses every this many updates
+            (natural algorithms); the cached inverses and the counter are part of
+            :meth:`state_dict`, so a resumed run refreshes on the same updates.
         fisher_weights: ``"sleep"`` (generative blocks from sleep samples) or
             ``"importance"`` (from the wake particles weighted by ``w̃``).
         fisher_samples: ``"batch"`` (default): each block is estimated from ``M = B``
@@ -100,15 +116,49 @@ class WakeSleep(AmortizedEngine):
             the Woodbury identity, so ``"batch"`` keeps the per-update cost of the
             preconditioner a small fraction of an RWS update; ``"all"`` gives lower-
             variance blocks at O(units · n_in²) memory traffic per update.
-        optimizer: a ``torch.optim`` class or ``params -> Optimizer`` factory (SGD,
-            momentum, Adam, ...); natural algorithms hand it preconditioned gradients.
-        scheduler: an ``optimizer -> LRScheduler`` factory, stepped every update.
+        optimizer: ``"sgd"``, ``"adam"``, ``"adamw"``, a ``torch.optim.Optimizer``
+            class or a ``params -> Optimizer`` factory
+            (:func:`posterity.infer.optim.make_optimizer`); ``None`` takes the
+            algorithm's default. The natural algorithms hand it preconditioned
+            gradients and are meant for plain SGD: an adaptive optimizer (Adam,
+            RMSprop, ...) rescales every coordinate by its own gradient scale, which
+            discards the preconditioner's step sizes, and is warned about.
+        scheduler: ``None``, ``"cosine"`` (needs ``total_steps``) or an
+            ``optimizer -> LRScheduler`` factory, stepped every update.
+        total_steps: the number of updates, for ``scheduler="cosine"``.
+
+    Defaults (:data:`DEFAULTS`): plain SGD at lr 0.01 with ``damping=0.03`` and
+    ``refresh_every=10`` for ``"nrws"`` and ``"nbihm"`` (the paper's learning rate;
+    its damping range is 0.01-0.03), Adam for the others. Each is the choice with the
+    smallest worst-case loss over a small grid on two nets at the benchmark budget
+    (``bench/wake_sleep.py``: K = 10, batch 32, 471 updates on 5000 binarized-MNIST
+    images, seed 0; validation ``log p̂(x)``, S = 100 on 300 images, of ``p`` or for
+    BiHM of ``p*``; nets 784-100-10 / 784-200-200-10; "-" not run):
+
+    ======================  ===================  =====================  ===================
+    algorithm               lr 0.003             lr 0.01                lr 0.03
+    ======================  ===================  =====================  ===================
+    ws, Adam                -157.2* / -          -131.6 / -             **-121.5 / -**
+    rws, Adam               - / -147.5           **-123.2 / -124.3**    -118.3 / -131.6
+    nrws, SGD, α = 0.01     -127.7 / -122.3      -119.9 / -132.0        -138.2 / -218.3
+    nrws, SGD, α = 0.03     - / -                **-122.5 / -121.6**    - / -
+    bihm, Adam              - / -149.8           **-129.1 / -132.8**    -126.7 / -135.7
+    nbihm, SGD, α = 0.01    -129.6 / -126.3      -121.2 / -138.9        -132.5 / -155.9
+    nbihm, SGD, α = 0.03    - / -                **-124.1 / -125.1**    - / -
+    ======================  ===================  =====================  ===================
+
+    Bold: the defaults. (*) on 500 validation images. BiHM and NBiHM, which run
+    past 471 updates to RWS's time budget, are read at their last curve point before
+    it (420 / 395 updates) in the first runs.
+
+    With α = 0.01 the natural algorithms at lr 0.01 oscillate on the deeper net and
+    diverge at lr 0.03; α = 0.03 keeps lr 0.01 stable on both nets.
 
     Example:
         >>> from posterity.infer.wake_sleep import helmholtz_machine
         >>> model, guide = helmholtz_machine((20, 8, 4))
         >>> x = torch.bernoulli(torch.full((64, 20), 0.3))
-        >>> ws = WakeSleep(model, guide, algorithm="nrws", num_particles=5, damping=0.1)
+        >>> ws = WakeSleep(model, guide, algorithm="nrws", num_particles=5)
         >>> history = ws.fit(x, epochs=2, batch_size=16, progress=False)
         >>> len(history.epochs["train_loss"])
         2
@@ -120,14 +170,15 @@ class WakeSleep(AmortizedEngine):
         guide: nn.Module,
         algorithm: str = "rws",
         num_particles: int = 10,
-        lr: float = 1e-3,
+        lr: float | None = None,
         insomnia: float = 0.5,
-        damping: float = 0.1,
-        refresh_every: int = 1,
+        damping: float = 0.03,
+        refresh_every: int = 10,
         fisher_weights: str = "sleep",
         fisher_samples: str = "batch",
-        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        optimizer: train.OptimizerSpec | None = None,
+        scheduler: train.SchedulerSpec = None,
+        total_steps: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module) or not isinstance(guide, nn.Module):
             raise TypeError("model and guide must be torch.nn.Module (e.g. PyroModule) programs")
@@ -135,11 +186,13 @@ class WakeSleep(AmortizedEngine):
         self.algorithm = check_choice("algorithm", algorithm, ALGORITHMS)
         self.num_particles = check_int("num_particles", num_particles,
                                        1 if self.algorithm == "ws" else 2)
-        self.lr = check_positive("lr", lr)
+        defaults = DEFAULTS[self.algorithm]
+        self.lr = check_positive("lr", defaults["lr"] if lr is None else lr)
         if not 0 <= insomnia <= 1:
             raise ValueError(f"insomnia must be in [0, 1], got {insomnia}")
         self.insomnia = float(insomnia)
         self.damping = check_positive("damping", damping, allow_zero=True)
+        self.refresh_every = check_int("refresh_every", refresh_every, 1)
         self.fisher_weights = check_choice("fisher_weights", fisher_weights, FISHER_WEIGHTS)
         self.fisher_samples = check_choice("fisher_samples", fisher_samples, ("batch", "all"))
         model_layers = getattr(model, "layers", None)
@@ -151,10 +204,18 @@ class WakeSleep(AmortizedEngine):
         params = self.parameters()
         if not params:
             raise ValueError("model and guide have no parameters to train")
-        self.optimizer = (optimizer or torch.optim.Adam)(params, lr=self.lr)
-        self.scheduler = scheduler(self.optimizer) if scheduler is not None else None
+        self.optimizer, self.scheduler = train.make_optimizer(
+            params, defaults["optimizer"] if optimizer is None else optimizer, lr=self.lr,
+            scheduler=scheduler, total_steps=total_steps)
         self.natural = self.algorithm in ("nrws", "nbihm")
         if self.natural:
+            if isinstance(self.optimizer, _ADAPTIVE):
+                warnings.warn(
+                    f"algorithm={self.algorithm!r} with {type(self.optimizer).__name__}: an "
+                    f"adaptive optimizer divides each coordinate by its own running gradient "
+                    f"scale, which discards the step sizes that the Fisher preconditioner "
+                    f"chose; the natural algorithms are meant for plain SGD (the default, "
+                    f"optimizer='sgd', as in Várady et al. 2022)", UserWarning, stacklevel=2)
             self.model_layers, self.guide_layers = linear_layers(model), linear_layers(guide)
             self.preconditioner = BernoulliNaturalGradient(
                 self.model_layers + self.guide_layers, damping, refresh_every)
@@ -163,6 +224,28 @@ class WakeSleep(AmortizedEngine):
         self.num_steps = 0
         self._plate_nesting: int | None = None
         self._template: Tensor | None = None
+
+    def config(self) -> dict[str, Any]:
+        """The engine's settings as plain values (stored in checkpoints, so that a resume
+        with different settings is caught). Settings that do not apply to the algorithm
+        (damping and refresh interval of a non-natural one) are ``None``."""
+        layers = getattr(self.model, "layers", None)
+        return {
+            "engine": "WakeSleep",
+            "algorithm": self.algorithm,
+            "num_particles": self.num_particles,
+            "lr": self.lr,
+            "optimizer": type(self.optimizer).__name__,
+            "scheduler": None if self.scheduler is None else type(self.scheduler).__name__,
+            "insomnia": self.insomnia if self.uses_sleep and self.algorithm != "ws" else None,
+            "damping": self.damping if self.natural else None,
+            "refresh_every": self.refresh_every if self.natural else None,
+            "fisher_weights": self.fisher_weights if self.natural else None,
+            "fisher_samples": self.fisher_samples if self.natural else None,
+            "model": type(self.model).__name__,
+            "guide": type(self.guide).__name__,
+            "layers": None if layers is None else [int(n) for n in layers],
+        }
 
     @property
     def bidirectional(self) -> bool:
@@ -192,7 +275,7 @@ class WakeSleep(AmortizedEngine):
         refresh = self.natural and self.preconditioner.due
         self._batch_rows = x.shape[0]
         if refresh:
-            self.recorder.recording = True
+            self.recorder.recording = True  # hooks only on refreshing updates
         particles = weighted_particles(self.model, self.guide, (x,),
                                        num_particles=self.num_particles,
                                        plate_nesting=self._plate_nesting)
@@ -214,8 +297,12 @@ class WakeSleep(AmortizedEngine):
         if self.uses_sleep or (refresh and self.fisher_weights == "sleep"):
             if self.natural:
                 self.recorder.recording = refresh
+            # a sleep pass only for the Fisher blocks needs one draw per data point
+            # with fisher_samples="batch" (only the first B rows are used)
+            draws_per_row = self.num_particles if self.uses_sleep or \
+                self.fisher_samples == "all" else 1
             with torch.no_grad():
-                draws, observed = sleep_samples(self.model, x, self.num_particles,
+                draws, observed = sleep_samples(self.model, x, draws_per_row,
                                                 self._plate_nesting)
             if refresh:
                 self._refresh(self.model_layers)
@@ -261,13 +348,10 @@ class WakeSleep(AmortizedEngine):
     def step(self, x: Tensor) -> dict[str, float]:
         """One update on the minibatch ``x``; returns ``{"loss": -bound, ...}``."""
         losses = self.losses(x)
-        self.optimizer.zero_grad(set_to_none=True)
-        (losses["model_loss"] + losses["guide_loss"]).backward()
-        if self.natural:
-            self.preconditioner.precondition()
-        self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
+        train.optimizer_step(self.optimizer, losses["model_loss"] + losses["guide_loss"],
+                             self.scheduler,
+                             before_step=self.preconditioner.precondition if self.natural
+                             else None)
         self.num_steps += 1
         return {"loss": -losses["bound"].item(), "guide_loss": losses["guide_loss"].item()}
 
@@ -345,11 +429,22 @@ class WakeSleep(AmortizedEngine):
         (:func:`posterity.infer.train.fit`)."""
         return super().fit(data, epochs, batch_size, valid, **kwargs)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Modules, optimizer, counters and, for the natural algorithms, the
+        preconditioner's counter and cached factors (resume is bit-identical)."""
+        state = super().state_dict()
+        if self.natural:
+            state["natural"] = self.preconditioner.state_dict()
+        return state
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        if self.natural:  # factorizations are rebuilt at the next update
-            self.preconditioner.factors.clear()
-            self.preconditioner.num_updates = 0
+        if self.natural:
+            if state.get("natural") is not None:
+                self.preconditioner.load_state_dict(state["natural"])
+            else:  # a state without a preconditioner: rebuild it at the next update
+                self.preconditioner.factors.clear()
+                self.preconditioner.num_updates = 0
 
     def to_inference_data(self, x: Tensor, num_samples: int = 200, num_model_samples: int = 64,
                           **kwargs: Any):

@@ -1,0 +1,57 @@
+"""The record of a training run: every logged quantity per update and per epoch."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class History:
+    """Every logged quantity: ``steps[name]`` per update, ``epochs[name]`` per epoch.
+
+    ``out_of_time`` says that the latest :func:`fit` call stopped on its time budget;
+    it belongs to that call and is not carried into a resumed run.
+    """
+
+    steps: dict[str, list[float]] = field(default_factory=dict)
+    epochs: dict[str, list[float]] = field(default_factory=dict)
+    stopped_early: bool = False
+    best_epoch: int | None = None
+    out_of_time: bool = False
+
+    def log_step(self, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self.steps.setdefault(name, []).append(float(value))
+
+    def log_epoch(self, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self.epochs.setdefault(name, []).append(float(value))
+
+    def __getitem__(self, name: str) -> list[float]:
+        if name in self.epochs:
+            return self.epochs[name]
+        return self.steps[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.epochs or name in self.steps
+
+    @property
+    def num_epochs(self) -> int:
+        return len(self.epochs.get("epoch", []))
+
+    def to_inference_data(self) -> Any:
+        """The history as ``InferenceData`` with one ``training_history`` group."""
+        from .inference_data import history_inference_data
+
+        return history_inference_data(self)
+
+    def state_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.__dict__)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> History:
+        return cls(**copy.deepcopy(state))
+
+

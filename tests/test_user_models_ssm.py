@@ -1,0 +1,246 @@
+"""State-space models written from the public protocol alone (tests/user_models) run in
+every SMC engine; models that break the protocol get an error naming the method.
+
+Engines: ParticleFilter, PaRIS, ParticleGibbs, PPG, ScoreAscent (both estimators) and
+check_model, each with small N and T.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from user_models.ssm_models import (
+    ColonIndexed,
+    ConstantVelocity,
+    Kitagawa,
+    NoBound,
+    ScalarNoEvent,
+    WrongBound,
+    simulate,
+)
+
+from posterity.infer.smc import (
+    PPG,
+    PaRIS,
+    ParticleFilter,
+    ParticleGibbs,
+    ScoreAscent,
+    check_model,
+)
+from posterity.models import LinearGaussianSSM
+
+CONFORMING = {"kitagawa": (Kitagawa, 1, 1), "tracking": (ConstantVelocity, 4, 2),
+              "no_bound": (NoBound, 2, 1), "wrong_bound": (WrongBound, 1, 1)}
+
+
+def state(x_prev, x, y, t):
+    return x
+
+
+def run_engine(engine: str, model, ys):
+    """One small run of ``engine``; returns the tensor it estimates."""
+    if engine == "filter":
+        return ParticleFilter(model, 64, progress=False).run(ys).filter_mean
+    if engine == "paris":
+        return PaRIS(model, state, 64, progress=False).run(ys).estimate
+    if engine == "particle_gibbs":
+        return ParticleGibbs(model, 16, progress=False).run(ys, num_iters=3, num_chains=2).paths
+    if engine == "ppg":
+        return PPG(model, state, 16, num_iters=3, burn_in=1, progress=False).run(ys).estimate
+    estimator = engine.split("_")[-1]
+    result = ScoreAscent(model, estimator, num_particles=16, progress=False).fit(ys, 2)
+    return torch.stack([torch.tensor(result.objective, dtype=ys.dtype)])
+
+
+ENGINES = ["filter", "paris", "particle_gibbs", "ppg", "score_ascent_paris", "score_ascent_ppg"]
+
+
+@pytest.mark.parametrize("name", sorted(CONFORMING))
+def test_dimensions_are_read_from_the_laws(name):
+    make, state_dim, obs_dim = CONFORMING[name]
+    model = make()
+    assert (model.state_dim, model.obs_dim) == (state_dim, obs_dim)
+    report = check_model(model, simulate(model, 10))
+    assert report.ok, str(report)
+    assert (report.state_dim, report.obs_dim) == (state_dim, obs_dim)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("name", sorted(CONFORMING))
+def test_user_model_runs_in_every_engine(name, engine):
+    make, state_dim, _ = CONFORMING[name]
+    model = make()
+    ys = simulate(model, 12)
+    pyro.set_rng_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # ESS warnings at N = 16
+        value = run_engine(engine, model, ys)
+    assert torch.isfinite(value).all()
+    if engine == "particle_gibbs":
+        assert value.shape == (2, 3, 12, state_dim)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("name", ["kitagawa", "tracking"])
+def test_float64_model_and_data_give_float64_results(name, engine):
+    model = CONFORMING[name][0]().double()
+    ys = simulate(model, 10)
+    assert ys.dtype == torch.float64
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert run_engine(engine, model, ys).dtype == torch.float64
+
+
+def test_observations_are_converted_to_the_model_dtype():
+    model = Kitagawa()  # float32 parameters
+    ys = simulate(model, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        from_float64 = ParticleFilter(model, 64, progress=False).run(ys.double())
+        from_numpy = ParticleFilter(model, 64, progress=False).run(ys.double().numpy())
+    assert from_float64.filter_mean.dtype == torch.float32
+    assert from_numpy.filter_mean.shape == (10, 1)
+    flat = ParticleFilter(model, 64, progress=False).run(np.asarray(ys[:, 0]))
+    assert flat.filter_mean.shape == (10, 1)
+
+
+class RecordingTracker(ConstantVelocity):
+    """The tracking model, noting the shape of every state it is called with."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = set()
+
+    def transition(self, x_prev, t):
+        self.shapes.add(tuple(x_prev.shape))
+        return super().transition(x_prev, t)
+
+
+def test_every_engine_calls_the_model_with_trailing_state_dimension():
+    model = RecordingTracker()
+    ys = simulate(model, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for engine in ENGINES:
+            run_engine(engine, model, ys)
+        model.simulate(3)
+        pyro.poutine.trace(model).get_trace(ys)
+    assert all(shape[-1] == 4 for shape in model.shapes), model.shapes
+    assert {len(shape) for shape in model.shapes} >= {1, 2, 3}  # [d], [N, d], [C, N, d]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_scalar_laws_without_to_event_are_named(engine):
+    model = ScalarNoEvent()
+    with pytest.raises(ValueError, match=r"initial\(\) returned a law with event_shape \(\); "
+                                         r"expected \(state_dim,\) — add \.to_event\(1\)"):
+        run_engine(engine, model, torch.randn(5, 1))
+    assert "to_event(1)" in check_model(model).problems[0]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_colon_indexing_is_named(engine):
+    model = ColonIndexed()
+    with pytest.raises(ValueError, match=r"transition\(x_prev, t\).*x\[\.\.\., i\], not x\[:, i\]"):
+        run_engine(engine, model, torch.randn(5, 1))
+
+
+def test_model_without_bound_uses_the_exact_kernel_and_says_so_when_it_is_slow():
+    model = NoBound()
+    with pytest.raises(ValueError, match="backward='rejection' needs the model's "
+                                         r"transition_log_bound\(t\)"):
+        PaRIS(model, state, 100, backward="rejection")
+    with pytest.warns(UserWarning, match=r"O\(N²\)"):
+        PaRIS(model, state, 2000, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        smoother = PaRIS(model, state, 1999, progress=False)
+        PaRIS(model, state, 4000, backward="exact", progress=False)
+    assert smoother.backward.method == "exact"
+
+
+@torch.no_grad()
+def test_a_wrong_bound_is_caught_and_the_estimate_stays_unbiased():
+    """The bound is 3 nats too low: PaRIS warns, records the violations and falls back to
+    the exact kernel, so its estimate of E[Σ x_t | y] agrees with the RTS smoother (the
+    same linear-Gaussian model) within Monte Carlo error."""
+    model = WrongBound()
+    exact_model = LinearGaussianSSM(1, 1, A=0.9, Q=0.7**2, C=1.0, R=1.0)
+    ys = simulate(model, 20, seed=3)
+    exact = exact_model.rts_smoother(ys)["mean"].sum()
+    report = check_model(model, ys)
+    assert report.ok and "not an upper bound" in report.warnings[0]
+    pyro.set_rng_seed(4)
+    with pytest.warns(RuntimeWarning, match="not an upper bound: a log transition density "
+                                            "exceeds it by"):
+        first = PaRIS(model, state, 400, backward="rejection", progress=False).run(ys)
+    assert first.bound_violations and all(e > 2.0 for _, e in first.bound_violations)
+    runs = [first.estimate.sum()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(7):
+            runs.append(PaRIS(model, state, 400, backward="rejection", progress=False)
+                        .run(ys).estimate.sum())
+    runs = torch.stack(runs)
+    stderr = runs.std() / math.sqrt(len(runs))
+    assert abs(runs.mean() - exact) < 5 * stderr + 0.05, (runs.mean(), exact, stderr)
+
+
+def test_a_correct_bound_records_no_violation():
+    model = ConstantVelocity()
+    ys = simulate(model, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = PaRIS(model, state, 400, backward="rejection", progress=False).run(ys)
+    assert result.bound_violations == []
+
+
+@pytest.mark.parametrize("make_h, message", [
+    (lambda: lambda xp, x, y, t: x * float("nan") if t == 3 else x,
+     r"h\(x_prev, x, y, t\) returned NaN at time step 3"),
+    (lambda: lambda xp, x, y, t: x[:1], r"h\(x_prev, x, y, t\) must return \[num_particles, k\]"),
+    (lambda: lambda xp, x, y, t: 1.0, r"h\(x_prev, x, y, t\) must return a Tensor"),
+])
+@pytest.mark.parametrize("engine", ["paris", "ppg"])
+def test_a_bad_additive_functional_is_named(engine, make_h, message):
+    model = Kitagawa()
+    ys = simulate(model, 6)
+    error = TypeError if "Tensor" in message else ValueError
+    with pytest.raises(error, match=message):
+        if engine == "paris":
+            PaRIS(model, make_h(), 32, progress=False).run(ys)
+        else:
+            PPG(model, make_h(), 16, num_iters=2, burn_in=1, progress=False).run(ys)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m: ParticleFilter(object()), TypeError, "ssm must be a posterity.models"),
+    (lambda m: check_model("model"), TypeError, "ssm must be a posterity.models"),
+    (lambda m: ParticleFilter(m, 10, progress=False).run(torch.randn(5, 3)), ValueError,
+     r"ys must have shape \[T, 1\]"),
+    (lambda m: ParticleFilter(m, 10, progress=False).run("abc"), TypeError, "ys must be"),
+    (lambda m: PaRIS(m, "h"), TypeError, "h must be a callable"),
+    (lambda m: PPG(m, 3), TypeError, "h must be a callable"),
+    (lambda m: PaRIS(m, state, 10, max_trials=0), ValueError, "max_trials must be"),
+    (lambda m: ScoreAscent(m, "ppg", sweeps_per_update=0), ValueError,
+     "sweeps_per_update must be >= 1"),
+    (lambda m: ScoreAscent(m, "paris", burn_in=2), ValueError, "burn_in moves PPG"),
+    (lambda m: ParticleGibbs(m, 10, progress=False).run(torch.randn(5), num_iters=4,
+                                                       burn_in=4),
+     ValueError, r"burn_in \(4\) must be < num_iters"),
+])
+def test_bad_inputs_name_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call(Kitagawa())
+
+
+def test_check_model_lists_every_problem():
+    report = check_model(ColonIndexed())
+    assert not report.ok
+    assert len(report.problems) >= 2  # the unbatched and the batched calls both fail
+    assert all("transition" in p for p in report.problems)
+    with pytest.raises(ValueError, match="does not meet the StateSpaceModel protocol"):
+        report.raise_if_failed()
