@@ -63,21 +63,9 @@ SHARED_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs"
                 "time_budget": "--time-budget", "seed": "--seed", "patience": "--patience",
                 "num_particles": "--num-particles"}
 
-# `posterity demo`: each family on embedded data, sized to run in about 3 minutes on 2 cores.
-DEMO = {
-    "vae": ["--data", "digits", "--objective", "iwae", "-k", "5", "--z-dim", "8", "--hidden",
-            "128", "--epochs", "60", "--batch-size", "50", "--lr", "3e-3", "--eval-samples",
-            "1000", "--diagnostic-points", "50"],
-    "sbn": ["--data", "digits", "--algorithm", "nrws", "--layers", "32", "8", "-k", "5",
-            "--epochs", "20", "--lr", "3e-3", "--valid-points", "250", "--eval-samples", "500",
-            "--diagnostic-points", "50"],
-    "ssm": ["--data", "gbp-usd", "--model", "sv", "--estimator", "paris", "--steps", "60",
-            "--lr", "0.05", "--num-particles", "50", "--filter-particles", "500", "--iters",
-            "100", "--chains", "2"],
-    "bnn": ["--data", "concrete", "--kernel", "sghmc", "--hidden", "50", "--steps", "4000",
-            "--samples", "100", "--chains", "2", "--cycles", "4"],
-}
-DEMO_EPOCHS = ("vae", "sbn")  # the families whose --epochs `posterity demo --epochs` sets
+# `posterity demo`: each family's part on embedded data, as its command declares it.
+DEMO = {command.name: list(command.demo) for command in COMMANDS if command.demo is not None}
+DEMO_EPOCHS = tuple(command.name for command in COMMANDS if command.demo_epochs)
 
 
 class Parser(argparse.ArgumentParser):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,9 @@ class Command:
         flags: engine argument names and the flags that set them (``subsample_size`` ->
             ``--batch-size``), used to translate an engine's error message.
         description: the text of ``posterity fit NAME --help`` (default ``help``).
+        demo: the flags of this family's part of ``posterity demo`` (embedded data, a
+            run of well under a minute on 2 cores); ``None`` leaves it out of the demo.
+        demo_epochs: whether ``posterity demo --epochs`` sets this part's ``--epochs``.
     """
 
     name: str
@@ -104,6 +107,8 @@ class Command:
     check: Callable[[argparse.Namespace], None] = lambda args: None
     flags: Mapping[str, str] = field(default_factory=dict)
     description: str | None = None
+    demo: Sequence[str] | None = None
+    demo_epochs: bool = False
 
 
 def _number(text: str, kind: type) -> int | float:

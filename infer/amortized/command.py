@@ -138,4 +138,8 @@ COMMAND = Command(
     run=run,
     flags={"num_particles": "--num-particles", "beta_range": "--beta-range",
            "z_dim": "--z-dim", "hidden": "--hidden"},
+    demo=["--data", "digits", "--objective", "iwae", "-k", "5", "--z-dim", "8", "--hidden",
+          "128", "--epochs", "60", "--batch-size", "50", "--lr", "3e-3", "--eval-samples",
+          "1000", "--diagnostic-points", "50"],
+    demo_epochs=True,
 )

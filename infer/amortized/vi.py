@@ -325,9 +325,13 @@ class AmortizedVI(AmortizedEngine):
         return {"valid_multi_rate": total / (data.shape[0] * len(betas))}
 
     def to_inference_data(
-        self, x: Tensor, num_samples: int = 200, num_betas: int = 20, **kwargs: Any
+        self, x: Tensor, num_samples: int = 200, num_betas: int = 20,
+        num_model_samples: int = 64, **kwargs: Any
     ):
-        """ArviZ ``InferenceData`` for the rows of ``x``; see :func:`to_inference_data`.
+        """ArviZ ``InferenceData`` for the rows of ``x`` (``[N, ...]``, the data points
+        whose amortized posteriors to describe): guide draws, importance weights, PSIS
+        k̂, reconstructions, ``num_model_samples`` draws from the model and the training
+        history; see :func:`~posterity.infer.amortized.inference_data.amortized_inference_data`.
 
         A multi-rate run also gets a ``rate_distortion`` group: rate, distortion and the
         objective ``D + β R`` of ``x`` at ``num_betas`` log-spaced β across its range.
@@ -341,7 +345,7 @@ class AmortizedVI(AmortizedEngine):
             attrs["beta"] = self.beta
         idata = amortized_inference_data(
             self.model, self.guide, x, num_samples=num_samples, history=self.history,
-            attrs=attrs, **kwargs,
+            attrs=attrs, num_model_samples=num_model_samples, **kwargs,
         )
         if self.objective == "multi_rate":
             low, high = self.beta_range

@@ -159,4 +159,6 @@ COMMAND = Command(
            "temperature": "--temperature", "num_cycles": "--cycles", "total_steps": "--steps",
            "exploration_ratio": "--exploration-ratio", "num_samples": "--samples",
            "num_chains": "--chains", "thin": "--samples"},
+    demo=["--data", "concrete", "--kernel", "sghmc", "--hidden", "50", "--steps", "4000",
+          "--samples", "100", "--chains", "2", "--cycles", "4"],
 )

@@ -122,4 +122,7 @@ COMMAND = Command(
     flags={"num_particles": "--num-particles", "num_steps": "--steps", "columns": "--columns",
            "state_dim": "--state-dim", "num_chains": "--chains", "num_iters": "--iters",
            "time_budget": "--time-budget"},
+    demo=["--data", "gbp-usd", "--model", "sv", "--estimator", "paris", "--steps", "60",
+          "--lr", "0.05", "--num-particles", "50", "--filter-particles", "500", "--iters",
+          "100", "--chains", "2"],
 )

@@ -107,4 +107,8 @@ COMMAND = Command(
     run=run,
     flags={"num_particles": "--num-particles", "damping": "--damping",
            "refresh_every": "--refresh-every", "insomnia": "--insomnia", "layers": "--layers"},
+    demo=["--data", "digits", "--algorithm", "nrws", "--layers", "32", "8", "-k", "5",
+          "--epochs", "20", "--valid-points", "250", "--eval-samples", "500",
+          "--diagnostic-points", "50"],
+    demo_epochs=True,
 )
