@@ -226,6 +226,7 @@ def _demo(args: argparse.Namespace) -> int:
             if args.epochs is not None and family in DEMO_EPOCHS:
                 argv += ["--epochs", str(args.epochs)]
             family_args = parser.parse_args(argv)
+            family_args.family.check(family_args)
             begun, cpu = time.perf_counter(), time.process_time()
             outcome = _execute(family_args.family, family_args, _check_out(out / family))
             _write(outcome, out / family, page=False)  # one page for all, below

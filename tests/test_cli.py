@@ -179,3 +179,13 @@ def test_demo_only_vae_writes_one_combined_report(tmp_path, capsys):
     page = (out / "report.html").read_text()
     assert "posterity demo" in page and "VAE (iwae) on digits" in page
     assert "vae: test log p(x)" in capsys.readouterr().out
+
+
+def test_demo_parts_go_through_their_commands_checks(tmp_path, capsys):
+    """The demo runs each family's part as `posterity fit` would, flag rules included
+    (bnn's step size defaults per kernel in its check)."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--only", "bnn", "--quiet", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["bnn"] and metrics["bnn"]["kernel"] == "sghmc"
+    assert "bnn: test RMSE" in capsys.readouterr().out
