@@ -663,3 +663,13 @@ def test_score_ascent_stops_on_a_non_finite_objective():
         ssm.log_sigma.fill_(float("nan"))
     with pytest.raises(NonFiniteError, match="log_sigma hold NaN or Inf before update 1"):
         learner.fit(ys, num_steps=2)
+
+
+def test_building_an_engine_leaves_the_learned_parameters_as_chosen():
+    """Checking the model traces its Pyro program; that must not turn ``requires_grad``
+    back on for parameters the user froze (score ascent would then learn them)."""
+    ssm = LinearGaussianSSM(1, 1, A=0.3, Q=0.5, C=1.0, R=0.5)
+    for name, p in ssm.named_parameters():
+        p.requires_grad_(name == "A")
+    ScoreAscent(ssm, num_particles=10, progress=False)
+    assert {n for n, p in ssm.named_parameters() if p.requires_grad} == {"A"}

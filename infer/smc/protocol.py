@@ -238,11 +238,20 @@ def _probe(ssm: StateSpaceModel, check: ModelCheck, reference: Tensor, ys) -> No
         _score_observations(ssm, check, init, ys)
     if not check.problems:
         try:
+            import pyro
             import pyro.poutine as poutine
 
             data = ys[:2] if ys is not None else torch.stack(
                 [ssm.emission(x0, 0).sample(), ssm.emission(x0, 1).sample()])
-            poutine.trace(ssm).get_trace(data.nan_to_num())
+            # Tracing a PyroModule registers its parameters in Pyro's param store, which
+            # turns requires_grad on: use a scratch store and restore the flags.
+            flags = [(p, p.requires_grad) for p in ssm.parameters()]
+            try:
+                with pyro.get_param_store().scope():
+                    poutine.trace(ssm).get_trace(data.nan_to_num())
+            finally:
+                for p, flag in flags:
+                    p.requires_grad_(flag)
         except Exception as error:
             check._add(ValueError, f"the Pyro program forward(ys) raised "
                                    f"{type(error).__name__}: {error}")
