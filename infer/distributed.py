@@ -1,0 +1,385 @@
+"""More than one process: the process group, who is who, and the few collectives the
+engines share.
+
+posterity builds on PyTorch's own distributed engine, :mod:`torch.distributed`,
+launched by ``torchrun`` (one node: ``torchrun --nproc-per-node 2 train.py``; several:
+add ``--nnodes``, ``--node-rank`` or ``--rdzv-endpoint``). Gloo runs on CPUs, NCCL on
+GPUs. Call :func:`init_process_group` once at the top of the script; from then on the
+engines split their work (see the README, "More than one process"):
+
+* gradient engines (:class:`~posterity.infer.AmortizedVI`,
+  :class:`~posterity.infer.WakeSleep`, score ascent) split every global minibatch over
+  the ranks and average the gradients (and NRWS's Fisher blocks);
+* samplers run their chains on every rank with rank-distinct seeds and gather them;
+* particle methods spread ``num_particles`` over the ranks, reduce the normalizing
+  constants and resample globally.
+
+Outside a process group every function here is the single-process identity
+(``rank() == 0``, ``world_size() == 1``, collectives return their input), so engines
+call them unconditionally.
+
+:func:`run_local` starts ``n`` local processes in a group and returns what each
+returned: what the tests and notebooks use instead of ``torchrun``.
+
+Example:
+    >>> import torch
+    >>> world_size(), rank(), is_main()
+    (1, 0, True)
+    >>> all_reduce_sum(torch.tensor([1.0, 2.0]))  # one process: the identity
+    tensor([1., 2.])
+    >>> share(10)  # rows of a global batch of 10 that this rank takes
+    slice(0, 10, None)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import pickle
+import socket
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = [
+    "DistributedError",
+    "all_gather",
+    "all_gather_objects",
+    "all_reduce_max",
+    "all_reduce_sum",
+    "average_gradients",
+    "barrier",
+    "broadcast",
+    "broadcast_object",
+    "check_divisible",
+    "gradient_weight",
+    "init_process_group",
+    "is_initialized",
+    "is_main",
+    "local_rank",
+    "logsumexp",
+    "rank",
+    "rank_seed",
+    "run_local",
+    "share",
+    "share_sizes",
+    "world_size",
+]
+
+_TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+DEFAULT_TIMEOUT = 300.0
+
+
+class DistributedError(RuntimeError):
+    """The process group cannot be set up or a collective cannot be run as asked."""
+
+
+def init_process_group(backend: str | None = None, *, timeout: float | None = None) -> int:
+    """Join the process group that ``torchrun`` set up; returns this process's rank.
+
+    Args:
+        backend: ``"gloo"`` or ``"nccl"``; ``None`` picks NCCL when CUDA is available
+            (and sets this process's device to ``cuda:LOCAL_RANK``), gloo otherwise.
+        timeout: seconds a collective may wait for the other ranks before it fails
+            (default ``POSTERITY_DIST_TIMEOUT`` or 300), so a lost rank ends the run
+            with an error instead of a hang.
+
+    Raises:
+        DistributedError: torchrun's environment (``RANK``, ``WORLD_SIZE``,
+            ``MASTER_ADDR``, ``MASTER_PORT``) is missing, or a group already exists with
+            another backend.
+    """
+    missing = [name for name in _TORCHRUN_VARIABLES if name not in os.environ]
+    if missing:
+        raise DistributedError(
+            f"init_process_group() needs torchrun's environment; {', '.join(missing)} "
+            "not set. Launch with `torchrun --nproc-per-node N script.py` (or "
+            "posterity.infer.distributed.run_local from Python)")
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    if dist.is_initialized():
+        if dist.get_backend() != backend:
+            raise DistributedError(f"a process group with backend {dist.get_backend()!r} "
+                                   f"already exists; asked for {backend!r}")
+        return dist.get_rank()
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    if timeout is None:
+        timeout = float(os.environ.get("POSTERITY_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+    return dist.get_rank()
+
+
+def is_initialized() -> bool:
+    """Whether this process is in a process group with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 outside a process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """The number of processes (1 outside a process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def local_rank() -> int:
+    """This process's rank on its node (``LOCAL_RANK``, 0 when unset)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    """Whether this process writes the outputs (rank 0)."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op in one process)."""
+    if is_initialized():
+        dist.barrier()
+
+
+def rank_seed(seed: int | None) -> int | None:
+    """A seed distinct per rank: ``seed + 1000003 * rank`` (``seed`` itself on rank 0,
+    so a one-process run is unchanged; ``None`` stays ``None``)."""
+    return None if seed is None else seed + 1_000_003 * rank()
+
+
+def share_sizes(total: int, size: int | None = None) -> list[int]:
+    """How ``total`` rows split over ``size`` ranks (default: the world): contiguous
+    blocks whose sizes differ by at most one, the larger ones first."""
+    size = world_size() if size is None else size
+    base, extra = divmod(total, size)
+    return [base + (r < extra) for r in range(size)]
+
+
+def share(total: int) -> slice:
+    """This rank's block of ``total`` rows, per :func:`share_sizes`."""
+    sizes = share_sizes(total)
+    start = sum(sizes[: rank()])
+    return slice(start, start + sizes[rank()])
+
+
+def check_divisible(name: str, value: int) -> int:
+    """``value // world_size()``, or a ValueError naming ``name`` when the world size does
+    not divide it."""
+    size = world_size()
+    if value % size:
+        raise ValueError(f"{name} must be divisible by the number of processes ({size}) "
+                         f"so that every rank holds the same share, got {value}")
+    return value // size
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """The sum over ranks, as a new tensor (the input is left alone)."""
+    if not is_initialized():
+        return tensor
+    out = tensor.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def all_reduce_max(tensor: Tensor) -> Tensor:
+    """The elementwise maximum over ranks, as a new tensor."""
+    if not is_initialized():
+        return tensor
+    out = tensor.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
+def logsumexp(values: Tensor, dim: int = -1) -> Tensor:
+    """``log Σ exp(values)`` over ``dim`` and over every rank's ``values``: a stable
+    global log-normalizer. ``[..., n, ...] -> [...]``."""
+    local_max = values.max(dim=dim, keepdim=True).values
+    if not is_initialized():
+        return torch.logsumexp(values, dim=dim)
+    shift = all_reduce_max(local_max)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    total = all_reduce_sum((values - shift).exp().sum(dim=dim, keepdim=True))
+    return (total.log() + shift).squeeze(dim)
+
+
+def all_gather(tensor: Tensor, dim: int = 0) -> Tensor:
+    """Every rank's ``tensor`` concatenated along ``dim`` in rank order; the ranks may
+    hold different sizes along ``dim`` (the others must agree)."""
+    if not is_initialized():
+        return tensor
+    tensor = tensor.contiguous()
+    sizes = all_gather_objects(tensor.shape[dim])
+    largest = max(sizes)
+    if tensor.shape[dim] < largest:
+        pad_shape = list(tensor.shape)
+        pad_shape[dim] = largest - tensor.shape[dim]
+        tensor = torch.cat([tensor, tensor.new_zeros(pad_shape)], dim=dim)
+    pieces = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(pieces, tensor)
+    return torch.cat([piece.narrow(dim, 0, n) for piece, n in zip(pieces, sizes)], dim=dim)
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's picklable ``obj``, in rank order (``[obj]`` in one process)."""
+    if not is_initialized():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast(tensor: Tensor, src: int = 0) -> Tensor:
+    """Rank ``src``'s ``tensor`` on every rank (in place, also returned)."""
+    if is_initialized():
+        dist.broadcast(tensor, src=src)
+    return tensor
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s picklable ``obj`` on every rank."""
+    if not is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+_GRADIENT_WEIGHT: list[float | None] = [None]
+
+
+@contextlib.contextmanager
+def gradient_weight(weight: float | None) -> Iterator[None]:
+    """Within the block, :func:`average_gradients` (called by
+    :func:`~posterity.infer.optim.optimizer_step`) weights this rank's gradient by
+    ``weight`` before summing over ranks.
+
+    The shared loop sets ``n_rank / n_global`` when it split a global minibatch over the
+    ranks, and ``1.0`` for engines whose loss on each rank is already that rank's part of
+    one global estimate (particles spread over the ranks), so that the sum is the
+    global gradient. Outside any block the weight is ``1 / world_size()`` (a mean).
+    """
+    previous = _GRADIENT_WEIGHT[0]
+    _GRADIENT_WEIGHT[0] = weight
+    try:
+        yield
+    finally:
+        _GRADIENT_WEIGHT[0] = previous
+
+
+def average_gradients(parameters: Iterable[Tensor], weight: float | None = None) -> None:
+    """Replace each parameter's ``.grad`` by its weighted sum over ranks, in one
+    flattened all-reduce.
+
+    With ``weight = n_rank / n_global`` (this rank's rows over the global batch) and a
+    loss that is a mean (or an unbiased, batch-normalized estimate) over the local rows,
+    the result is the gradient of the same loss on the global batch. ``None`` means
+    the weight set by :func:`gradient_weight`, else ``1 / world_size()``. Parameters
+    without a gradient are skipped (the ranks must agree on which have one).
+    """
+    if not is_initialized():
+        return
+    params = [p for p in parameters if p.grad is not None]
+    if not params:
+        return
+    if weight is None:
+        weight = _GRADIENT_WEIGHT[0]
+    weight = 1.0 / world_size() if weight is None else weight
+    flat = torch.cat([p.grad.reshape(-1) for p in params]) * weight
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset: offset + n].view_as(p.grad))
+        offset += n
+
+
+# --- running a group of local processes (tests, notebooks) -------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank_: int, size: int, port: int, fn: Callable[..., Any], args: Sequence[Any],
+            queue: Any, threads: int, timeout: float) -> None:
+    os.environ.update({"RANK": str(rank_), "LOCAL_RANK": str(rank_), "WORLD_SIZE": str(size),
+                       "LOCAL_WORLD_SIZE": str(size), "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port), "POSTERITY_PROGRESS": "0"})
+    torch.set_num_threads(threads)
+    try:
+        init_process_group("gloo", timeout=timeout)
+        result = fn(*args)
+        queue.put((rank_, True, pickle.dumps(result)))
+    except BaseException as error:  # reported to the parent, which raises it
+        import traceback
+        queue.put((rank_, False, f"{type(error).__name__}: {error}\n{traceback.format_exc()}"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_local(fn: Callable[..., Any], nprocs: int = 2, args: Sequence[Any] = (), *,
+              timeout: float = 120.0, threads: int = 1) -> list[Any]:
+    """Run ``fn(*args)`` in ``nprocs`` fresh local processes joined in a gloo process
+    group (as ``torchrun --nproc-per-node nprocs`` would) and return each rank's result,
+    in rank order.
+
+    ``fn`` must be importable by name (a module-level function) and its result picklable.
+    The processes are killed after ``timeout`` seconds, so a rank that waits forever
+    cannot hang the caller.
+
+    Raises:
+        DistributedError: a rank raised (the message holds its traceback) or exited
+            without a result.
+        TimeoutError: the ranks did not finish within ``timeout`` seconds.
+    """
+    import multiprocessing as mp
+    import queue as queue_module
+    import time
+
+    if nprocs < 1:
+        raise ValueError(f"nprocs must be >= 1, got {nprocs}")
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    port = _free_port()
+    processes = [context.Process(target=_worker, daemon=True,
+                                 args=(r, nprocs, port, fn, args, results, threads, timeout))
+                 for r in range(nprocs)]
+    for p in processes:
+        p.start()
+    outcomes: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(outcomes) < nprocs:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"run_local: {nprocs - len(outcomes)} of {nprocs} ranks "
+                                   f"did not finish within {timeout:g} s")
+            try:
+                r, ok, payload = results.get(timeout=min(left, 1.0))
+            except queue_module.Empty:
+                dead = [r for r, p in enumerate(processes)
+                        if r not in outcomes and not p.is_alive() and p.exitcode != 0]
+                if dead:
+                    raise DistributedError(f"run_local: rank {dead[0]} exited with status "
+                                           f"{processes[dead[0]].exitcode} and no result") from None
+                continue
+            if not ok:
+                raise DistributedError(f"run_local: rank {r} failed: {payload}")
+            outcomes[r] = pickle.loads(payload)
+    finally:
+        for p in processes:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    return [outcomes[r] for r in range(nprocs)]
+
