@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python bench/sgmcmc.py
 	$(BIN)/python bench/smc.py
 	$(BIN)/python bench/wake_sleep.py
+	$(BIN)/python bench/distributed.py
 
 lint: install
 	$(BIN)/ruff check .

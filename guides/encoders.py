@@ -22,7 +22,7 @@ class GaussianEncoder(MultiRateMixin, PyroModule):
 
     The network maps ``x`` to ``2 * z_dim`` outputs: the mean and a raw scale that
     passes through ``softplus`` (plus ``min_scale``) to stay positive. A multi-rate
-    encoder reads the raw output as ``log σ`` instead: its sigmoid gates then move each
+    encoder reads the raw output as ``log σ`` instead: its gates ``2 sigmoid`` then move each
     unit between its posterior and the prior N(0, 1) (a closed gate gives mean 0 and
     σ = 1), which a unit needs in order to serve small β and collapse at large β. With
     ``softplus`` a gate only shrinks the raw value towards 0 (σ = 0.69) without changing
@@ -34,8 +34,9 @@ class GaussianEncoder(MultiRateMixin, PyroModule):
         z_dim: latent width; the site is named ``latent_name`` (default ``"z"``).
         hidden: hidden widths from ``x`` to ``z``; ``()`` gives a linear encoder.
         activation: hidden nonlinearity.
-        multi_rate: gate every layer by ``log β`` with sigmoid gates (Multi-Rate VAE,
-            Bae et al. 2023); the program then takes ``beta=`` (``None``: β = 1).
+        multi_rate: gate every layer by ``log β`` with ``2 sigmoid`` gates (Multi-Rate
+            VAE, Bae et al. 2023; :mod:`posterity.layers.gated` says why not the
+            sigmoid); the program then takes ``beta=`` (``None``: β = 1).
         beta_range: the β range that ``log β`` is standardized over.
 
     Example:

@@ -10,7 +10,10 @@ the objective and reports one that is safe (:data:`SAFE_KEYS`).
 
 Writes go to a temporary file beside the checkpoint (named after the process) that
 replaces it atomically, so a crash at any moment leaves the previous checkpoint whole.
-A lock file ``<checkpoint>.lock`` keeps a second run off the same checkpoint.
+A lock file ``<checkpoint>.lock`` keeps a second run off the same checkpoint. Under a
+process group (:mod:`posterity.infer.distributed`) the training loop locks, writes and
+reads on rank 0 alone; the file holds every rank's generator states (:func:`rng_state`
+of each, gathered), and each rank restores its own.
 
 Example:
     >>> import tempfile, torch
@@ -52,10 +55,11 @@ except ImportError:  # not POSIX: runs are not locked
 SAFE_KEYS = frozenset({
     "epochs", "time_budget", "patience", "valid_every", "checkpoint_every", "progress",
     "quiet", "threads", "eval_samples", "eval_points", "diagnostic_points", "out", "fresh",
-    "debug", "restore_best",
+    "debug", "restore_best", "world_size",
 })
 """Settings that may differ on resume: they change how long or how visibly a run goes
-on, or what is evaluated afterwards, not what is trained."""
+on, or what is evaluated afterwards, not what is trained (the number of processes keeps
+the global minibatches; only the ranks' draws differ from an uninterrupted run)."""
 
 _WAY_OUT = "pass resume=False (CLI: --fresh) to start over, or use another directory"
 

@@ -16,6 +16,15 @@ flags every subcommand shares, and the plumbing around a run:
 ``posterity demo`` fits one model of each family on data that ship with the package and
 writes one report with a section per family (``--only vae`` runs one).
 
+Under ``torchrun`` (``torchrun --nproc-per-node 2 --no-python posterity fit vae ...``)
+every process runs the command: :func:`main` sees torchrun's ``WORLD_SIZE`` and joins
+the process group (gloo: the commands compute on CPUs), each family splits its work as
+its :attr:`~posterity.infer.command.Command.distributes` says, and only rank 0 creates,
+locks and writes ``--out`` and prints. The flag checks (and rank 0's ``--out`` check) are
+agreed by all ranks before any work, so a bad flag ends every rank at once with one
+error line; a rank that fails later ends the others in their next collective.
+``posterity demo`` runs in one process only.
+
 Example:
     >>> main(["fit", "vae", "--z-dim", "0"])  # doctest: +SKIP
     posterity: error: --z-dim must be >= 1, got 0
@@ -32,6 +41,7 @@ import os
 import re
 import signal
 import sys
+import textwrap
 import threading
 import time
 import warnings
@@ -42,10 +52,11 @@ from typing import Any
 import pyro
 import torch
 
-from . import train
+from . import distributed, train
 from .amortized import command as amortized_command
 from .checkpoints import CheckpointError, CheckpointLockedError, RunLock
 from .command import Command, Outcome, Run, UsageError, integer
+from .progress import set_progress
 from .report import combined_report, report
 from .sgmcmc import command as sgmcmc_command
 from .smc import command as smc_command
@@ -81,6 +92,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"posterity: error: {message}\n")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that a line never breaks inside ``--a-flag``."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        text = " ".join(text.split())
+        return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent,
+                             break_on_hyphens=False)
+
+
 def _add_shared(parser: argparse.ArgumentParser, out: str) -> None:
     shared = parser.add_argument_group("every command")
     shared.add_argument("--out", default=out,
@@ -109,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         sub = models.add_parser(command.name, help=command.help,
                                 description=(command.description or command.help).replace(
-                                    "``", ""))
+                                    "``", ""), formatter_class=_HelpFormatter)
         command.add_arguments(sub)
+        if command.distributes:
+            sub.epilog = f"Under torchrun: {command.distributes}"
         _add_shared(sub, f"runs/{command.name}")
         sub.set_defaults(handler=_fit, family=command)
     demo = commands.add_parser(
@@ -170,7 +192,8 @@ def _execute(command: Command, args: argparse.Namespace, out: Path) -> Outcome:
     pyro.set_rng_seed(args.seed)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
               if k not in ("handler", "family", "family_name") and _plain(v)}
-    run = Run(out=out, checkpoint=out / "checkpoint.pt", resume=not args.fresh, config=config)
+    run = Run(out=out, checkpoint=out / "checkpoint.pt", resume=not args.fresh, config=config,
+              together=lambda step: _agree(step, args))
     resumed = run.resumed
     outcome = command.run(args, run)
     if resumed:
@@ -201,12 +224,52 @@ def _write(outcome: Outcome, out: Path, page: bool = True) -> Path | None:
                     lambda p: report(outcome.idata, p, title=outcome.title))
 
 
+class AgreedError(Exception):
+    """The run cannot start because of an error agreed by every rank: ``status`` and
+    ``message`` as :func:`explain` gave them on ``origin``, the first rank that failed."""
+
+    def __init__(self, status: int, message: str, origin: int) -> None:
+        super().__init__(message)
+        self.status, self.message, self.origin = status, message, origin
+
+
+def _agree(step: Callable[[], Any], args: argparse.Namespace) -> Any:
+    """``step()`` (flag checks, rank 0's ``--out``, reading the data) run on every rank,
+    which then agree on its outcome: if it failed on any rank, every rank raises
+    :class:`AgreedError` with the first failure, so that all of them stop at once instead
+    of waiting in a collective for a rank that left. In one process the error itself
+    propagates."""
+    failure, value = None, None
+    try:
+        value = step()
+    except Exception as error:
+        if not distributed.is_initialized():
+            raise
+        failure = explain(error, args)
+    if distributed.is_initialized():
+        for origin, found in enumerate(distributed.all_gather_objects(failure)):
+            if found is not None:
+                raise AgreedError(*found, origin)
+    return value
+
+
 def _fit(args: argparse.Namespace) -> int:
     command = args.family
-    command.check(args)
-    out = _check_out(Path(args.out))
-    with _lock(out):
+    out = Path(args.out)
+    main_rank = distributed.is_main()
+    with contextlib.ExitStack() as stack:
+        def prepare() -> None:
+            command.check(args)
+            if main_rank:  # the other ranks never touch --out
+                _check_out(out)
+                stack.enter_context(_lock(out))
+
+        _agree(prepare, args)
         outcome = _execute(command, args, out)
+        if distributed.is_initialized():
+            outcome.metrics["processes"] = distributed.world_size()
+        if not main_rank:
+            return 0
         path = _write(outcome, out)
     for line in outcome.lines:
         print(line)
@@ -280,8 +343,19 @@ def explain(error: BaseException, args: argparse.Namespace) -> tuple[int, str]:
         if getattr(args, "family", None) is not None and checkpoint.exists():
             return 130, f"interrupted{cause}; rerun the same command to resume from {checkpoint}"
         return 130, f"interrupted{cause}"
+    if isinstance(error, AgreedError):
+        return error.status, error.message
     if isinstance(error, UsageError):
         return 2, str(error)
+    if isinstance(error, distributed.DistributedError):
+        return 2, str(error)
+    if _lost_rank(error):
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "Timed out" in first:
+            return 1, (f"another process of this run did not answer within "
+                       f"POSTERITY_DIST_TIMEOUT ({distributed.DEFAULT_TIMEOUT:g} s unless "
+                       f"set; it may have hung or stopped): {first}")
+        return 1, f"another process of this run stopped (see its own error line): {first}"
     from posterity.datasets import DataError
 
     if isinstance(error, DataError):
@@ -310,6 +384,18 @@ def explain(error: BaseException, args: argparse.Namespace) -> tuple[int, str]:
               f"the traceback)"
 
 
+def _lost_rank(error: BaseException) -> bool:
+    """Whether ``error`` is a collective that failed because another rank left."""
+    if not distributed.is_initialized():
+        return False
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        mark in text for mark in ("Connection closed by peer", "Connection reset by peer",
+                                  "Broken pipe", "Timed out waiting"))
+
+
 def _terminate(signum: int, frame: Any) -> None:
     """SIGTERM (as schedulers send) stops a run like Ctrl-C; training loops write their
     checkpoint first."""
@@ -322,31 +408,104 @@ def _show_warning(message: Warning | str, category: type, filename: str, lineno:
     print(f"posterity: warning: {text}", file=sys.stderr if file is None else file, flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``posterity`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    parser = build_parser()
+def launched() -> bool:
+    """Whether ``torchrun`` (or another launcher) started this process as one of several:
+    ``WORLD_SIZE`` > 1 in the environment."""
     try:
-        args = parser.parse_args(argv)
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``posterity`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Launched by ``torchrun`` with more than one process (:func:`launched`), it joins the
+    process group first (gloo), prints outputs and the errors every rank agrees on from
+    rank 0 only, and leaves the group at the end."""
+    joined = False
+    if launched():
+        joined = not torch.distributed.is_initialized()
+        try:
+            distributed.init_process_group("gloo")
+        except Exception as error:  # torchrun's variables missing, the rendezvous failed
+            print(f"posterity: error: cannot join the process group of this run: {error}",
+                  file=sys.stderr, flush=True)
+            return 2
+    try:
+        return _main(argv)
+    finally:
+        if joined and torch.distributed.is_initialized():
+            with contextlib.suppress(Exception):
+                torch.distributed.destroy_process_group()
+
+
+def _settle() -> None:
+    """Wait until every rank got here: rank 0 has printed the error they share before
+    any rank exits (torchrun stops the others as soon as one exits with an error)."""
+    with contextlib.suppress(Exception):
+        distributed.barrier()
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    rank = distributed.rank()
+    parser = build_parser()
+    try:  # --help and bad flags are the same on every rank: shown once
+        with _silenced(rank != 0):
+            args = parser.parse_args(argv)
     except SystemExit as exit:  # --help, or a bad flag (already printed)
+        _settle()
         return exit.code if isinstance(exit.code, int) else 0
+    if distributed.is_initialized() and args.command == "demo":
+        if rank == 0:
+            print("posterity: error: posterity demo runs in one process; launch it without "
+                  "torchrun (posterity fit FAMILY runs under torchrun)", file=sys.stderr,
+                  flush=True)
+        _settle()
+        return 2
     terminate = None
     if threading.current_thread() is threading.main_thread():
         terminate = signal.signal(signal.SIGTERM, _terminate)
     try:
         with warnings.catch_warnings():
-            if not args.debug:
+            if rank != 0:
+                warnings.simplefilter("ignore")  # rank 0 shows them once
+                set_progress(False)
+            elif not args.debug:
                 warnings.showwarning = _show_warning
             return args.handler(args)
     except (Exception, KeyboardInterrupt) as error:
         if args.debug:
             raise
         status, message = explain(error, args)
+        if isinstance(error, AgreedError):  # every rank stops here: rank 0 says why
+            if rank == 0:
+                where = f"rank {error.origin}: " if error.origin else ""
+                print(f"posterity: error: {where}{message}", file=sys.stderr, flush=True)
+            _settle()
+            return status
+        if rank != 0 and (status == 130 or isinstance(error, CheckpointError)):
+            return status  # rank 0 says it (the loop sends its checkpoint errors to all)
+        where = f"rank {rank}: " if rank else ""
         prefix = "posterity: " if status == 130 else "posterity: error: "
-        print(prefix + message, file=sys.stderr, flush=True)
+        print(prefix + where + message, file=sys.stderr, flush=True)
         return status
     finally:
+        if rank != 0:
+            set_progress(None)
         if terminate is not None:
             signal.signal(signal.SIGTERM, terminate)
+
+
+@contextlib.contextmanager
+def _silenced(silent: bool) -> Iterator[None]:
+    """Nothing printed to stdout or stderr within the block when ``silent``."""
+    if not silent:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), \
+            contextlib.redirect_stderr(sink):
+        yield
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ every command shares (``--out``, ``--seed``, ``--fresh``, ``--quiet``, ``--debug
 
 Flag types (:func:`integer`, :func:`real`) check ranges while the command line is
 parsed, so a bad value is reported with its flag: ``--z-dim must be >= 1, got 0``.
+
+Under ``torchrun`` every process runs the same command; :attr:`Command.distributes` says
+what the processes split, ``check`` refuses flags the world size cannot split
+(:func:`divisible`, :func:`at_least_one_each`), and :func:`evaluate_rows` spreads a
+per-row evaluation over the processes.
 """
 
 from __future__ import annotations
@@ -20,11 +25,16 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import arviz as az
+import pyro
+import torch
+from torch import Tensor
 
-from . import train
+from . import distributed, train
+
+_T = TypeVar("_T")
 
 
 class UsageError(ValueError):
@@ -51,6 +61,15 @@ class Run:
     checkpoint: Path
     resume: bool
     config: dict[str, Any] = field(default_factory=dict)
+    together: Callable[[Callable[[], Any]], Any] = field(default=lambda step: step(),
+                                                         repr=False)
+
+    def agreed(self, step: Callable[[], _T]) -> _T:
+        """``step()``, agreed by every process of a ``torchrun`` launch: if it fails on any
+        of them, all stop at once with that error (one line, from rank 0) instead of the
+        others running on into a collective. For what can fail before the first
+        collective, such as reading the data; in one process, ``step()``."""
+        return self.together(step)
 
     @property
     def resumed(self) -> bool:
@@ -98,6 +117,8 @@ class Command:
         demo: the flags of this family's part of ``posterity demo`` (embedded data, a
             run of well under a minute on 2 cores); ``None`` leaves it out of the demo.
         demo_epochs: whether ``posterity demo --epochs`` sets this part's ``--epochs``.
+        distributes: what the processes of a ``torchrun`` launch split, one sentence for
+            ``--help`` (empty: the command runs the same work on every process).
     """
 
     name: str
@@ -109,6 +130,7 @@ class Command:
     description: str | None = None
     demo: Sequence[str] | None = None
     demo_epochs: bool = False
+    distributes: str = ""
 
 
 def _number(text: str, kind: type) -> int | float:
@@ -204,3 +226,47 @@ def rounded(value: float, digits: int = 4) -> str:
         ('-16.94', '0.0001235')
     """
     return f"{value:.{digits}g}"
+
+
+def divisible(flag: str, value: int) -> int:
+    """``value`` split evenly over the processes: ``value // world_size``, or a
+    :class:`UsageError` naming ``flag`` when the number of processes does not divide it.
+
+    Example:
+        >>> divisible("--chains", 4)  # one process
+        4
+    """
+    size = distributed.world_size()
+    if value % size:
+        raise UsageError(flag, f"must be divisible by the number of processes ({size}), so "
+                               f"that each holds the same share; got {value}")
+    return value // size
+
+
+def at_least_one_each(flag: str, value: int) -> int:
+    """``value`` rows split into contiguous shares (:func:`distributed.share_sizes`);
+    a :class:`UsageError` naming ``flag`` when some process would get none."""
+    size = distributed.world_size()
+    if value < size:
+        raise UsageError(flag, f"must be >= the number of processes ({size}), so that each "
+                               f"gets a share of the rows; got {value}")
+    return value
+
+
+def evaluate_rows(evaluate: Callable[[Tensor], Tensor], x: Tensor, seed: int) -> Tensor:
+    """``evaluate(x)`` for a per-row evaluation (``[n, ...] -> [n]``), each process taking
+    its contiguous share of the rows with its own random draws, gathered in row order on
+    every process. In one process this is ``evaluate(x)`` with the random state as it is.
+
+    Example:
+        >>> import torch
+        >>> evaluate_rows(lambda rows: rows.sum(-1), torch.ones(3, 2), seed=0)
+        tensor([2., 2., 2.])
+    """
+    if not distributed.is_initialized():
+        return evaluate(x)
+    pyro.set_rng_seed(distributed.rank_seed(seed))
+    rows = x[distributed.share(len(x))]
+    values = evaluate(rows).detach() if len(rows) else None  # fewer rows than processes
+    return torch.cat([part for part in distributed.all_gather_objects(values)
+                      if part is not None])

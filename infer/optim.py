@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import distributed
 from .checks import check_choice, check_int, check_positive
 
 OptimizerSpec = str | type | Callable[..., torch.optim.Optimizer]
@@ -133,8 +134,16 @@ def optimizer_step(
     clip_grad_norm: float | None = None,
     before_step: Callable[[], None] | None = None,
 ) -> None:
-    """One update: ``zero_grad -> loss.backward() -> [clip] -> [before_step()] -> step``,
-    then ``scheduler.step()`` when there is a scheduler.
+    """One update: ``zero_grad -> loss.backward() -> [average over ranks] -> [clip] ->
+    [before_step()] -> step``, then ``scheduler.step()`` when there is a scheduler.
+
+    Under a process group (:mod:`posterity.infer.distributed`) every rank's gradient of
+    the optimizer's parameters is replaced by the weighted sum over ranks
+    (:func:`~posterity.infer.distributed.average_gradients`, one flattened all-reduce)
+    with the weight that :func:`~posterity.infer.train.fit` set for this rank's share
+    of the global minibatch, so clipping, ``before_step`` and the step see the
+    gradient of the global minibatch and every rank takes the same step. Every rank
+    must call it for every update. Outside a group nothing is exchanged.
 
     Args:
         optimizer: from :func:`make_optimizer` (or any ``torch.optim.Optimizer``).
@@ -156,8 +165,9 @@ def optimizer_step(
         raise ValueError(f"loss must be a scalar tensor, got shape {tuple(loss.shape)}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    distributed.average_gradients(params)
     if clip_grad_norm is not None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
     if before_step is not None:
         before_step()

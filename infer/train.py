@@ -15,6 +15,12 @@ stopping, a progress bar, a NaN/Inf guard, a time budget, exact checkpoint/resum
 (:mod:`posterity.infer.checkpoints`) and a clean stop on SIGINT/SIGTERM.
 :func:`make_optimizer` and :func:`optimizer_step` build and step the optimizers of the
 gradient engines (VI, wake-sleep, score ascent) in one way.
+
+Under a process group (:mod:`posterity.infer.distributed`, launched by ``torchrun``)
+the same call trains data-parallel: every global minibatch is split over the ranks,
+each rank draws its own particles, :func:`optimizer_step` sums the row-weighted
+gradients over the ranks, and the history, validation, early stopping, checkpoints
+and stop decisions are the same on every rank (see :func:`fit`).
 """
 
 from __future__ import annotations
@@ -24,19 +30,20 @@ import copy
 import json
 import math
 import os
+import pickle
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyro
 import torch
 from torch import Tensor
 
-from . import checkpoints
+from . import checkpoints, distributed
 from .checkpoints import (
     CheckpointError,
     CheckpointLockedError,
@@ -62,6 +69,9 @@ __all__ = [
     "make_optimizer",
     "optimizer_step",
 ]
+
+_T = TypeVar("_T")
+
 
 class NonFiniteError(FloatingPointError):
     """Training produced NaN or Inf; the message names the step and the quantity."""
@@ -147,6 +157,96 @@ def _settings(engine: Any, config: Mapping[str, Any] | None, loop: dict[str, Any
     return checkpoints.plain_settings(settings)
 
 
+# --- agreement between ranks (each the plain call in one process) -----------------------
+def _portable(error: BaseException) -> BaseException:
+    """``error`` if it survives pickling (to be raised on the other ranks), else a
+    :class:`~posterity.infer.distributed.DistributedError` carrying its message."""
+    try:
+        return pickle.loads(pickle.dumps(error))
+    except Exception:  # noqa: BLE001 (any pickling failure)
+        return distributed.DistributedError(f"rank 0 failed: {type(error).__name__}: {error}")
+
+
+def _on_main(action: Callable[[], _T]) -> _T:
+    """``action()`` run on rank 0 only; its result, or the exception it raised, reaches
+    every rank, so that a failure there (a locked or corrupt checkpoint, a full disk)
+    stops all ranks with the same error instead of leaving them waiting."""
+    if not distributed.is_initialized():
+        return action()
+    outcome: tuple[bool, Any] = (True, None)
+    error: BaseException | None = None
+    if distributed.is_main():
+        try:
+            outcome = (True, action())
+        except Exception as caught:  # noqa: BLE001 (re-raised on every rank below)
+            error = caught
+            outcome = (False, _portable(caught))
+    ok, value = distributed.broadcast_object(outcome)
+    if not ok:
+        raise error if error is not None else value
+    return value
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _agree(metrics: dict[str, float], weight: float | None, out_of_time: bool,
+           received: int | None) -> tuple[dict[str, float], bool, int | None]:
+    """One all-reduce after an update: the global step metrics (the row-weighted sum of
+    every rank's, when ``weight`` is this rank's share; a rank's own when ``None``),
+    whether any rank ran out of time, and the signal any rank received (SIGTERM before
+    SIGINT), so that all ranks log the same and stop at the same update."""
+    if not distributed.is_initialized():
+        return metrics, out_of_time, received
+    names = list(metrics)
+    values = [float(metrics[n]) * weight for n in names] if weight is not None else []
+    values += [float(out_of_time)] + [float(received == s) for s in _SIGNALS]
+    total = distributed.all_reduce_sum(torch.tensor(values, dtype=torch.float64)).tolist()
+    if weight is not None:
+        metrics = dict(zip(names, total[: len(names)]))
+    flags = total[len(total) - 1 - len(_SIGNALS):]
+    seen = [s for s, count in zip(_SIGNALS, flags[1:]) if count > 0]
+    return metrics, flags[0] > 0, (seen[-1] if seen else None)
+
+
+def _agree_epoch(seconds: float, received: int | None) -> tuple[float, int | None]:
+    """At the end of an epoch: its duration on the slowest rank, and the signal any
+    rank received (so that the history and the stop decision agree)."""
+    if not distributed.is_initialized():
+        return seconds, received
+    values = torch.tensor([seconds] + [float(received == s) for s in _SIGNALS],
+                          dtype=torch.float64)
+    total = distributed.all_reduce_max(values).tolist()
+    seen = [s for s, flag in zip(_SIGNALS, total[1:]) if flag > 0]
+    return total[0], (seen[-1] if seen else None)
+
+
+def _check_parallel(engine: Any, num_rows: int, batch_size: int,
+                    call: dict[str, Any]) -> bool:
+    """Whether ``engine`` splits minibatches over the ranks; checks that it can and that
+    every rank was called alike."""
+    size = distributed.world_size()
+    split = bool(getattr(engine, "data_parallel", True))
+    if split and batch_size < size:
+        raise ValueError(
+            f"batch_size is the global minibatch, split over the {size} processes, so it "
+            f"must be >= {size} (one row per process at least), got {batch_size}")
+    last = num_rows % batch_size
+    if split and 0 < last < size:
+        raise ValueError(
+            f"batch_size {batch_size} leaves a last minibatch of {last} rows per epoch "
+            f"({num_rows} rows), fewer than the {size} processes; choose a batch_size "
+            f"for which N % batch_size is 0 or >= {size}")
+    calls = distributed.all_gather_objects({"rows": num_rows, "batch_size": batch_size,
+                                            **call})
+    differ = sorted({k for c in calls for k, v in c.items() if v != calls[0][k]})
+    if differ:
+        raise ValueError(
+            "every rank must call fit alike (the collectives of the loop depend on it); "
+            + ", ".join(f"{k} by rank: {[c[k] for c in calls]}" for k in differ))
+    return split
+
+
 def fit(
     engine: Trainable,
     data: Tensor | tuple[Tensor, ...],
@@ -174,8 +274,11 @@ def fit(
             ``config()`` (:class:`~posterity.infer.protocols.Configurable`), its
             settings are stored in the checkpoint and checked on resume.
         data: ``[N, ...]`` tensor, or a tuple of tensors sharing their first dimension.
+            Under a process group every rank passes the same data.
         epochs: total number of epochs (a resumed run counts the ones already done).
         batch_size: rows per update; the last minibatch of an epoch may be smaller.
+            Under a process group it is the global minibatch: see "More than one
+            process" below.
         valid: validation data; evaluated every ``valid_every`` epochs.
         patience: stop after this many validations without improvement of
             ``engine.monitor``; ``None`` never stops early.
@@ -186,7 +289,10 @@ def fit(
             ``<checkpoint>.lock`` keeps a second run off it.
         resume: if ``checkpoint`` exists, continue from it exactly as an uninterrupted
             run would. ``False`` starts over and overwrites it.
-        seed: seeds Pyro/PyTorch and the shuffling at the start of a fresh run.
+        seed: seeds Pyro/PyTorch and the shuffling at the start of a fresh run. Under a
+            process group the shuffling uses ``seed`` on every rank and Pyro/PyTorch
+            :func:`~posterity.infer.distributed.rank_seed` (``seed`` itself on rank 0);
+            ``None`` takes a seed drawn by rank 0.
         progress: show a ``tqdm`` bar with the current objective; ``None`` follows
             :mod:`posterity.infer.progress` (shown on an interactive terminal only).
         history: a history to extend (the engine's own, across ``fit`` calls).
@@ -201,10 +307,49 @@ def fit(
             :class:`CheckpointMismatchError`.
         safe_keys: further setting names that may change on resume.
 
+    More than one process: under a process group
+    (:func:`~posterity.infer.distributed.init_process_group`, launched by ``torchrun``)
+    every rank calls ``fit`` alike and the call trains data-parallel:
+
+    * All ranks shuffle in the same order and take their contiguous share
+      (:func:`~posterity.infer.distributed.share`) of every global minibatch of
+      ``batch_size`` rows, drawing their own particles. ``engine.step`` runs inside
+      :func:`~posterity.infer.distributed.gradient_weight` ``(n_rank / n_batch)`` and
+      :func:`optimizer_step` sums the weighted gradients over the ranks: for a loss
+      that is a mean over the local rows (every posterity engine's), that is the
+      gradient of the global minibatch, and every rank takes the same step. When the
+      world size does not divide the minibatch, the shares differ by one row and are
+      weighted by their rows, so the update is still the single-process one (e.g.
+      7 rows on 2 ranks: 4 and 3, weights 4/7 and 3/7). ``batch_size`` must be at least
+      the world size, and so must a smaller last minibatch (``N % batch_size``),
+      else a ValueError. An engine whose class sets ``data_parallel = False`` (its loss
+      on each rank is already that rank's part of one global estimate) gets the whole
+      minibatch on every rank and weight 1.
+    * Every rank starts a fresh run from rank 0's weights. The logged step metrics are
+      the row-weighted sums of the ranks' (the global minibatch's means), so the
+      history is the same on every rank; an epoch's ``seconds`` is the slowest
+      rank's. Validation runs on rank 0 and its metrics reach every rank, so early
+      stopping decides alike (an engine with ``data_parallel = False`` validates on
+      every rank, in case its ``validate`` is collective; rank 0's values are kept).
+      The other ranks wait in a collective meanwhile, so one validation must take
+      less than the process group's timeout (``POSTERITY_DIST_TIMEOUT``, 300 s).
+    * Rank 0 alone holds the lock and writes the checkpoint, which holds every rank's
+      generators: each rank restores its own, so a resumed run continues exactly
+      like an uninterrupted one. A checkpoint may be resumed on another number of
+      processes (a warning says so); the minibatches are the same, the ranks' draws
+      are not those of an uninterrupted run.
+    * The time budget and SIGINT/SIGTERM are agreed after every update (one
+      all-reduce, with the metrics): all ranks stop after the same update, and a
+      signal that reached one rank stops them all.
+
     Returns:
         The :class:`History`.
 
     Raises:
+        ValueError: under a process group, ``batch_size`` (or the last minibatch)
+            smaller than the world size, or ranks called with different data sizes or
+            settings (``batch_size``, ``epochs``, ``seed``, with or without ``valid``
+            or ``checkpoint``, ...).
         NonFiniteError: when a logged quantity becomes NaN or Inf.
         CheckpointError: the checkpoint is unreadable, corrupt or holds more than
             plain data; :class:`CheckpointMismatchError` when it was written with
@@ -247,22 +392,45 @@ def fit(
         raise ValueError("data has no rows")
     monitor, mode = engine.monitor
     check_choice("engine.monitor[1]", mode, ("max", "min"))
+    parallel = distributed.is_initialized()
+    split = True
+    if parallel:
+        split = _check_parallel(engine, num_rows, batch_size, {
+            "epochs": epochs, "seed": seed, "valid": valid is not None,
+            "valid_every": valid_every, "patience": patience,
+            "checkpoint": checkpoint is not None, "checkpoint_every": checkpoint_every,
+            "resume": resume, "time_budget": time_budget is not None})
     path = Path(checkpoint) if checkpoint is not None else None
     settings = None
     if path is not None:
-        settings = _settings(engine, config, {
+        loop_settings = {
             "engine": type(engine).__name__, "num_data": num_rows, "batch_size": batch_size,
             "seed": seed, "epochs": epochs, "patience": patience, "valid_every": valid_every,
             "restore_best": restore_best, "checkpoint_every": checkpoint_every,
             "time_budget": time_budget,
-        })
+        }
+        if parallel:
+            loop_settings["world_size"] = distributed.world_size()
+        settings = _settings(engine, config, loop_settings)
     with contextlib.ExitStack() as stack:
-        if path is not None:
+
+        def lock() -> bool:  # rank 0 only: the lock file, and is there a run to resume?
             stack.enter_context(checkpoints.RunLock(path))
             checkpoints.remove_stale_temporaries(path)
-        loop = _Loop(engine, data, path, settings, batch_size, history)
-        if path is not None and resume and path.exists():
+            return resume and path.exists()
+
+        found = path is not None and _on_main(lock)
+        loop = _Loop(engine, data, path, settings, batch_size, history, split)
+        if found:
             loop.resume(safe_keys, patience)
+        elif parallel:
+            if seed is None:  # rank 0 draws the run's seed; the shuffling must agree
+                seed = _on_main(lambda: int(torch.randint(2**31 - 2**24, ()).item()))
+            pyro.set_rng_seed(distributed.rank_seed(seed))
+            loop.shuffle.manual_seed(seed)
+            state = _on_main(engine.state_dict)  # every rank starts from rank 0's weights
+            if not distributed.is_main():
+                engine.load_state_dict(state)
         elif seed is not None:
             pyro.set_rng_seed(seed)
             loop.shuffle.manual_seed(seed)
@@ -270,7 +438,8 @@ def fit(
             loop.shuffle.manual_seed(int(torch.randint(2**62, ()).item()))
         loop.run(epochs=epochs, valid=valid, valid_every=valid_every, patience=patience,
                  restore_best=restore_best, checkpoint_every=checkpoint_every,
-                 progress=progress, time_budget=time_budget, monitor=monitor,
+                 progress=progress if distributed.is_main() else False,
+                 time_budget=time_budget, monitor=monitor,
                  sign=1.0 if mode == "max" else -1.0)
     if loop.history.stopped_early and restore_best and loop.stopping["best_state"] is not None:
         engine.load_state_dict(loop.stopping["best_state"])
@@ -282,16 +451,17 @@ class _Loop:
     generator and, after an interrupt, the position inside an epoch."""
 
     def __init__(self, engine: Trainable, data: Any, path: Path | None,
-                 settings: dict[str, Any] | None, batch_size: int, history: History | None):
+                 settings: dict[str, Any] | None, batch_size: int, history: History | None,
+                 split: bool = True):
         self.engine, self.data, self.path, self.settings = engine, data, path, settings
-        self.batch_size = batch_size
+        self.batch_size, self.split = batch_size, split
         self.history = history if history is not None else History()
         self.shuffle = torch.Generator()
         self.stopping: dict[str, Any] = {"best": -math.inf, "bad": 0, "best_state": None}
         self.position: dict[str, Any] | None = None
 
     def resume(self, safe_keys: Iterable[str], patience: int | None) -> None:
-        saved = checkpoints.load(self.path, required=_REQUIRED)
+        saved = _on_main(lambda: checkpoints.load(self.path, required=_REQUIRED))
         if saved["format"] != _FORMAT:
             raise CheckpointError(
                 f"checkpoint {self.path} has format {saved['format']!r}, this version reads "
@@ -303,7 +473,7 @@ class _Loop:
             raise CheckpointError(f"checkpoint {self.path} has unreadable settings; pass "
                                   "resume=False (CLI: --fresh) to start over") from None
         notes = checkpoints.compare_settings(self.path, before, self.settings, safe_keys)
-        if notes:
+        if notes and distributed.is_main():
             warnings.warn(f"resuming {self.path} with " + ", ".join(notes), stacklevel=4)
         try:
             self.engine.load_state_dict(saved["engine"])
@@ -319,20 +489,64 @@ class _Loop:
         self.stopping = saved["stopping"]
         self.history.stopped_early = patience is not None and self.stopping["bad"] >= patience
         self.shuffle.set_state(saved["shuffle"])
-        checkpoints.set_rng_state(saved["rng"])
+        self._restore_rng(saved)
         self.position = saved["position"]
 
+    def _restore_rng(self, saved: dict[str, Any]) -> None:
+        """Each rank restores its own generators; ranks that the checkpoint's run did not
+        have (it ran on fewer processes) are seeded afresh from one seed of rank 0."""
+        states = saved.get("rank_rng") or [saved["rng"]]
+        if distributed.is_initialized() and len(states) < distributed.world_size():
+            seed = _on_main(lambda: int(torch.randint(2**31 - 2**24, ()).item()))
+            if distributed.rank() >= len(states):
+                pyro.set_rng_seed(distributed.rank_seed(seed))
+                return
+        checkpoints.set_rng_state(states[distributed.rank()])
+
     def save(self, position: dict[str, Any] | None = None) -> None:
-        checkpoints.save(self.path, {
-            "format": _FORMAT,
-            "settings": json.dumps(self.settings, sort_keys=True),
-            "engine": self.engine.state_dict(),
-            "history": self.history.state_dict(),
-            "stopping": self.stopping,
-            "shuffle": self.shuffle.get_state(),
-            "rng": checkpoints.rng_state(),
-            "position": position,
-        })
+        """Write the checkpoint (rank 0) with every rank's generators (a collective)."""
+        states = distributed.all_gather_objects(checkpoints.rng_state())
+
+        def write() -> None:
+            payload = {
+                "format": _FORMAT,
+                "settings": json.dumps(self.settings, sort_keys=True),
+                "engine": self.engine.state_dict(),
+                "history": self.history.state_dict(),
+                "stopping": self.stopping,
+                "shuffle": self.shuffle.get_state(),
+                "rng": states[0],
+                "position": position,
+            }
+            if len(states) > 1:
+                payload["rank_rng"] = states
+            checkpoints.save(self.path, payload)
+
+        _on_main(write)
+
+    def _step(self, rows: Tensor) -> tuple[dict[str, float], float | None]:
+        """``engine.step`` on this rank's share of the global minibatch ``rows`` (all of it
+        for an engine with ``data_parallel = False``); returns its metrics and the weight
+        of its share (``None`` when it took the whole minibatch)."""
+        if not distributed.is_initialized():
+            return self.engine.step(_take(self.data, rows)), None
+        if not self.split:
+            with distributed.gradient_weight(1.0):
+                return self.engine.step(_take(self.data, rows)), None
+        mine = rows[distributed.share(len(rows))]
+        weight = len(mine) / len(rows)
+        with distributed.gradient_weight(weight):
+            return self.engine.step(_take(self.data, mine)), weight
+
+    def _validate(self, valid: Any) -> dict[str, float]:
+        """Validation metrics, equal on every rank: computed by rank 0 for a data-parallel
+        engine; by every rank for one with ``data_parallel = False`` (its ``validate``
+        may be collective), rank 0's values kept."""
+        if not distributed.is_initialized():
+            return self.engine.validate(valid)
+        if self.split:
+            return _on_main(lambda: self.engine.validate(valid))
+        return distributed.broadcast_object(self.engine.validate(valid))
 
     def run(self, *, epochs: int, valid: Any, valid_every: int, patience: int | None,
             restore_best: bool, checkpoint_every: int, progress: bool | None,
@@ -365,9 +579,13 @@ class _Loop:
                 done = first
                 for index in range(first, steps_per_epoch):
                     begin = index * self.batch_size
-                    metrics = engine.step(_take(self.data, order[begin: begin + self.batch_size]))
+                    metrics, weight = self._step(order[begin: begin + self.batch_size])
                     total_step += 1
                     done = index + 1
+                    out_of_time = time_budget is not None and \
+                        spent + time.perf_counter() - started >= time_budget
+                    metrics, out_of_time, stop = _agree(metrics, weight, out_of_time,
+                                                        signals.received)
                     _guard(metrics, epoch, total_step)
                     history.log_step(metrics)
                     for name, value in metrics.items():
@@ -375,20 +593,20 @@ class _Loop:
                     bar.update()
                     shown.update({k: f"{v:.4g}" for k, v in metrics.items()})
                     bar.set_postfix(shown, refresh=False)
-                    if time_budget is not None and \
-                            spent + time.perf_counter() - started >= time_budget:
+                    if out_of_time:
                         history.out_of_time = True
                         break
-                    if signals.received is not None and done < steps_per_epoch:
+                    if stop is not None and done < steps_per_epoch:
                         position = {"next_step": done, "shuffle": epoch_shuffle, "sums": sums,
                                     "seconds": carried + time.perf_counter() - started}
-                        self._interrupt(signals.received, epoch, total_step, position)
+                        self._interrupt(stop, epoch, total_step, position)
                 elapsed = time.perf_counter() - started
                 spent += elapsed
-                record = {"epoch": epoch + 1, "seconds": carried + elapsed}
+                seconds, stop = _agree_epoch(carried + elapsed, signals.received)
+                record = {"epoch": epoch + 1, "seconds": seconds}
                 record.update({f"train_{k}": v / done for k, v in sums.items()})
                 if valid is not None and (epoch + 1) % valid_every == 0:
-                    valid_metrics = engine.validate(valid)
+                    valid_metrics = self._validate(valid)
                     _guard(valid_metrics, epoch, total_step)
                     if monitor not in valid_metrics:
                         raise KeyError(f"{type(engine).__name__}.validate() returned "
@@ -410,14 +628,14 @@ class _Loop:
                 history.log_epoch(record)
                 if self.path is not None and (
                     (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs
-                    or history.stopped_early or history.out_of_time or signals.received
+                    or history.stopped_early or history.out_of_time or stop
                 ):
                     self.save()
-                if signals.received is not None:
-                    self._interrupt(signals.received, epoch, total_step, None, saved=True)
-            if signals.received is not None:  # arrived after the last check: still stop
-                self._interrupt(signals.received, history.num_epochs - 1, total_step, None,
-                                saved=True)
+                if stop is not None:
+                    self._interrupt(stop, epoch, total_step, None, saved=True)
+            _, stop = _agree_epoch(0.0, signals.received)
+            if stop is not None:  # arrived after the last check: still stop
+                self._interrupt(stop, history.num_epochs - 1, total_step, None, saved=True)
 
     def _interrupt(self, signum: int, epoch: int, step: int, position: dict[str, Any] | None,
                    saved: bool = False) -> None:

@@ -42,8 +42,9 @@ class VAE(MultiRateMixin, PyroModule):
             decoder mirrors them (so ``VAE`` and ``GaussianEncoder`` take the same tuple).
         likelihood: ``"bernoulli"`` or ``"gaussian"``.
         activation: hidden nonlinearity (``"tanh"``, ``"relu"``, ``"identity"``, ...).
-        multi_rate: gate the decoder's hidden layers by ``log β`` (Multi-Rate VAE, Bae
-            et al. 2023; see :mod:`posterity.layers.gated` for why not its output
+        multi_rate: gate the decoder's input (per latent dimension) and hidden
+            layers by ``log β`` (Multi-Rate VAE, Bae et al. 2023; see
+            :mod:`posterity.layers.gated` for why the input and why not the output
             layer); the program then takes ``beta=`` (``None``: β = 1).
         beta_range: the β range that ``log β`` is standardized over.
         scale: a fixed Gaussian observation scale (default: learned per feature).
@@ -74,7 +75,8 @@ class VAE(MultiRateMixin, PyroModule):
         self._init_multi_rate(multi_rate, beta_range)
         layers = tuple(reversed(tuple(hidden)))
         if self.multi_rate:
-            self.decoder = GatedMLP(z_dim, layers, x_dim, "decoder", activation, gate_output=False)
+            self.decoder = GatedMLP(z_dim, layers, x_dim, "decoder", activation,
+                                    gate_output=False, input_gate="encoder")
         else:
             self.decoder = mlp(z_dim, layers, x_dim, activation)
         if likelihood == "gaussian":

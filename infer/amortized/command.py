@@ -23,7 +23,18 @@ from posterity.guides import GaussianEncoder
 from posterity.layers.networks import ACTIVATIONS
 from posterity.models import VAE
 
-from ..command import Command, Outcome, Run, UsageError, add_num_particles, integer, real, rounded
+from ..command import (
+    Command,
+    Outcome,
+    Run,
+    UsageError,
+    add_num_particles,
+    at_least_one_each,
+    evaluate_rows,
+    integer,
+    real,
+    rounded,
+)
 from ..inference_data import to_inference_data
 from .evaluate import log_likelihood, rate_distortion
 from .inference_data import rate_distortion_dataset
@@ -64,10 +75,11 @@ def check(args: argparse.Namespace) -> None:
     low, high = args.beta_range
     if not low < high:
         raise UsageError("--beta-range", f"must be LOW < HIGH, got {low:g} {high:g}")
+    at_least_one_each("--batch-size", args.batch_size)
 
 
 def run(args: argparse.Namespace, run: Run) -> Outcome:
-    train, valid, test = load_matrix(args.data)
+    train, valid, test = run.agreed(lambda: load_matrix(args.data))
     binary = bool(((train == 0) | (train == 1)).all())
     likelihood = args.likelihood
     if likelihood == "auto":
@@ -92,7 +104,8 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
            time_budget=args.time_budget, **run.train_options(safe_keys=("num_betas",)))
     train_seconds = time.perf_counter() - started
     test_eval = test[: args.eval_points] if args.eval_points else test
-    ll = log_likelihood(model, guide, test_eval, args.eval_samples, progress=progress)
+    ll = evaluate_rows(lambda rows: log_likelihood(model, guide, rows, args.eval_samples,
+                                                   progress=progress), test_eval, args.seed)
     curve = rate_distortion(model, guide, test_eval)
     idata = to_inference_data(vi, test_eval[: args.diagnostic_points])
     if multi_rate:  # the curve of the whole evaluation set, not only the diagnostic points
@@ -142,4 +155,8 @@ COMMAND = Command(
           "128", "--epochs", "60", "--batch-size", "50", "--lr", "3e-3", "--eval-samples",
           "1000", "--diagnostic-points", "50"],
     demo_epochs=True,
+    distributes="every global --batch-size minibatch is split into contiguous shares, one "
+                "per process, with the gradients averaged (the update equals the "
+                "one-process update on the global batch); the test points of log p(x) are "
+                "split too. Rank 0 validates, checkpoints and writes --out.",
 )

@@ -3,12 +3,14 @@ and guide trained by one optimizer through the shared loop, with exact state dic
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .. import train
+from ..checks import check_int
 
 
 class AmortizedEngine:
@@ -18,6 +20,8 @@ class AmortizedEngine:
     Subclasses set ``model``, ``guide``, ``optimizer``, ``scheduler``, ``history`` and
     ``num_steps``, and implement ``prepare``, ``step``, ``validate`` and ``monitor``.
     They put their settings (objective, particles, sizes, ...) in ``self._config``.
+    A subclass that sets ``_scheduler_pending = True`` gets a cosine schedule whose
+    length :meth:`fit` computes.
     """
 
     _config: dict[str, Any]
@@ -76,6 +80,8 @@ class AmortizedEngine:
         On SIGINT/SIGTERM (:class:`~posterity.infer.train.Interrupted`) the history so
         far is kept in ``self.history``.
         """
+        if getattr(self, "_scheduler_pending", False):
+            self._start_cosine(data, epochs, batch_size)
         data = self.prepare(data, "data")
         if valid is not None:
             valid = self.prepare(valid, "valid")
@@ -86,6 +92,19 @@ class AmortizedEngine:
             self.history = stop.history
             raise
         return self.history
+
+    def _start_cosine(self, data: Tensor, epochs: int, batch_size: int) -> None:
+        """A ``"cosine"`` schedule whose length was left open gets it from the run:
+        ``epochs * ceil(N / batch_size)`` updates (the epochs of this call, a resumed
+        one included)."""
+        check_int("epochs", epochs, 1)
+        check_int("batch_size", batch_size, 1)
+        if not isinstance(data, Tensor):
+            raise TypeError(f"data must be a torch.Tensor, got {type(data).__name__}")
+        self.total_steps = epochs * math.ceil(data.shape[0] / batch_size)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=self.total_steps)
+        self._scheduler_pending = False
 
     def state_dict(self) -> dict[str, Any]:
         return {

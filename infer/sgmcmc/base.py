@@ -14,6 +14,7 @@ import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from torch import Tensor
 
+from .. import distributed
 from ..checks import check_int, check_positive
 from ..train import NonFiniteError
 from .inference_data import sgmcmc_inference_data
@@ -122,7 +123,29 @@ class SGMCMCKernel(MCMCKernel):
         if continued:
             return self.chain + 1
         self.run_seed = int(torch.randint(0, 2**62, ()))
+        rank = self._group_rank()
+        if rank > 0:
+            # chains on every rank of a process group: each rank but 0 moves to a stream
+            # of its own, derived from the one it shares with the others (rank 0 keeps
+            # the caller's stream and runs exactly what one process would run)
+            self.run_seed += 1_000_003 * rank  # distributed.rank_seed's offset
+            torch.manual_seed(self.run_seed)
         return 0
+
+    def _group_rank(self) -> int:
+        """This process's rank in its process group; in one of ``pyro.infer.MCMC``'s
+        chain worker processes (spawned outside the group), the rank of the process that
+        sent this kernel there."""
+        return distributed.rank() if distributed.is_initialized() else self._sender_rank
+
+    _sender_rank = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a kernel pickled for a spawned chain worker carries its rank along, so the
+        # worker's chains still get their rank's stream
+        state = self.__dict__.copy()
+        state["_sender_rank"] = distributed.rank() if distributed.is_initialized() else 0
+        return state
 
     def _checked_start(self, start: Params) -> Params:
         if not isinstance(start, dict) or set(start) != set(self.potential.names):

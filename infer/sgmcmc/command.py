@@ -21,7 +21,8 @@ from pyro.infer import MCMC
 from posterity.datasets import load_table, standardize
 from posterity.models import BayesianMLP
 
-from ..command import Command, Outcome, Run, UsageError, integer, real, rounded
+from .. import distributed
+from ..command import Command, Outcome, Run, UsageError, divisible, integer, real, rounded
 from ..inference_data import to_inference_data
 from ..progress import progress_enabled
 from .kernels import SGHMC, SGLD, PreconditionedSGLD
@@ -51,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=integer(1), default=20_000,
                         help="updates per chain (sampling ones at least --samples)")
     parser.add_argument("--samples", type=integer(1), default=200, help="samples per chain")
-    parser.add_argument("--chains", type=integer(1), default=2)
+    parser.add_argument("--chains", type=integer(1), default=2,
+                        help="chains in all (under torchrun split over the processes)")
     parser.add_argument("--batch-size", type=integer(1), default=32)
     parser.add_argument("--test-fraction", type=real(0, 1), default=0.1,
                         help="share of the rows held out for the test metrics, in (0, 1)")
@@ -76,15 +78,17 @@ def check(args: argparse.Namespace) -> None:
         raise UsageError("--steps", f"{args.steps}{phase} cannot give --samples {args.samples}: "
                                     f"each sample needs its own update; raise --steps or lower "
                                     f"--samples")
+    divisible("--chains", args.chains)
     if args.kernel == "sghmc" and args.step_size * args.friction >= 1:
         raise UsageError("--step-size", f"times --friction must be < 1 for --kernel sghmc, got "
                                         f"{args.step_size:g} * {args.friction:g}")
 
 
-def run(args: argparse.Namespace, run: Run) -> Outcome:
+def _prepare(args: argparse.Namespace):
+    """The data, checked and split, the inputs and targets standardized on the training
+    rows: ``X, train, test`` (row indices), ``X_train, X_test, y_train, y_test, y_scale``."""
     X, y = load_table(args.data, args.target)
-    classification = args.classes is not None
-    if classification:
+    if args.classes is not None:
         labels = torch.arange(args.classes, dtype=y.dtype)
         if not bool(torch.isin(y, labels).all()):
             odd = y[~torch.isin(y, labels)][:3].tolist()
@@ -99,12 +103,19 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
                                             f"each needs at least {2 if cut < 2 else 1}")
     train, test = order[:cut], order[cut:]
     X_train, X_test = standardize(X[train], X[test])
-    if classification:
+    if args.classes is not None:
         y_train, y_test = y[train].long(), y[test].long()
         y_scale = 1.0
     else:
         y_mean, y_scale = y[train].mean(), float(y[train].std())
         y_train, y_test = (y[train] - y_mean) / y_scale, (y[test] - y_mean) / y_scale
+    return X, train, test, X_train, X_test, y_train, y_test, y_scale
+
+
+def run(args: argparse.Namespace, run: Run) -> Outcome:
+    X, train, test, X_train, X_test, y_train, y_test, y_scale = run.agreed(
+        lambda: _prepare(args))
+    classification = args.classes is not None
     model = BayesianMLP(
         X.shape[1], tuple(args.hidden), args.classes or 1,
         likelihood="categorical" if classification else "gaussian",
@@ -119,14 +130,18 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
         "psgld": lambda: PreconditionedSGLD(model, schedule, **options),
         "sghmc": lambda: SGHMC(model, schedule, friction=args.friction, **options),
     }[args.kernel]()
-    mcmc = MCMC(kernel, num_samples=args.samples, warmup_steps=0, num_chains=args.chains,
+    # under torchrun each process runs its share of the chains on a random stream of its
+    # own (the kernels see the rank); the report gathers every process's chains
+    mcmc = MCMC(kernel, num_samples=args.samples, warmup_steps=0,
+                num_chains=divisible("--chains", args.chains),
                 disable_progbar=not progress_enabled(False if args.quiet else None))
     started = time.perf_counter()
     with warnings.catch_warnings():  # Pyro's note that chains run one after another
         warnings.filterwarnings("ignore", message="num_chains=.*available_cpu")
         mcmc.run(X_train, y_train)
     seconds = time.perf_counter() - started
-    samples = mcmc.get_samples(group_by_chain=True)
+    samples = {name: distributed.all_gather(value)  # every process's chains
+               for name, value in sorted(mcmc.get_samples(group_by_chain=True).items())}
     predictive = pointwise_predictive(model, samples, X_test, y_test)
     if classification:
         metrics = classification_metrics(predictive, y_test)
@@ -161,4 +176,8 @@ COMMAND = Command(
            "num_chains": "--chains", "thin": "--samples"},
     demo=["--data", "concrete", "--kernel", "sghmc", "--hidden", "50", "--steps", "4000",
           "--samples", "100", "--chains", "2", "--cycles", "4"],
+    distributes="the --chains chains are split over the processes (--chains must be "
+                "divisible by their number), each on a random stream of its own; every "
+                "process sees all the training data, and the report gathers the chains "
+                "of every process (R-hat compares chains from different processes).",
 )

@@ -22,6 +22,15 @@ arguments replace the recorded ones and keyword arguments update them, so
 ``model(X, y)`` and ``to_inference_data(mcmc, test_batch)`` for ``model(batch)``.
 Shapes are checked, never broadcast: an observed value whose shape is not its
 distribution's ``batch_shape + event_shape`` is a ``ValueError`` naming the site.
+
+Chains across processes. Under a process group (:mod:`posterity.infer.distributed`)
+each rank runs its own ``num_chains`` chains with its own random stream (see
+:mod:`.kernels`), and :func:`sgmcmc_inference_data` gathers every rank's chains
+(posterior, sample_stats, log_likelihood, posterior_predictive) with
+:func:`~posterity.infer.inference_data.gather_chains`: the chain dimension spans all
+ranks in rank order (rank 0's chains first, coordinates ``0 .. W·C - 1``) and every
+rank gets the same ``InferenceData``. It is a collective: call it on every rank, with
+the same data. ``mcmc.get_samples()`` stays local: this rank's chains only.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
+from ..inference_data import gather_chains
 from .potential import data_sites
 
 
@@ -194,16 +204,17 @@ def sgmcmc_inference_data(mcmc: Any, *args: Any, **kwargs: Any) -> az.InferenceD
     }
     dims: dict[str, list[str]] = {}
     coords: dict[str, np.ndarray] = {}
+    observed: dict[str, np.ndarray] = {}
     plates = set(kernel.potential.plates)
     pointwise = observed_pointwise(kernel.model, samples, model_args, model_kwargs, plates)
     if pointwise:
-        for key in ("log_likelihood", "posterior_predictive", "observed_data"):
+        for key in ("log_likelihood", "posterior_predictive"):
             groups[key] = {}
         for name, record in pointwise.items():
             dim = record["plate"] if record["plate"] not in samples else f"{record['plate']}_index"
             groups["log_likelihood"][name] = _numpy(record["log_likelihood"])
             groups["posterior_predictive"][name] = _numpy(record["prediction"])
-            groups["observed_data"][name] = _numpy(record["observed"])
+            observed[name] = _numpy(record["observed"])
             dims[name] = [dim]
             coords[dim] = np.arange(record["log_likelihood"].shape[-1])
     elif plates:
@@ -211,6 +222,9 @@ def sgmcmc_inference_data(mcmc: Any, *args: Any, **kwargs: Any) -> az.InferenceD
             f"no observed site was found inside the data plate(s) {sorted(plates)} of this "
             "call of the model: the InferenceData has no log_likelihood, "
             "posterior_predictive or observed_data", stacklevel=2)
+    groups = gather_chains(groups)  # every rank's chains, rank 0's first
+    if observed:
+        groups["observed_data"] = observed
     return az.from_dict(
         **groups, dims=dims, coords=coords,
         attrs={"kernel": type(kernel).__name__, "schedule": repr(kernel.schedule),

@@ -37,6 +37,18 @@ own draw from the prior: chain ``c`` of a run draws with the seed
 run starts, so starts are reproducible from ``pyro.set_rng_seed`` and the chain index,
 and a kernel reused for a second run starts afresh.
 
+Processes. Under a process group (``torchrun``, see :mod:`posterity.infer.distributed`)
+the same script runs ``MCMC(kernel, num_chains=C).run(X, y)`` on every rank, so ``W``
+ranks run ``W·C`` chains. The chains differ across ranks without any seeding by the
+user: when a run starts, every rank but 0 draws ``run_seed`` from torch's generator as
+above, offsets it by ``distributed.rank_seed``'s ``1000003 · rank`` and reseeds torch's
+generators with it (noise, minibatches and prior starts then follow a stream of that
+rank's own); rank 0 leaves the generator alone, so its chains are those of a
+one-process run with the same seed. Pyro's chain worker processes (started outside the
+group) inherit their rank with the kernel. ``to_inference_data(mcmc)``, called on every
+rank, gathers every rank's chains into one ``InferenceData`` (rank 0's first), the same
+on every rank; ``mcmc.get_samples()`` stays local (this rank's chains).
+
 Progress. ``pyro.infer.MCMC`` draws its own bar; to follow posterity's switch
 (``POSTERITY_PROGRESS``, :func:`posterity.infer.progress.set_progress`), pass
 ``disable_progbar=not progress_enabled()`` from :mod:`posterity.infer.progress`.

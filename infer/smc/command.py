@@ -23,7 +23,17 @@ from posterity.datasets import load_series
 from posterity.models import ChaoticRNN, LinearGaussianSSM, StochasticVolatility
 from posterity.models.ssm import StateSpaceModel
 
-from ..command import Command, Outcome, Run, UsageError, add_num_particles, integer, real, rounded
+from ..command import (
+    Command,
+    Outcome,
+    Run,
+    UsageError,
+    add_num_particles,
+    divisible,
+    integer,
+    real,
+    rounded,
+)
 from .filter import ParticleFilter
 from .particle_gibbs import ParticleGibbs
 from .score_ascent import ScoreAscent
@@ -61,7 +71,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--filter-particles", type=integer(2), default=1000)
     parser.add_argument("--iters", type=integer(1), default=200,
                         help="particle Gibbs sweeps per chain (the first fifth is burn-in)")
-    parser.add_argument("--chains", type=integer(1), default=4)
+    parser.add_argument("--chains", type=integer(1), default=4,
+                        help="particle Gibbs chains, in all (under torchrun split over the "
+                             "processes)")
+
+
+def check(args: argparse.Namespace) -> None:
+    if args.steps and args.estimator == "paris":  # PPG: a chain per process, N on each
+        divisible("--num-particles", args.num_particles)
+    divisible("--filter-particles", args.filter_particles)
+    divisible("--chains", args.chains)
 
 
 def _learn(learner: ScoreAscent, ys: torch.Tensor, args: argparse.Namespace, run: Run):
@@ -77,9 +96,9 @@ def _learn(learner: ScoreAscent, ys: torch.Tensor, args: argparse.Namespace, run
 
 
 def run(args: argparse.Namespace, run: Run) -> Outcome:
-    ys = load_series(args.data, args.columns)
+    ys = run.agreed(lambda: load_series(args.data, args.columns))
     missing = bool(torch.isnan(ys).any())
-    ssm = build_model(args.model, ys.shape[1], args.state_dim)
+    ssm = run.agreed(lambda: build_model(args.model, ys.shape[1], args.state_dim))
     progress = False if args.quiet else None
     started = time.perf_counter()
     learning = None
@@ -92,7 +111,8 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
         filtered = ParticleFilter(ssm, args.filter_particles, missing=missing,
                                   progress=progress).run(ys)
         paths = ParticleGibbs(ssm, args.num_particles, missing=missing,
-                              progress=progress).run(ys, args.iters, args.chains)
+                              progress=progress).run(ys, args.iters, divisible("--chains",
+                                                                               args.chains))
     idata = paths.to_inference_data(burn_in=args.iters // 5)
     idata.extend(filtered.to_inference_data())
     if learning is not None:
@@ -118,6 +138,7 @@ COMMAND = Command(
     help="state-space model: learn by score ascent, filter, smooth",
     description=__doc__.split("\n\n")[0],
     add_arguments=add_arguments,
+    check=check,
     run=run,
     flags={"num_particles": "--num-particles", "num_steps": "--steps", "columns": "--columns",
            "state_dim": "--state-dim", "num_chains": "--chains", "num_iters": "--iters",
@@ -125,4 +146,12 @@ COMMAND = Command(
     demo=["--data", "gbp-usd", "--model", "sv", "--estimator", "paris", "--steps", "60",
           "--lr", "0.05", "--num-particles", "50", "--filter-particles", "500", "--iters",
           "100", "--chains", "2"],
+    distributes="the particle filter's --filter-particles are spread over the processes "
+                "(normalizing constants reduced, resampling global: the law of one process "
+                "with the same N); score ascent with --estimator paris spreads its "
+                "--num-particles the same way, with --estimator ppg each process runs its "
+                "own PPG chain with all --num-particles and the score is averaged over the "
+                "chains; the --chains particle Gibbs chains are split over the processes. "
+                "--filter-particles, --chains and (for paris) --num-particles must be "
+                "divisible by the number of processes.",
 )

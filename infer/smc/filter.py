@@ -6,6 +6,14 @@ the bootstrap filter), are weighted by
 when the effective sample size falls below ``ess_threshold * N``. The evidence
 estimate ``Ẑ = Π_t Σ_i W_{t-1}^i w_t^i`` is unbiased (Del Moral 2004) and is kept in
 log space. Everything is vectorized over particles.
+
+**Across ranks.** Inside a process group (:mod:`posterity.infer.distributed`) the
+``N = num_particles`` particles are spread over the ``W`` ranks, ``N / W`` on each
+(rank ``r`` holds particles ``r N/W, ..., (r+1) N/W - 1`` of the global cloud). The
+normalizing constants, the ESS and the filtering moments are reduced over the ranks,
+the decision to resample is global, and resampling is global and exact
+(:mod:`.across_ranks`): the result has the law of the one-process filter with the same
+``N``, for all four schemes.
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ from torch import Tensor
 
 from posterity.models.ssm import StateSpaceModel
 
+from .. import distributed
 from ..checks import check_int
 from ..progress import progress_bar
+from . import across_ranks as ranks
 from .protocol import validate_model
 from .resampling import resampler
 
@@ -35,6 +45,10 @@ class FilterStep(NamedTuple):
     ``particles`` and ``log_weights`` are step ``t``'s cloud; ``ancestors`` are the
     resampled indices used to move (``None`` when the step did not resample); ``ess`` is
     the effective sample size of ``log_weights``.
+
+    Across ranks, the clouds are this rank's share, the log-weights are normalized over
+    all ranks, ``ancestors`` index the global cloud of step ``t - 1`` (the rank-order
+    concatenation), and ``log_evidence`` and ``ess`` are global.
     """
 
     t: int
@@ -63,6 +77,14 @@ class FilterResult:
         history: with ``keep_history=True``: ``particles`` ``[T, N, d]``,
             ``log_weights`` ``[T, N]`` and ``ancestors`` ``[T, N]`` (``ancestors[t]``
             indexes the particles of step ``t - 1``).
+
+    Across ranks, ``log_evidence``, ``filter_mean``, ``filter_var``, ``ess`` and
+    ``resampled`` are global and the same on every rank; ``particles``,
+    ``log_weights`` and the history hold this rank's ``N / W`` particles (log-weights
+    normalized over all ranks), and ``history["ancestors"][t]`` index the global cloud
+    of step ``t - 1``: rank ``r``'s particles at positions ``r N/W, ..., (r+1) N/W - 1``
+    (gather the history with :func:`posterity.infer.distributed.all_gather` to trace
+    lineages).
     """
 
     log_evidence: Tensor
@@ -115,6 +137,8 @@ class WeightMonitor:
             raise FloatingPointError(f"{self.engine}: every particle weight vanished at time "
                                      f"step {t}: {_vanished_cause(increment, y)}")
         self.warned = True
+        if not distributed.is_main():  # the ESS is global: one warning per run, rank 0's
+            return
         warnings.warn(
             f"{self.engine}: the effective sample size collapsed to {ess:.2f} of "
             f"{self.num_particles} particles at time step {t}{spread}; the estimates there "
@@ -174,6 +198,10 @@ class ParticleFilter:
         keep_history: keep every step's particles, weights and ancestors.
         progress: show a ``tqdm`` bar over time steps (``None``: on an interactive
             terminal only, see :mod:`posterity.infer.progress`).
+        across_ranks: spread the particles over the ranks of the process group
+            (``None``, the default: when one is initialized; ``False``: every rank runs
+            its own filter with all ``num_particles``). Spread, ``num_particles`` must be
+            divisible by the number of processes (a ``ValueError`` otherwise).
 
     The model is checked against the protocol when the filter is built
     (:func:`~.protocol.check_model`); ``ys`` is converted to the model's dtype and
@@ -200,10 +228,14 @@ class ParticleFilter:
         missing: bool = False,
         keep_history: bool = False,
         progress: bool | None = None,
+        across_ranks: bool | None = None,
     ) -> None:
         self.ssm = validate_model(ssm)
         self.num_particles = check_int("num_particles", num_particles, 2)
         self.resample = resampler(resampling)
+        self.resampling = resampling
+        self.across_ranks = across_ranks
+        self.local_share()  # the divisibility error when the group exists already
         if not 0 <= ess_threshold <= 1:
             raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
         self.ess_threshold = float(ess_threshold)
@@ -212,17 +244,28 @@ class ParticleFilter:
         # warns once per filter object, however many runs
         self.weight_monitor = WeightMonitor(self.num_particles, type(self).__name__)
 
-    def _move(self, x_prev: Tensor | None, t: int, y: Tensor, observed: bool
+    def local_share(self) -> tuple[bool, int, int]:
+        """Whether the particles are spread over the ranks, how many this rank holds and
+        the global index of its first one."""
+        spread = distributed.is_initialized() if self.across_ranks is None \
+            else bool(self.across_ranks) and distributed.is_initialized()
+        if not spread:
+            return False, self.num_particles, 0
+        n = distributed.check_divisible("num_particles", self.num_particles)
+        return True, n, distributed.rank() * n
+
+    def _move(self, x_prev: Tensor | None, t: int, y: Tensor, observed: bool, count: int
               ) -> tuple[Tensor, Tensor]:
-        """New particles and their incremental log weights."""
+        """New particles (``count`` of them at ``t = 0``) and their incremental log
+        weights."""
         if self.proposal is None:
-            x = (self.ssm.initial().sample((self.num_particles,)) if x_prev is None
+            x = (self.ssm.initial().sample((count,)) if x_prev is None
                  else self.ssm.sample_transition(x_prev, t))
             log_weight = None
         else:
             prior = self.ssm.initial() if x_prev is None else self.ssm.transition(x_prev, t)
             q = self.proposal(x_prev, t, y)
-            x = q.sample((self.num_particles,) if x_prev is None else ())
+            x = q.sample((count,) if x_prev is None else ())
             log_weight = prior.log_prob(x) - q.log_prob(x)
         if observed:
             emission = self.ssm.emission_log_prob(x, y, t)
@@ -236,20 +279,31 @@ class ParticleFilter:
         ys = self.ssm.check_observations(ys, allow_missing=self.missing)
         observed = (~torch.isnan(ys).any(-1)).tolist()
         T, N = ys.shape[0], self.num_particles
-        uniform = ys.new_full((N,), -math.log(N))
-        x = log_w = None
+        spread, n, _ = self.local_share()
+        # the draws every rank must agree on (and distinct particle draws per rank)
+        shared = ranks.shared_generator(ys.device) if spread else None
+        uniform = ys.new_full((n,), -math.log(N))
+        x = log_w = totals = None
         ess = float(N)
         monitor = self.weight_monitor
-        for t in progress_bar(range(T), progress=self.progress, desc=type(self).__name__):
+        for t in progress_bar(range(T), progress=self.progress and distributed.is_main(),
+                              desc=type(self).__name__):
             x_prev, log_w_prev, ancestors = x, log_w, None
             if t > 0 and ess < self.ess_threshold * N:
-                ancestors = self.resample(log_w.exp())
-                x, log_w = x[ancestors], uniform
-            x, increment = self._move(x, t, ys[t], observed[t])
+                if spread:
+                    x, ancestors = ranks.resample(x, log_w, self.resampling, shared, totals)
+                else:
+                    ancestors = self.resample(log_w.exp())
+                    x = x[ancestors]
+                log_w = uniform
+            x, increment = self._move(x, t, ys[t], observed[t], n)
             unnormalized = (uniform if log_w is None else log_w) + increment
-            step_log_evidence = torch.logsumexp(unnormalized, 0)
-            log_w = unnormalized - step_log_evidence
-            ess = 1.0 / float(log_w.exp().square().sum())
+            if spread:
+                step_log_evidence, log_w, ess, totals = ranks.normalize(unnormalized)
+            else:
+                step_log_evidence = torch.logsumexp(unnormalized, 0)
+                log_w = unnormalized - step_log_evidence
+                ess = 1.0 / float(log_w.exp().square().sum())
             monitor(ess, increment, ys[t], t)
             yield FilterStep(t, ys[t], x_prev, log_w_prev, x, log_w, ancestors,
                              step_log_evidence, ess)
@@ -259,14 +313,16 @@ class ParticleFilter:
         """Filter ``ys`` (``[T, obs_dim]``)."""
         log_evidences, ess, resampled, moments = [], [], [], []
         pending: list[FilterStep] = []
+        spread, n, first = self.local_share()
+        reduce = distributed.all_reduce_sum if spread else (lambda moment: moment)
         # moments are computed for blocks of steps at once: one batched product instead of
         # several small operations per step (the per-step overhead dominates at N ~ 1000)
-        block = max(1, min(64, 2**22 // (self.num_particles * self.ssm.state_dim)))
+        block = max(1, min(64, 2**22 // (n * self.ssm.state_dim)))
         history: dict[str, list[Tensor]] = {"particles": [], "log_weights": [], "ancestors": []}
         for step in self.steps(ys):
             pending.append(step)
             if len(pending) == block:
-                moments.append(_weighted_moments(pending))
+                moments.append(reduce(_weighted_moments(pending)))
                 pending = []
             log_evidences.append(step.log_evidence)
             ess.append(step.ess)
@@ -276,10 +332,10 @@ class ParticleFilter:
                 history["log_weights"].append(step.log_weights)
                 history["ancestors"].append(
                     step.ancestors if step.ancestors is not None
-                    else torch.arange(self.num_particles, device=step.particles.device)
+                    else torch.arange(first, first + n, device=step.particles.device)
                 )
         if pending:
-            moments.append(_weighted_moments(pending))
+            moments.append(reduce(_weighted_moments(pending)))
         mean, second = torch.cat(moments).chunk(2, -1)
         return FilterResult(
             log_evidence=torch.stack(log_evidences).sum(),

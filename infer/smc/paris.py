@@ -9,6 +9,12 @@ with ``J_k^i`` drawn from the backward kernel ``∝ W_{t-1}^j q_t(x_t^i | x_{t-1
 and the estimate is ``Σ_i W_{T-1}^i τ_{T-1}^i``. Memory is ``O(N · dim h)`` and does
 not grow with ``T``; with the accept-reject backward kernel the cost is ``O(N Ñ)``
 per step.
+
+**Across ranks** (inside a process group, see :mod:`.filter`): each rank holds ``N / W``
+particles and their statistics. At every step the previous cloud, its log-weights and
+its statistics are all-gathered (``O(N (d + 1 + k))`` numbers), each rank draws the
+backward indices of its own particles among the global previous cloud, and the
+estimate is the global weighted sum: the same law as one process with the same ``N``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from torch import Tensor
 
 from posterity.models.ssm import StateSpaceModel
 
+from .. import distributed
 from ..checks import check_int
+from . import across_ranks as ranks
 from .backward import backward_sampler
 from .filter import FilterStep, ParticleFilter
 
@@ -55,16 +63,30 @@ def evaluate_term(h: AdditiveFunctional, x_prev: Tensor | None, x: Tensor, y: Te
 
 
 def paris_update(step: FilterStep, statistics: Tensor | None, h: AdditiveFunctional,
-                 backward, num_backward: int, check: bool = True
-                 ) -> tuple[Tensor, Tensor | None]:
+                 backward, num_backward: int, check: bool = True,
+                 across_ranks: bool = False) -> tuple[Tensor, Tensor | None]:
     """One PaRIS step: the new statistics ``[N, k]`` and the backward indices
-    ``[N, Ñ]`` (``None`` at ``t = 0``)."""
+    ``[N, Ñ]`` (``None`` at ``t = 0``).
+
+    With ``across_ranks`` the step is this rank's share of a filter spread over the
+    ranks: the previous cloud, its weights and ``statistics`` are gathered from every
+    rank (differentiably for ``statistics``, see :func:`.across_ranks.gather_rows`), the
+    returned statistics are this rank's ``[N / W, k]`` and the indices point into the
+    global previous cloud."""
     if step.t == 0:
         return evaluate_term(h, None, step.particles, step.y, 0, check), None
     n = step.particles.shape[0]
+    previous, previous_log_weights = step.previous, step.previous_log_weights
+    if across_ranks:  # one all-gather, two when the statistics carry a gradient
+        parts = [previous, previous_log_weights.unsqueeze(-1)]
+        apart = statistics.requires_grad or statistics.dtype != previous.dtype
+        packed = ranks.gather_rows(torch.cat(parts if apart else parts + [statistics], -1))
+        d = previous.shape[-1]
+        previous, previous_log_weights = packed[:, :d], packed[:, d].contiguous()
+        statistics = ranks.gather_rows(statistics) if apart else packed[:, d + 1:]
     targets = step.particles.repeat_interleave(num_backward, 0)
-    indices = backward(step.previous, step.previous_log_weights, targets, step.t)
-    terms = statistics[indices] + evaluate_term(h, step.previous[indices], targets, step.y,
+    indices = backward(previous, previous_log_weights, targets, step.t)
+    terms = statistics[indices] + evaluate_term(h, previous[indices], targets, step.y,
                                                 step.t, check)
     return terms.reshape(n, num_backward, -1).mean(1), indices.reshape(n, num_backward)
 
@@ -104,7 +126,11 @@ class PaRIS:
         max_trials: proposals per accept-reject draw before the exact fallback.
 
     The other arguments are those of :class:`ParticleFilter`; ``ess_threshold`` defaults
-    to 1 here: resampling at every step.
+    to 1 here: resampling at every step. Inside a process group the particles are
+    spread over the ranks (``num_particles`` divisible by the number of processes) and
+    the estimate and log-evidence are global, the same on every rank
+    (``bound_violations`` are this rank's; ``across_ranks=False``: one smoother per
+    rank).
 
     ``h`` is checked at every step: a value that is not ``[N, k]`` (or ``[N]``), or that
     holds NaN, raises an error naming ``h`` and the time step. The rejection backward
@@ -147,9 +173,13 @@ class PaRIS:
         """Smooth ``ys`` (``[T, obs_dim]``)."""
         statistics, log_evidence = None, 0.0
         violations = len(self.backward.bound_violations)
+        spread = self.filter.local_share()[0]
         for step in self.filter.steps(ys):
             statistics, _ = paris_update(step, statistics, self.h, self.backward,
-                                         self.num_backward)
+                                         self.num_backward, across_ranks=spread)
             log_evidence = log_evidence + step.log_evidence
-        return SmoothingResult(step.log_weights.exp() @ statistics, log_evidence,
+        estimate = step.log_weights.exp() @ statistics
+        if spread:
+            estimate = distributed.all_reduce_sum(estimate)
+        return SmoothingResult(estimate, log_evidence,
                                list(self.backward.bound_violations[violations:]))

@@ -10,6 +10,14 @@ The ``C`` chains of :class:`ParticleGibbs` run as one particle system of shape
 ``[C, N, d]``: the model sees states with two batch dimensions (the protocol's
 ``[..., state_dim]``), resampling and backward sampling are vectorized over chains, and
 each chain's law is that of a chain run alone.
+
+Under a process group (:mod:`posterity.infer.distributed`) every rank runs its own
+``num_chains`` chains, so ``W`` ranks run ``W · num_chains`` chains: chains are
+independent, so there is no global law to preserve and nothing to split (a global count
+would also have to be divisible by ``W``); each rank's chains follow a random stream of
+their own (:func:`separate_rank_stream`), and ``to_inference_data()``, called on every
+rank, gathers all of them into one ``InferenceData`` (rank 0's chains first), so R-hat
+compares chains from different processes.
 """
 
 from __future__ import annotations
@@ -23,11 +31,23 @@ from torch import Tensor
 
 from posterity.models.ssm import StateSpaceModel
 
+from .. import distributed
 from ..checks import check_int
+from ..inference_data import gather_chains
 from ..progress import progress_bar
 from .backward import backward_sampler
 from .filter import FilterStep, WeightMonitor
 from .protocol import validate_model
+
+
+def separate_rank_stream() -> None:
+    """Under a process group, move every rank but 0 to a random stream of its own:
+    reseed torch's generators with ``distributed.rank_seed`` of a seed drawn from the
+    current stream. Rank 0 (and a single process) keeps its stream untouched, so its
+    chains are those of a one-process run with the same seed; the other ranks' differ
+    even when every rank was seeded alike."""
+    if distributed.rank() > 0:
+        torch.manual_seed(distributed.rank_seed(int(torch.randint(0, 2**62, ()))))
 
 
 def _multinomial(log_weights: Tensor, num: int) -> Tensor:
@@ -102,7 +122,10 @@ class ParticleGibbsResult:
 
     def to_inference_data(self, burn_in: int | None = None):
         """The paths as a posterior over ``x`` with dims (chain, draw, time, state_dim),
-        without the first ``burn_in`` draws (default: the result's ``burn_in``)."""
+        without the first ``burn_in`` draws (default: the result's ``burn_in``).
+
+        Under a process group it gathers every rank's chains (rank 0's first; call it on
+        every rank): the same ``InferenceData`` on every rank. ``paths`` stays local."""
         import arviz as az
 
         burn_in = self.burn_in if burn_in is None else check_int("burn_in", burn_in, 0)
@@ -110,7 +133,7 @@ class ParticleGibbsResult:
             raise ValueError(f"burn_in ({burn_in}) must be < the number of draws "
                              f"({self.paths.shape[1]})")
         return az.from_dict(
-            posterior={"x": self.paths[:, burn_in:].detach().cpu().numpy()},
+            posterior=gather_chains({"x": self.paths[:, burn_in:]}),
             dims={"x": ["time", "state_dim"]},
         )
 
@@ -169,6 +192,10 @@ class ParticleGibbs:
         ``callback(chain, iteration, path)`` is called for every chain after every
         sweep. ``burn_in`` (default ``num_iters // 5``) is stored in the result for
         :meth:`ParticleGibbsResult.to_inference_data`.
+
+        Under a process group ``num_chains`` counts this rank's chains (``W`` ranks run
+        ``W · num_chains``; see the module docstring); ``callback`` gets this rank's
+        chain index.
         """
         ys = self.ssm.check_observations(ys, allow_missing=self.missing)
         check_int("num_iters", num_iters, 1)
@@ -177,6 +204,7 @@ class ParticleGibbs:
         if burn_in >= num_iters:
             raise ValueError(f"burn_in ({burn_in}) must be < num_iters ({num_iters})")
         violations = len(self.backward.bound_violations)
+        separate_rank_stream()
         path, paths = self.initial_path(ys, num_chains), []
         for iteration in progress_bar(range(num_iters), progress=self.progress,
                                       desc="ParticleGibbs"):

@@ -8,6 +8,14 @@ through the PaRIS backward indices: an index at ``T - 1`` from the final weights
 at each earlier step one of the particle's ``Ñ`` backward indices uniformly. The
 estimate averages iterations ``burn_in + 1, ..., num_iters``; its bias falls with the
 number of iterations where PaRIS's only falls with ``N``.
+
+Under a process group (:mod:`posterity.infer.distributed`) PPG is chain-parallel:
+every rank runs one chain of ``num_iters`` sweeps from its own random stream (the
+sweeps are as in one process, with all ``N`` particles on the rank), so ``W`` ranks
+run ``W`` chains. The result's ``estimate`` averages every rank's chain (the same on
+every rank); ``estimates`` and ``path`` stay local, and ``to_inference_data()``
+gathers the chains into one ``InferenceData``, whose ESS and R-hat then see ``W``
+chains.
 """
 
 from __future__ import annotations
@@ -19,11 +27,13 @@ from torch import Tensor
 
 from posterity.models.ssm import StateSpaceModel
 
+from .. import distributed
 from ..checks import check_int
+from ..inference_data import gather_chains
 from ..progress import progress_bar
 from .backward import backward_sampler
 from .paris import AdditiveFunctional, paris_update
-from .particle_gibbs import ParticleGibbs, conditional_steps
+from .particle_gibbs import ParticleGibbs, conditional_steps, separate_rank_stream
 from .protocol import validate_model
 
 
@@ -43,10 +53,11 @@ def path_through_backward_indices(particles: list[Tensor], indices: list[Tensor 
 
 @dataclass
 class PPGResult:
-    """``estimate`` ``[k]`` (the average over iterations after burn-in), the
-    per-iteration ``estimates`` ``[num_iters, k]``, the last reference ``path``
-    ``[T, d]`` and ``bound_violations`` (``(t, excess)`` where a transition density
-    exceeded ``transition_log_bound(t)``; those steps used the exact kernel)."""
+    """``estimate`` ``[k]`` (the average over iterations after burn-in, and over every
+    rank's chain under a process group), the per-iteration ``estimates``
+    ``[num_iters, k]``, the last reference ``path`` ``[T, d]`` (both this rank's) and
+    ``bound_violations`` (``(t, excess)`` where a transition density exceeded
+    ``transition_log_bound(t)``; those steps used the exact kernel)."""
 
     estimate: Tensor
     estimates: Tensor
@@ -55,13 +66,18 @@ class PPGResult:
     bound_violations: list[tuple[int, float]] = field(default_factory=list)
 
     def to_inference_data(self):
-        """Per-iteration estimates after burn-in as one chain (ArviZ gives their ESS and
-        Monte Carlo error), and the last reference path."""
+        """Per-iteration estimates after burn-in as one chain per rank (ArviZ gives their
+        ESS and Monte Carlo error), and the last reference path of the first chain.
+
+        Under a process group it gathers every rank's chain (rank 0's first; call it on
+        every rank): the same ``InferenceData`` on every rank."""
         import arviz as az
 
+        gathered = gather_chains({"estimate": self.estimates[self.burn_in:][None],
+                                  "path": self.path[None]})
         return az.from_dict(
-            posterior={"estimate": self.estimates[self.burn_in:].detach().cpu().numpy()[None]},
-            constant_data={"path": self.path.detach().cpu().numpy()},
+            posterior={"estimate": gathered["estimate"]},
+            constant_data={"path": gathered["path"][0]},
             dims={"estimate": ["functional"], "path": ["time", "state_dim"]},
         )
 
@@ -121,8 +137,12 @@ class PPG:
     @torch.no_grad()
     def run(self, ys: Tensor, reference: Tensor | None = None) -> PPGResult:
         """``num_iters`` sweeps from ``reference`` (``[T, d]``; default: a path from an
-        unconditional filter)."""
+        unconditional filter).
+
+        Under a process group, call it on every rank: each runs its own chain (see the
+        module docstring) and the estimate is averaged over the ranks."""
         ys = self.ssm.check_observations(ys, allow_missing=self.missing)
+        separate_rank_stream()
         if reference is None:
             reference = ParticleGibbs(self.ssm, self.num_particles, progress=False,
                                       backward="exact", missing=self.missing).initial_path(ys)
@@ -136,5 +156,6 @@ class PPG:
             estimate, reference = self.sweep(ys, reference)
             estimates.append(estimate)
         estimates = torch.stack(estimates)
-        return PPGResult(estimates[self.burn_in:].mean(0), estimates, reference, self.burn_in,
+        estimate = distributed.all_reduce_sum(estimates[self.burn_in:].mean(0))
+        return PPGResult(estimate / distributed.world_size(), estimates, reference, self.burn_in,
                          list(self.backward.bound_violations[violations:]))

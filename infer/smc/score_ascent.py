@@ -14,6 +14,22 @@ exactly the PaRIS (or PPG) estimate of that score. Any torch optimizer then clim
 Training goes through the shared loop :func:`posterity.infer.train.fit`: the series is
 one row and one epoch is one update, so checkpoints, exact resume, the NaN guard, the
 history, the time budget and the progress bar are those of every gradient engine.
+
+**Across ranks** (inside a process group; ``data_parallel = False``: every rank sees the
+whole series and the ranks' gradients are summed with weight 1):
+
+* ``"paris"``: the ``num_particles`` are spread over the ranks (divisible by the number
+  of processes); each rank's objective is its part ``Σ_{i on this rank} W_i τ_i`` of the
+  one global PaRIS estimate, the statistics cross ranks through a differentiable
+  all-gather, and the summed gradient is the global PaRIS score estimate, as in one
+  process with the same ``N``.
+* ``"ppg"``: every rank runs its own PPG chain with ``num_particles`` particles (its own
+  random stream) and its objective is divided by the number of processes, so that the
+  summed gradient is the mean of the chains' score estimates.
+
+The reported objective (and :meth:`ScoreAscent.score`) is the global value on every
+rank; :meth:`ScoreAscent.validate` runs a filter spread over the ranks (``num_particles``
+in all for PaRIS, ``num_particles`` per rank for PPG).
 """
 
 from __future__ import annotations
@@ -28,10 +44,11 @@ from torch import Tensor
 
 from posterity.models.ssm import StateSpaceModel
 
-from .. import train
+from .. import distributed, train
 from ..checks import check_choice, check_int, check_positive
 from ..progress import progress_enabled
 from ..train import NonFiniteError
+from . import across_ranks as ranks
 from .backward import backward_sampler
 from .filter import FilterStep, ParticleFilter
 from .paris import paris_update
@@ -51,12 +68,15 @@ def complete_data_log_density(ssm: StateSpaceModel):
     return h
 
 
-def smoothed_objective(steps: Iterator[FilterStep], h, backward, num_backward: int
+def smoothed_objective(steps: Iterator[FilterStep], h, backward, num_backward: int,
+                       across_ranks: bool = False
                        ) -> tuple[Tensor, list[Tensor], list[Tensor | None], Tensor]:
     """PaRIS statistics of ``h`` with gradients through ``h`` only.
 
     Returns the scalar objective (its gradient is the score estimate), the particles and
-    backward indices of every step (for PPG's next path) and the final weights.
+    backward indices of every step (for PPG's next path) and the final weights. With
+    ``across_ranks`` the steps are this rank's share of a filter spread over the ranks
+    and the objective is this rank's part of the global estimate.
     """
     statistics, particles, indices, last = None, [], [], None
     while True:
@@ -65,7 +85,8 @@ def smoothed_objective(steps: Iterator[FilterStep], h, backward, num_backward: i
         if step is None:
             break
         statistics, backward_indices = paris_update(step, statistics, h, backward,
-                                                    num_backward, check=False)
+                                                    num_backward, check=False,
+                                                    across_ranks=across_ranks)
         particles.append(step.particles)
         indices.append(backward_indices)
         last = step
@@ -147,6 +168,8 @@ class ScoreAscent:
     """
 
     monitor = ("log_evidence", "max")
+    #: each rank's objective is its part of one global estimate (see the module notes)
+    data_parallel = False
 
     def __init__(
         self,
@@ -188,8 +211,11 @@ class ScoreAscent:
         self.max_trials = max_trials
         self.h = complete_data_log_density(ssm)
         self.missing, self.progress = bool(missing), progress
+        # PaRIS spreads its particles over the ranks of a process group; PPG runs one
+        # chain per rank
         self.filter = ParticleFilter(ssm, num_particles, ess_threshold=1.0, missing=missing,
-                                     progress=False)
+                                     progress=False,
+                                     across_ranks=None if self.estimator == "paris" else False)
         self.reference: Tensor | None = None
         self.num_steps = 0
         self.history = train.History()
@@ -216,7 +242,7 @@ class ScoreAscent:
         estimate; for PPG it also moves the conditional path."""
         if self.estimator == "paris":
             return smoothed_objective(self.filter.steps(ys), self.h, self.backward,
-                                      self.num_backward)[0]
+                                      self.num_backward, self.filter.local_share()[0])[0]
         if self.reference is None:
             with torch.no_grad():
                 self.reference = ParticleGibbs(self.ssm, self.num_particles, progress=False,
@@ -231,21 +257,29 @@ class ScoreAscent:
 
     def objective(self, ys: Tensor) -> Tensor:
         """The update's objective: ``burn_in`` path moves (PPG), then the mean of
-        ``sweeps_per_update`` estimates."""
+        ``sweeps_per_update`` estimates. Inside a process group: this rank's part, the
+        ranks' parts summing to the global objective (see the module notes); every rank
+        must call it."""
         ys = self._series(ys)
         if self.estimator == "ppg":
+            if distributed.is_initialized():
+                ranks.distinct_streams(ys.device)  # one chain per rank: distinct draws
             with torch.no_grad():
                 for _ in range(self.burn_in):
                     self._sweep(ys)
         values = [self._sweep(ys) for _ in range(self.sweeps_per_update)]
-        return values[0] if len(values) == 1 else torch.stack(values).mean()
+        value = values[0] if len(values) == 1 else torch.stack(values).mean()
+        if self.estimator == "ppg" and distributed.is_initialized():
+            value = value / distributed.world_size()
+        return value
 
     def score(self, ys: Tensor) -> dict[str, Tensor]:
-        """One estimate of ``∇θ log p_θ(y)`` for every parameter."""
+        """One estimate of ``∇θ log p_θ(y)`` for every parameter (inside a process group:
+        the global estimate, the same on every rank)."""
         params = dict(self.ssm.named_parameters())
         grads = torch.autograd.grad(self.objective(ys), list(params.values()),
                                     allow_unused=True)
-        return {name: torch.zeros_like(p) if g is None else g
+        return {name: distributed.all_reduce_sum(torch.zeros_like(p) if g is None else g)
                 for (name, p), g in zip(params.items(), grads)}
 
     def _check_parameters(self, when: str) -> None:
@@ -258,21 +292,28 @@ class ScoreAscent:
         """One ascent update on the score estimate (``ys`` ``[T, obs_dim]``)."""
         self._check_parameters(f"before update {self.num_steps + 1}")
         value = self.objective(ys)
-        if not torch.isfinite(value):
-            raise NonFiniteError(f"the smoothed log-density became {float(value)} at update "
+        total = distributed.all_reduce_sum(value.detach())  # every rank: the global value
+        if not torch.isfinite(total):
+            raise NonFiniteError(f"the smoothed log-density became {float(total)} at update "
                                  f"{self.num_steps + 1}; lower the learning rate")
-        train.optimizer_step(self.optimizer, -value, self.scheduler)
+        with distributed.gradient_weight(1.0):  # the ranks' parts sum to the estimate
+            train.optimizer_step(self.optimizer, -value, self.scheduler)
         self._check_parameters(f"after update {self.num_steps + 1}")
         self.num_steps += 1
         for name, p in self.ssm.named_parameters():
             self.parameter_history[name].append(p.detach().flatten().clone())
-        return {"objective": float(value.detach())}
+        return {"objective": float(total)}
 
     @torch.no_grad()
     def validate(self, ys: Tensor) -> dict[str, float]:
-        """``log Ẑ`` of a particle filter at the current parameters."""
+        """``log Ẑ`` of a particle filter at the current parameters (inside a process
+        group: spread over the ranks, ``num_particles`` in all for PaRIS and per rank
+        for PPG; the same value on every rank)."""
+        num = self.num_particles
+        if self.estimator == "ppg":
+            num *= distributed.world_size()
         return {"log_evidence": float(ParticleFilter(
-            self.ssm, self.num_particles, missing=self.missing, progress=False)
+            self.ssm, num, missing=self.missing, progress=False)
             .run(self._series(ys)).log_evidence)}
 
     def state_dict(self) -> dict[str, Any]:

@@ -14,7 +14,19 @@ import time
 
 from posterity.datasets import DataError, load_matrix
 
-from ..command import Command, Outcome, Run, UsageError, add_num_particles, integer, real, rounded
+from .. import distributed
+from ..command import (
+    Command,
+    Outcome,
+    Run,
+    UsageError,
+    add_num_particles,
+    at_least_one_each,
+    evaluate_rows,
+    integer,
+    real,
+    rounded,
+)
 from .engine import ALGORITHMS, WakeSleep
 from .helmholtz import helmholtz_machine
 
@@ -53,14 +65,20 @@ def check(args: argparse.Namespace) -> None:
     if args.algorithm != "ws" and args.num_particles < 2:
         raise UsageError("--num-particles", f"must be >= 2 for --algorithm {args.algorithm} "
                                             f"(it reweights particles), got {args.num_particles}")
+    at_least_one_each("--batch-size", args.batch_size)
+
+
+def _binary(data: str):
+    parts = load_matrix(data)
+    for part in parts:
+        if not bool(((part == 0) | (part == 1)).all()):
+            raise DataError(f"{data} holds values other than 0 and 1; a sigmoid belief "
+                            f"net models binary data")
+    return parts
 
 
 def run(args: argparse.Namespace, run: Run) -> Outcome:
-    train, valid, test = load_matrix(args.data)
-    for part in (train, valid, test):
-        if not bool(((part == 0) | (part == 1)).all()):
-            raise DataError(f"{args.data} holds values other than 0 and 1; a sigmoid belief "
-                            f"net models binary data")
+    train, valid, test = run.agreed(lambda: _binary(args.data))
     model, guide = helmholtz_machine((train.shape[1], *args.layers))
     tuning = {name: getattr(args, name) for name in ("lr", "damping", "refresh_every")
               if getattr(args, name) is not None}  # unset: the engine's tuned defaults
@@ -73,7 +91,13 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
                time_budget=args.time_budget, **run.train_options(safe_keys=("valid_points",)))
     train_seconds = time.perf_counter() - started
     test_eval = test[: args.eval_points] if args.eval_points else test
-    ll = engine.log_likelihood(test_eval, args.eval_samples, progress=progress)
+    options = {}
+    if engine.bidirectional and distributed.is_initialized():  # one Ẑ for every rank's rows
+        options["log_partition"] = distributed.broadcast_object(
+            engine.log_partition()[0] if distributed.is_main() else None)
+    ll = evaluate_rows(lambda rows: engine.log_likelihood(rows, args.eval_samples,
+                                                          progress=progress, **options),
+                       test_eval, args.seed)
     idata = engine.to_inference_data(test_eval[: args.diagnostic_points])
     stderr = float(ll.std() / ll.numel() ** 0.5) if ll.numel() > 1 else float("nan")
     metrics = {
@@ -111,4 +135,8 @@ COMMAND = Command(
           "--epochs", "20", "--valid-points", "250", "--eval-samples", "500",
           "--diagnostic-points", "50"],
     demo_epochs=True,
+    distributes="every global --batch-size minibatch is split into contiguous shares, one "
+                "per process, with the gradients (and NRWS's Fisher blocks) reduced over the "
+                "processes; the test points of log p(x) are split too. Rank 0 validates, "
+                "checkpoints and writes --out.",
 )

@@ -1,0 +1,372 @@
+"""One particle system spread over the ranks of a process group.
+
+Rank ``r`` of ``W`` holds particles ``r n, ..., (r + 1) n - 1`` of the global cloud of
+``N = W n`` (the rank-order concatenation), with log-weights normalized over all ranks.
+This module holds what the particle filter and PaRIS need beyond
+:mod:`posterity.infer.distributed`:
+
+* **Global resampling, exact.** Every rank publishes three numbers about its weights
+  (:func:`summarize`); from them every rank computes the same offspring counts per rank
+  (:func:`offspring_counts`), each rank draws its own offspring among its own particles
+  (:func:`local_offspring`), and ranks with more than ``n`` offspring hand their surplus
+  to ranks in deficit (:func:`transfer_plan`, :func:`rebalance`). The multiset of
+  ancestors has exactly the law of the single-process scheme with the same ``N``:
+
+  - ``systematic``: the grid ``(k + U) / N`` with one ``U`` common to all ranks, each
+    rank keeping the grid points in its slice ``[c_r, c_{r+1})`` of the global CDF;
+  - ``stratified``: one uniform per stratum ``[k/N, (k+1)/N)``; the (at most ``W - 1``)
+    strata that straddle a rank boundary use uniforms common to all ranks, the others
+    a rank's own;
+  - ``multinomial``: the counts per rank are ``Multinomial(N, totals)`` (common draws),
+    then each rank draws its count i.i.d. from its own weights;
+  - ``residual``: ``floor(N W_i)`` copies locally, the ``R`` remaining draws split over
+    the ranks by ``Multinomial(R, residual totals)``.
+
+  Only the order of the particles differs from one process; the filter is invariant
+  under permutations of equally weighted particles, so every estimate has the law of
+  the single-process filter.
+* **Common randomness.** :func:`shared_generator` returns a ``torch.Generator`` seeded
+  identically on every rank (from rank 0), used for the draws the ranks must agree on,
+  and first makes sure the ranks' own generators differ (:func:`distinct_streams`):
+  ranks that start from the same state, as ``torchrun`` processes do when nobody seeds
+  them, would propagate copies of the same particles.
+* :func:`gather_rows`: an all-gather of equal-sized blocks whose backward pass sums
+  the gradient over ranks and returns each rank its block (what score ascent needs to
+  differentiate PaRIS statistics that cross ranks).
+
+Communication per resampling step: an all-gather of ``3`` float64 per rank, then an
+all-gather of the surplus, padded to the largest one: ``W · max_r(surplus_r)`` rows of
+``d · itemsize + 8`` bytes received per rank (small when the ranks' weight totals are
+balanced; at worst ``(W - 1) n`` rows when one rank holds all the weight).
+
+Example:
+    >>> import torch
+    >>> weights = torch.tensor([0.1, 0.2, 0.3, 0.4])  # a one-rank "world"
+    >>> summaries = summarize(weights, 4).unsqueeze(0)
+    >>> generator = torch.Generator().manual_seed(0)
+    >>> counts, shared = offspring_counts("systematic", summaries, 4, generator)
+    >>> int(counts.sum()), local_offspring("systematic", weights, summaries, 0, 4, shared).shape
+    (4, torch.Size([4]))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .. import distributed
+
+SCHEMES = ("systematic", "stratified", "multinomial", "residual")
+
+
+# --- the counts every rank agrees on ----------------------------------------------------
+
+
+def summarize(weights: Tensor, num: int) -> Tensor:
+    """What a rank publishes about its weights ``[n]`` (normalized over all ranks):
+    ``[total, Σ floor(num W_i), Σ (num W_i - floor(num W_i))]`` in float64, ``[3]``."""
+    expected = weights.double() * num
+    floors = expected.floor()
+    return torch.stack([weights.double().sum(), floors.sum(), (expected - floors).sum()])
+
+
+def _boundaries(totals: Tensor) -> Tensor:
+    """The ranks' slices of the global CDF: ``c_0 = 0 <= c_1 <= ... <= c_W = 1``."""
+    cumulative = torch.cat([totals.new_zeros(1), totals.cumsum(0)])
+    cumulative = cumulative / cumulative[-1]
+    cumulative[-1] = 1.0
+    return cumulative
+
+
+def _systematic_starts(bounds: Tensor, num: int, u: Tensor) -> Tensor:
+    """The first grid index ``k`` with ``(k + u) / N >= c_r``, for every rank, and
+    ``N``: ``[W + 1]`` (rank ``r`` takes ``k`` in ``[starts[r], starts[r + 1])``)."""
+    starts = (bounds * num - u).ceil().clamp(0, num).long()
+    starts[0], starts[-1] = 0, num
+    return starts
+
+
+def _interior(bounds: Tensor, num: int) -> tuple[Tensor, Tensor]:
+    """Strata ``[k/N, (k+1)/N)`` inside each rank's slice: ``k`` in
+    ``[first[r], stop[r])``, ``[W]`` each (``stop <= first`` when there are none)."""
+    return (bounds[:-1] * num).ceil().long(), (bounds[1:] * num).floor().long()
+
+
+def _straddling(bounds: Tensor, num: int, shared: Tensor) -> tuple[Tensor, Tensor]:
+    """The points ``(k + U) / N`` of the strata with a rank boundary strictly inside, each
+    with its owner rank. Stratum ``k`` uses the common uniform of its first boundary."""
+    inner = bounds[1:-1] * num
+    strictly = inner != inner.floor()
+    strata, uniforms = inner.floor()[strictly], shared[strictly]
+    if strata.numel():
+        keep = torch.cat([strata.new_ones(1, dtype=torch.bool), strata[1:] != strata[:-1]])
+        strata, uniforms = strata[keep], uniforms[keep]
+    points = (strata + uniforms) / num
+    return points, torch.searchsorted(bounds[1:-1].contiguous(), points, right=True)
+
+
+def _split_multinomial(total: int, probabilities: Tensor, generator: torch.Generator) -> Tensor:
+    """``Multinomial(total, probabilities)`` over the ``W`` ranks, by conditional
+    binomials drawn from ``generator`` (a loop over ranks, not particles)."""
+    counts = torch.zeros(probabilities.shape[0], dtype=torch.long)
+    positive = torch.nonzero(probabilities > 0).flatten()
+    if total == 0 or not positive.numel():
+        return counts
+    last, left = int(positive[-1]), total
+    for r in range(last):
+        rest = float(probabilities[r:].sum())
+        p = torch.tensor(min(1.0, float(probabilities[r]) / rest), dtype=torch.float64)
+        counts[r] = int(torch.binomial(torch.tensor(float(left), dtype=torch.float64), p,
+                                       generator=generator))
+        left -= int(counts[r])
+    counts[last] = left
+    return counts
+
+
+def offspring_counts(scheme: str, summaries: Tensor, num: int, generator: torch.Generator
+                     ) -> tuple[Tensor, Tensor]:
+    """The number of offspring of every rank's particles, ``[W]`` (summing to ``num``),
+    and the common draws ``shared`` that :func:`local_offspring` needs. Every rank calls
+    it with the same ``summaries`` (``[W, 3]``, from :func:`summarize`) and the same
+    generator state, and gets the same result."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"resampling must be one of {sorted(SCHEMES)}, got {scheme!r}")
+    summaries = summaries.double().cpu()
+    totals = summaries[:, 0]
+    bounds = _boundaries(totals)
+    size = totals.shape[0]
+    if scheme == "systematic":
+        u = torch.rand((), dtype=torch.float64, generator=generator)
+        return _systematic_starts(bounds, num, u).diff(), u.reshape(1)
+    if scheme == "stratified":
+        shared = torch.rand(size - 1, dtype=torch.float64, generator=generator)
+        first, stop = _interior(bounds, num)
+        _, owners = _straddling(bounds, num, shared)
+        return (stop - first).clamp_min(0) + torch.bincount(owners, minlength=size), shared
+    if scheme == "multinomial":
+        counts = _split_multinomial(num, totals, generator)
+        return counts, counts.double()
+    floors = summaries[:, 1].round().long()
+    rests = summaries[:, 2].clamp_min(0)
+    extra = _split_multinomial(num - int(floors.sum()),
+                               rests if float(rests.sum()) > 0 else totals, generator)
+    return floors + extra, extra.double()
+
+
+def local_offspring(scheme: str, weights: Tensor, summaries: Tensor, rank: int, num: int,
+                    shared: Tensor) -> Tensor:
+    """The indices ``[counts[rank]]`` into this rank's particles of its offspring under
+    the global scheme, given its weights ``[n]`` (normalized over all ranks) and what
+    :func:`offspring_counts` returned on every rank."""
+    n, device = weights.shape[0], weights.device
+    summaries, shared = summaries.double().cpu(), shared.cpu()
+    bounds = _boundaries(summaries[:, 0])
+    if scheme == "multinomial" or scheme == "residual":
+        count = int(shared[rank])
+        if scheme == "multinomial":
+            indices = torch.zeros(0, dtype=torch.long, device=device)
+            rest = weights
+        else:
+            expected = weights.double() * num
+            floors = expected.floor()
+            indices = torch.repeat_interleave(torch.arange(n, device=device), floors.long())
+            rest = expected - floors
+        if count:
+            indices = torch.cat([indices, torch.multinomial(rest, count, replacement=True)])
+        return indices
+    if scheme == "systematic":
+        starts = _systematic_starts(bounds, num, shared[0])
+        grid = torch.arange(int(starts[rank]), int(starts[rank + 1]), dtype=torch.float64,
+                            device=device)
+        points = (grid + float(shared[0])) / num
+    else:
+        first, stop = _interior(bounds, num)
+        strata = torch.arange(int(first[rank]), max(int(first[rank]), int(stop[rank])),
+                              dtype=torch.float64, device=device)
+        edges, owners = _straddling(bounds, num, shared)
+        points = torch.cat([(strata + torch.rand_like(strata)) / num,
+                            edges[owners == rank].to(device)])
+    if not points.numel():
+        return torch.zeros(0, dtype=torch.long, device=device)
+    lo, hi = float(bounds[rank]), float(bounds[rank + 1])
+    cumulative = weights.double().cumsum(0)
+    cumulative = lo + cumulative / cumulative[-1] * (hi - lo)
+    return torch.searchsorted(cumulative, points).clamp_(max=n - 1)
+
+
+# --- moving surplus offspring to the ranks in deficit ------------------------------------
+
+
+def transfer_plan(counts: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """How offspring counts ``[W]`` become ``size`` particles per rank: the rows each rank
+    sends (its offspring past the first ``size``), the rows it receives, and where its
+    received rows start in the rank-order list of all sent rows. ``[W]`` each."""
+    surplus = counts.long() - size
+    send, receive = surplus.clamp_min(0), (-surplus).clamp_min(0)
+    if int(send.sum()) != int(receive.sum()):
+        raise ValueError(f"offspring counts {counts.tolist()} do not sum to "
+                         f"{size * counts.shape[0]}")
+    offsets = torch.cat([receive.new_zeros(1), receive.cumsum(0)[:-1]])
+    return send, receive, offsets
+
+
+def _to_bytes(tensors: list[Tensor]) -> Tensor:
+    """Rows of several tensors ``[m, ...]`` as one ``uint8`` table ``[m, bytes]``."""
+    return torch.cat([t.contiguous().reshape(t.shape[0], math.prod(t.shape[1:]))
+                      .view(torch.uint8) for t in tensors], 1)
+
+
+def _from_bytes(table: Tensor, like: list[Tensor]) -> list[Tensor]:
+    out, start = [], 0
+    for t in like:
+        width = t.element_size() * math.prod(t.shape[1:])
+        rows = table[:, start:start + width].clone(memory_format=torch.contiguous_format)
+        rows = rows.view(t.dtype)  # a fresh copy: aligned for the wider dtype
+        out.append(rows.reshape((table.shape[0],) + t.shape[1:]))
+        start += width
+    return out
+
+
+def rebalance(tensors: list[Tensor], counts: Tensor, size: int) -> list[Tensor]:
+    """Each of ``tensors`` (this rank's offspring rows, ``[counts[rank], ...]``) with the
+    surplus rows sent to the ranks in deficit and theirs received: ``[size, ...]`` on
+    every rank. One all-gather of the surplus rows (as bytes), padded to the largest."""
+    send, receive, offsets = transfer_plan(counts, size)
+    if not int(send.sum()):
+        return tensors
+    me = distributed.rank()
+    kept = [t[:size] for t in tensors]
+    outgoing = _to_bytes([t[size:] for t in tensors])
+    largest = int(send.max())
+    padded = outgoing.new_zeros(largest, outgoing.shape[1])
+    padded[:outgoing.shape[0]] = outgoing
+    pieces = [torch.empty_like(padded) for _ in range(counts.shape[0])]
+    dist.all_gather(pieces, padded)
+    sent = torch.cat([piece[:int(s)] for piece, s in zip(pieces, send)])
+    start = int(offsets[me])
+    received = _from_bytes(sent[start:start + int(receive[me])], tensors)
+    return [torch.cat([k, r]) for k, r in zip(kept, received)]
+
+
+def resample(particles: Tensor, log_weights: Tensor, scheme: str,
+             generator: torch.Generator, totals: Tensor | None = None
+             ) -> tuple[Tensor, Tensor]:
+    """Global resampling of the cloud spread over the ranks: this rank's new particles
+    ``[n, d]`` and their ancestors' global indices ``[n]`` (into the rank-order
+    concatenation of every rank's ``particles``). ``log_weights`` ``[n]`` are
+    normalized over all ranks; ``generator`` is shared (:func:`shared_generator`);
+    ``totals`` ``[W]``, every rank's share of the weight as :func:`normalize` returned
+    it, saves an all-gather (except for ``residual``)."""
+    n, me, size = particles.shape[0], distributed.rank(), distributed.world_size()
+    num = n * size
+    weights = log_weights.exp()
+    if totals is not None and scheme != "residual":
+        summaries = torch.stack([totals, totals.new_zeros(size), totals.new_zeros(size)], 1)
+    else:
+        summaries = _all_gather_stacked(summarize(weights, num))
+    counts, shared = offspring_counts(scheme, summaries, num, generator)
+    indices = local_offspring(scheme, weights, summaries, me, num, shared)
+    ancestors = indices + me * n
+    new, ancestors = rebalance([particles[indices], ancestors], counts, n)
+    return new, ancestors
+
+
+# --- common randomness, global reductions, gathers ---------------------------------------
+
+
+def _fingerprint(device: torch.device) -> str:
+    digest = hashlib.sha1(torch.random.get_rng_state().numpy().tobytes())
+    if device.type == "cuda":
+        digest.update(torch.cuda.get_rng_state(device).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def distinct_streams(device: torch.device | None = None) -> int:
+    """Make sure the ranks' torch generators differ, and return a seed common to all
+    ranks (drawn from rank 0's generator).
+
+    When two ranks' generators are in the same state (``torchrun`` starts every process
+    from torch's default seed), every rank reseeds its own with
+    :func:`~posterity.infer.distributed.rank_seed` of the common seed, so that the ranks
+    draw independent particles; ranks seeded apart are left alone. One small
+    all-gather."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    candidate = int(torch.randint(2**62, (), dtype=torch.long))
+    seen = distributed.all_gather_objects((_fingerprint(device), candidate))
+    seed = seen[0][1]
+    if len({fingerprint for fingerprint, _ in seen}) < len(seen):
+        torch.manual_seed(distributed.rank_seed(seed))
+    return seed
+
+
+def shared_generator(device: torch.device | None = None) -> torch.Generator:
+    """A CPU generator seeded identically on every rank, for the draws the ranks must
+    agree on (after :func:`distinct_streams`)."""
+    return torch.Generator().manual_seed(distinct_streams(device) ^ 0x5DEECE66D)
+
+
+def _all_gather_stacked(tensor: Tensor) -> Tensor:
+    """Every rank's ``tensor`` (the same shape everywhere) stacked in rank order:
+    ``[W, ...]`` (one ``dist.all_gather``; ``[1, ...]`` in one process)."""
+    if not distributed.is_initialized():
+        return tensor.unsqueeze(0)
+    pieces = [torch.empty_like(tensor) for _ in range(distributed.world_size())]
+    dist.all_gather(pieces, tensor.contiguous())
+    return torch.stack(pieces)
+
+
+def normalize(unnormalized: Tensor) -> tuple[Tensor, Tensor, float, Tensor]:
+    """This rank's unnormalized log-weights ``[n]`` -> the global log-normalizer
+    ``log Σ_ranks Σ_i exp(·)`` (a scalar), the log-weights normalized over all ranks
+    ``[n]``, the global effective sample size ``1 / Σ W_i²`` and every rank's share of
+    the weight (``[W]``, float64, on the CPU), from one all-gather of three float64 per
+    rank; every rank computes the same numbers. A rank without a
+    finite weight contributes nothing; NaN or +Inf anywhere gives NaN (as in one
+    process)."""
+    local_max = unnormalized.detach().max()
+    shift = local_max if torch.isfinite(local_max) else local_max.new_zeros(())
+    weights = (unnormalized.detach() - shift).exp()  # in (0, 1]: no overflow in float32
+    table = _all_gather_stacked(torch.stack([
+        shift.double(), weights.sum(dtype=torch.float64),
+        weights.square().sum(dtype=torch.float64)]))
+    shifts, sums, squares = table.unbind(1)
+    top = shifts.max()
+    scale = (shifts - top).exp()
+    total = (sums * scale).sum()
+    log_normalizer = (total.log() + top).to(unnormalized.dtype)
+    ess = float(total.square() / (squares * scale.square()).sum())
+    totals = (sums * scale / total).cpu()
+    return log_normalizer, unnormalized - log_normalizer, ess, totals
+
+
+def _gather_plain(tensor: Tensor) -> Tensor:
+    return _all_gather_stacked(tensor).flatten(0, 1)
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:
+        ctx.rows = tensor.shape[0]
+        return _gather_plain(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = distributed.rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+def gather_rows(tensor: Tensor) -> Tensor:
+    """Every rank's ``tensor`` (``[n, ...]``, the same shape on every rank) in rank
+    order: ``[W n, ...]``. Differentiable: the gradient of a rank's block is the sum
+    over ranks of the gradients of that block, so that ranks whose objectives add up to
+    one global objective get, summed over ranks, its gradient. The identity in one
+    process."""
+    if not distributed.is_initialized():
+        return tensor
+    return _GatherRows.apply(tensor) if tensor.requires_grad else _gather_plain(tensor)

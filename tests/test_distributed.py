@@ -1,0 +1,89 @@
+"""The process-group plumbing of ``posterity.infer.distributed``: one process is the
+identity, a launch without torchrun's environment says how to launch, and
+``run_local`` returns every rank's result, reports a failing rank and never hangs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from posterity.infer import distributed
+
+
+def test_outside_a_group_every_collective_is_the_identity():
+    x = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
+    assert not distributed.is_initialized()
+    assert torch.equal(distributed.all_reduce_sum(x), x)
+    assert torch.equal(distributed.all_gather(x), x)
+    assert torch.allclose(distributed.logsumexp(x, dim=1), torch.logsumexp(x, dim=1))
+    assert distributed.all_gather_objects("a") == ["a"]
+    assert distributed.share(5) == slice(0, 5)
+    assert distributed.rank_seed(7) == 7 and distributed.rank_seed(None) is None
+
+
+def test_shares_are_contiguous_and_differ_by_at_most_one_row():
+    assert distributed.share_sizes(7, 2) == [4, 3]
+    assert distributed.share_sizes(10, 4) == [3, 3, 2, 2]
+    assert sum(distributed.share_sizes(1001, 8)) == 1001
+
+
+def test_without_torchruns_environment_the_error_says_how_to_launch(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(distributed.DistributedError, match="torchrun --nproc-per-node"):
+        distributed.init_process_group()
+
+
+def collectives():
+    r = distributed.rank()
+    values = torch.tensor([0.0, 1.0]) + 10 * r
+    return {
+        "rank": r, "world": distributed.world_size(),
+        "sum": distributed.all_reduce_sum(torch.tensor([float(r + 1)])).item(),
+        "max": distributed.all_reduce_max(torch.tensor([float(r)])).item(),
+        "gathered": distributed.all_gather(torch.arange(r + 1.0)).tolist(),  # sizes 1, 2
+        "logsumexp": distributed.logsumexp(values).item(),
+        "broadcast": distributed.broadcast_object(f"from {r}"),
+        "share": distributed.share(5),
+        "seed": distributed.rank_seed(3),
+    }
+
+
+def failing_on_rank_1():
+    if distributed.rank() == 1:
+        raise RuntimeError("rank 1 broke")
+    return "fine"
+
+
+def hanging_on_rank_1():
+    if distributed.rank() == 1:
+        time.sleep(600)
+    return "fine"
+
+
+def test_run_local_gives_every_ranks_result_and_the_collectives_agree():
+    ranks = distributed.run_local(collectives, 2, timeout=120)
+    assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["world"] == 2
+    expected_lse = torch.logsumexp(torch.tensor([0.0, 1.0, 10.0, 11.0]), 0).item()
+    for r in ranks:
+        assert r["sum"] == 3.0 and r["max"] == 1.0
+        assert r["gathered"] == [0.0, 0.0, 1.0]
+        assert r["logsumexp"] == pytest.approx(expected_lse, rel=1e-6)
+        assert r["broadcast"] == "from 0"
+    assert [r["share"] for r in ranks] == [slice(0, 3), slice(3, 5)]
+    assert ranks[0]["seed"] == 3 and ranks[1]["seed"] != 3
+
+
+def test_a_failing_rank_raises_with_its_traceback():
+    with pytest.raises(distributed.DistributedError, match="rank 1 failed.*rank 1 broke"):
+        distributed.run_local(failing_on_rank_1, 2, timeout=120)
+
+
+def test_a_rank_that_never_finishes_is_killed_at_the_timeout():
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="1 of 2 ranks did not finish within 20 s"):
+        distributed.run_local(hanging_on_rank_1, 2, timeout=20)
+    assert time.monotonic() - started < 60

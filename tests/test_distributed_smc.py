@@ -1,0 +1,249 @@
+"""Particle methods with their particles spread over the ranks of a process group.
+
+Global resampling is checked exactly on a simulated world of three ranks (one process);
+the filter, PaRIS and score ascent run on two gloo processes spawned by the test, and
+their estimates are held to exact Kalman / RTS answers within their Monte Carlo error
+(the spread of seeded replicates). All two-rank checks share one spawned job.
+"""
+
+import math
+
+import pyro
+import pytest
+import torch
+
+from posterity.infer import distributed
+from posterity.infer.smc import PaRIS, ParticleFilter, ScoreAscent
+from posterity.infer.smc import across_ranks as ranks
+from posterity.models import LinearGaussianSSM
+
+# --- global resampling on a simulated world (one process) ----------------------------------
+
+WORLD, SHARE = 3, 4  # three ranks of four particles
+
+
+def world_weights(layout: str = "unequal") -> torch.Tensor:
+    """Global weights ``[3, 4]`` normalized over all ranks: the ranks' totals unequal
+    (0.55, 0.15, 0.30) with a zero weight, or the middle rank without any weight."""
+    w = torch.tensor([[0.20, 0.05, 0.25, 0.05], [0.02, 0.08, 0.0, 0.05],
+                      [0.10, 0.07, 0.03, 0.10]], dtype=torch.float64)
+    if layout == "empty rank":
+        w[1] = 0.0
+    return w / w.sum()
+
+
+def simulate_world(scheme: str, weights: torch.Tensor, seed: int):
+    """Every rank's steps of :func:`ranks.resample` without communication: the common
+    generator seeded alike on every rank, each rank's own draws from torch's."""
+    num = weights.numel()
+    summaries = torch.stack([ranks.summarize(w, num) for w in weights])
+    results = [ranks.offspring_counts(scheme, summaries, num,
+                                      torch.Generator().manual_seed(seed))
+               for _ in range(2)]
+    counts, shared = results[0]
+    for other_counts, other_shared in results[1:]:  # the ranks agree
+        assert torch.equal(other_counts, counts) and torch.equal(other_shared, shared)
+    offspring = [ranks.local_offspring(scheme, weights[r], summaries, r, num, shared)
+                 for r in range(WORLD)]
+    return counts, offspring
+
+
+@pytest.mark.parametrize("layout", ["unequal", "empty rank"])
+@pytest.mark.parametrize("scheme", ["systematic", "stratified", "multinomial", "residual"])
+def test_global_resampling_is_unbiased_and_leaves_every_rank_its_share(scheme, layout):
+    weights = world_weights(layout)
+    num = weights.numel()
+    torch.manual_seed(0)
+    draws = []
+    for seed in range(600):
+        counts, offspring = simulate_world(scheme, weights, seed)
+        assert [len(o) for o in offspring] == counts.tolist() and int(counts.sum()) == num
+        send, receive, offsets = ranks.transfer_plan(counts, SHARE)
+        assert ((counts - send + receive) == SHARE).all()  # every rank ends with its share
+        assert offsets.tolist() == [0, *receive.cumsum(0)[:-1].tolist()]
+        draws.append(torch.cat([torch.bincount(o, minlength=SHARE) for o in offspring]))
+    draws = torch.stack(draws).double()
+    expected = num * weights.flatten()
+    stderr = draws.std(0) / math.sqrt(len(draws))
+    # E[offspring of i] = N W_i; 4 standard errors (+ rounding where a count never varies)
+    assert ((draws.mean(0) - expected).abs() <= 4 * stderr + 1e-9).all(), draws.mean(0)
+    assert (draws[:, weights.flatten() == 0] == 0).all()
+
+
+def test_global_systematic_is_the_one_process_grid():
+    """Each rank keeps exactly the points of the global grid (k + U) / N that fall in its
+    slice of the CDF: concatenated, the one-process systematic draw with the same U."""
+    weights = world_weights()
+    num = weights.numel()
+    for seed in range(200):
+        counts, offspring = simulate_world("systematic", weights, seed)
+        u = torch.rand((), dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        grid = (torch.arange(num, dtype=torch.float64) + u) / num
+        one_process = torch.searchsorted(weights.flatten().cumsum(0), grid)
+        spread = torch.cat([o + r * SHARE for r, o in enumerate(offspring)])
+        assert torch.equal(spread, one_process)
+
+
+def test_rebalancing_needs_counts_that_sum_to_the_world():
+    with pytest.raises(ValueError, match="do not sum"):
+        ranks.transfer_plan(torch.tensor([5, 4, 4]), SHARE)
+
+
+# --- two ranks ---------------------------------------------------------------------------
+
+REPLICATES = 60
+
+
+def lgssm() -> LinearGaussianSSM:
+    return LinearGaussianSSM(1, 1, A=0.9, Q=0.5, C=1.0, R=1.0)
+
+
+def sum_of_states(x_prev, x, y, t):
+    return x
+
+
+def two_rank_job() -> dict:
+    """Everything the two-rank tests check, run once on each rank."""
+    out: dict = {}
+    ssm = lgssm()
+    pyro.set_rng_seed(0)  # the same series on both ranks
+    with torch.no_grad():
+        ys = ssm.simulate(20).observations
+    # both ranks seeded alike: the filter must still draw different particles per rank
+    result = ParticleFilter(ssm, 200, progress=False).run(ys)
+    out["final_particles"] = result.particles
+    pyro.set_rng_seed(distributed.rank_seed(1))
+    with torch.no_grad():
+        runs = [ParticleFilter(ssm, 1000, progress=False).run(ys) for _ in range(REPLICATES)]
+    out["log_evidence"] = torch.stack([r.log_evidence for r in runs])
+    out["filter_mean"] = torch.stack([r.filter_mean for r in runs])
+    out["resampled"] = torch.stack([r.resampled for r in runs]).sum()
+    history = ParticleFilter(ssm, 100, resampling="stratified", keep_history=True,
+                             progress=False).run(ys).history
+    out["history_shapes"] = {k: tuple(v.shape) for k, v in history.items()}
+    out["ancestor_range"] = (int(history["ancestors"].min()), int(history["ancestors"].max()))
+    out["local_filter"] = tuple(ParticleFilter(ssm, 101, across_ranks=False, progress=False)
+                                .run(ys).particles.shape)
+    errors = []
+    for make in (lambda: ParticleFilter(ssm, 101, progress=False),
+                 lambda: PaRIS(ssm, sum_of_states, 101, progress=False),
+                 lambda: ScoreAscent(ssm, "paris", 101, progress=False)):
+        try:
+            make()
+        except ValueError as error:
+            errors.append(str(error))
+    out["errors"] = errors
+    with torch.no_grad():
+        out["paris"] = torch.stack([
+            PaRIS(ssm, sum_of_states, 1000, backward="rejection", progress=False)
+            .run(ys).estimate for _ in range(10)])
+    for estimator in ("paris", "ppg"):
+        scores = []
+        for _ in range(10):
+            learner = ScoreAscent(ssm, estimator, num_particles=300, progress=False)
+            if estimator == "ppg":  # two path moves: past the initial path's influence
+                for _ in range(2):
+                    with torch.no_grad():
+                        learner.objective(ys)
+            scores.append(torch.cat([g.flatten() for g in learner.score(ys).values()]))
+        out[f"score_{estimator}"] = torch.stack(scores)
+    learner = ScoreAscent(lgssm(), "paris", num_particles=100, lr=0.01, progress=False)
+    out["objectives"] = [learner.step(ys)["objective"] for _ in range(2)]
+    out["parameters"] = torch.cat([p.detach().flatten() for p in learner.ssm.parameters()])
+    out["validate"] = learner.validate(ys)["log_evidence"]
+    fitted = ScoreAscent(lgssm(), "paris", num_particles=100, lr=0.01, progress=False)
+    out["fit_objective"] = fitted.fit(ys, num_steps=2, seed=3).objective
+    out["fit_parameters"] = torch.cat([p.detach().flatten() for p in fitted.ssm.parameters()])
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_ranks():
+    return distributed.run_local(two_rank_job, 2, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def exact():
+    ssm = lgssm()
+    pyro.set_rng_seed(0)
+    with torch.no_grad():
+        ys = ssm.simulate(20).observations
+    params = dict(ssm.named_parameters())
+    kalman = ssm.kalman_filter(ys)
+    score = torch.autograd.grad(kalman["log_likelihood"], list(params.values()))
+    with torch.no_grad():
+        smoothed_sum = ssm.rts_smoother(ys)["mean"].sum(0)
+    return {"log_z": kalman["log_likelihood"].detach(), "mean": kalman["mean"].detach(),
+            "score": torch.cat([g.flatten() for g in score]), "sum": smoothed_sum}
+
+
+def test_two_rank_filter_evidence_is_unbiased(two_ranks, exact):
+    first, second = two_ranks
+    assert torch.equal(first["log_evidence"], second["log_evidence"])  # global, alike
+    assert int(first["resampled"]) > 0  # the runs resampled across ranks
+    ratios = (first["log_evidence"] - exact["log_z"]).double().exp()
+    stderr = ratios.std() / math.sqrt(len(ratios))
+    assert abs(float(ratios.mean()) - 1) < 4 * float(stderr), (ratios.mean(), stderr)
+
+
+def test_two_rank_filtering_means_match_kalman(two_ranks, exact):
+    first, second = two_ranks
+    assert torch.equal(first["filter_mean"], second["filter_mean"])
+    runs = first["filter_mean"]
+    stderr = runs.std(0) / math.sqrt(runs.shape[0])
+    # 5 standard errors: a Bonferroni bound over the 20 comparisons
+    assert ((runs.mean(0) - exact["mean"]).abs() < 5 * stderr).all()
+
+
+def test_ranks_seeded_alike_still_draw_their_own_particles(two_ranks):
+    first, second = two_ranks
+    assert first["final_particles"].shape == (100, 1)
+    assert not torch.equal(first["final_particles"], second["final_particles"])
+
+
+def test_two_rank_history_is_local_with_global_ancestors(two_ranks):
+    first, _ = two_ranks
+    assert first["history_shapes"] == {"particles": (20, 50, 1), "log_weights": (20, 50),
+                                       "ancestors": (20, 50)}
+    low, high = first["ancestor_range"]
+    assert 0 <= low and high < 100 and high >= 50  # indices into the global cloud of 100
+    assert first["local_filter"] == (101, 1)  # across_ranks=False: each rank its own
+
+
+def test_particle_counts_not_divisible_by_the_world_are_refused(two_ranks):
+    for errors in (rank["errors"] for rank in two_ranks):
+        assert len(errors) == 3
+        assert all("num_particles must be divisible by the number of processes (2)" in e
+                   and "101" in e for e in errors)
+
+
+def test_two_rank_paris_matches_rts(two_ranks, exact):
+    first, second = two_ranks
+    assert torch.equal(first["paris"], second["paris"])
+    runs = first["paris"]
+    stderr = runs.std(0) / math.sqrt(len(runs))
+    # PaRIS is biased by O(1/N); at N = 1000 that is far below 5 standard errors
+    assert ((runs.mean(0) - exact["sum"]).abs() < 5 * stderr).all(), (runs.mean(0), exact)
+
+
+@pytest.mark.parametrize("estimator", ["paris", "ppg"])
+def test_two_rank_score_matches_autograd_of_the_kalman_likelihood(two_ranks, exact,
+                                                                  estimator):
+    first, second = two_ranks
+    draws = first[f"score_{estimator}"]
+    torch.testing.assert_close(draws, second[f"score_{estimator}"])  # global, alike
+    stderr = draws.std(0) / math.sqrt(len(draws))
+    assert ((draws.mean(0) - exact["score"]).abs() < 5 * stderr + 1e-4).all()
+
+
+def test_two_rank_score_ascent_updates_alike(two_ranks):
+    first, second = two_ranks
+    assert first["objectives"] == second["objectives"]
+    assert all(math.isfinite(v) for v in first["objectives"])
+    torch.testing.assert_close(first["parameters"], second["parameters"], rtol=0, atol=0)
+    assert first["validate"] == second["validate"]
+    # through the shared loop (data_parallel = False: every rank sees the series)
+    assert first["fit_objective"] == second["fit_objective"]
+    torch.testing.assert_close(first["fit_parameters"], second["fit_parameters"], rtol=0,
+                               atol=0)
+    assert len(first["fit_objective"]) == 2
