@@ -338,7 +338,7 @@ def test_config_lists_the_settings_as_plain_values():
     assert WakeSleep(*helmholtz_machine((12, 5, 3)), algorithm="rws").config()["damping"] is None
 
 
-def test_natural_rws_defaults_learn_much_faster_per_update_than_plain_rws():
+def test_natural_rws_defaults_learn_faster_per_update_than_plain_rws():
     """The defaults realise the paper (Várady et al. 2022): with the same plain-SGD
     learning rate (the default's, constant when stepping by hand), 60 NRWS updates
     raise the held-out log-likelihood of a small belief net more than 60 RWS updates.
