@@ -65,6 +65,7 @@ __all__ = [
     "rank",
     "rank_seed",
     "run_local",
+    "separate_stream",
     "share",
     "share_sizes",
     "world_size",
@@ -147,10 +148,23 @@ def barrier() -> None:
         dist.barrier()
 
 
-def rank_seed(seed: int | None) -> int | None:
+def rank_seed(seed: int | None, rank_: int | None = None) -> int | None:
     """A seed distinct per rank: ``seed + 1000003 * rank`` (``seed`` itself on rank 0,
-    so a one-process run is unchanged; ``None`` stays ``None``)."""
-    return None if seed is None else seed + 1_000_003 * rank()
+    so a one-process run is unchanged; ``None`` stays ``None``). ``rank_`` defaults to
+    this process's rank."""
+    if seed is None:
+        return None
+    return seed + 1_000_003 * (rank() if rank_ is None else rank_)
+
+
+def separate_stream() -> None:
+    """Move every rank but 0 to a random stream of its own: reseed torch's generators
+    with :func:`rank_seed` of a seed drawn from the current stream. Rank 0 (and a single
+    process) keeps its stream, so what it draws is what one process would draw; the
+    other ranks draw differently even when every rank was seeded alike. Not a
+    collective."""
+    if rank() > 0:
+        torch.manual_seed(rank_seed(int(torch.randint(0, 2**62, ()))))
 
 
 def share_sizes(total: int, size: int | None = None) -> list[int]:

@@ -89,3 +89,17 @@ def test_the_training_loop_writes_no_bar_into_a_log_unless_asked(capsys):
     assert capsys.readouterr().err == ""
     fit(Counting(), data, epochs=2, batch_size=5, progress=True)
     assert "Counting" in capsys.readouterr().err
+
+
+def test_only_rank_0_of_a_process_group_shows_bars_unless_asked(monkeypatch):
+    from posterity.infer import distributed
+    from posterity.infer.progress import progress_enabled, set_progress
+
+    set_progress(True)
+    try:
+        assert progress_enabled()
+        monkeypatch.setattr(distributed, "is_main", lambda: False)
+        assert not progress_enabled()  # rank 1 stays quiet
+        assert progress_enabled(True)  # an explicit progress=True still shows
+    finally:
+        set_progress(None)

@@ -128,7 +128,7 @@ class SGMCMCKernel(MCMCKernel):
             # chains on every rank of a process group: each rank but 0 moves to a stream
             # of its own, derived from the one it shares with the others (rank 0 keeps
             # the caller's stream and runs exactly what one process would run)
-            self.run_seed += 1_000_003 * rank  # distributed.rank_seed's offset
+            self.run_seed = distributed.rank_seed(self.run_seed, rank)
             torch.manual_seed(self.run_seed)
         return 0
 

@@ -286,7 +286,7 @@ class ParticleFilter:
         x = log_w = totals = None
         ess = float(N)
         monitor = self.weight_monitor
-        for t in progress_bar(range(T), progress=self.progress and distributed.is_main(),
+        for t in progress_bar(range(T), progress=self.progress,
                               desc=type(self).__name__):
             x_prev, log_w_prev, ancestors = x, log_w, None
             if t > 0 and ess < self.ess_threshold * N:

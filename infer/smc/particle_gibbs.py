@@ -15,9 +15,10 @@ Under a process group (:mod:`posterity.infer.distributed`) every rank runs its o
 ``num_chains`` chains, so ``W`` ranks run ``W · num_chains`` chains: chains are
 independent, so there is no global law to preserve and nothing to split (a global count
 would also have to be divisible by ``W``); each rank's chains follow a random stream of
-their own (:func:`separate_rank_stream`), and ``to_inference_data()``, called on every
-rank, gathers all of them into one ``InferenceData`` (rank 0's chains first), so R-hat
-compares chains from different processes.
+their own (:func:`~posterity.infer.distributed.separate_stream`), and
+``to_inference_data()``, called on every rank, gathers all of them into one
+``InferenceData`` (rank 0's chains first), so R-hat compares chains from different
+processes.
 """
 
 from __future__ import annotations
@@ -38,16 +39,6 @@ from ..progress import progress_bar
 from .backward import backward_sampler
 from .filter import FilterStep, WeightMonitor
 from .protocol import validate_model
-
-
-def separate_rank_stream() -> None:
-    """Under a process group, move every rank but 0 to a random stream of its own:
-    reseed torch's generators with ``distributed.rank_seed`` of a seed drawn from the
-    current stream. Rank 0 (and a single process) keeps its stream untouched, so its
-    chains are those of a one-process run with the same seed; the other ranks' differ
-    even when every rank was seeded alike."""
-    if distributed.rank() > 0:
-        torch.manual_seed(distributed.rank_seed(int(torch.randint(0, 2**62, ()))))
 
 
 def _multinomial(log_weights: Tensor, num: int) -> Tensor:
@@ -204,7 +195,7 @@ class ParticleGibbs:
         if burn_in >= num_iters:
             raise ValueError(f"burn_in ({burn_in}) must be < num_iters ({num_iters})")
         violations = len(self.backward.bound_violations)
-        separate_rank_stream()
+        distributed.separate_stream()
         path, paths = self.initial_path(ys, num_chains), []
         for iteration in progress_bar(range(num_iters), progress=self.progress,
                                       desc="ParticleGibbs"):

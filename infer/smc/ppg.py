@@ -33,7 +33,7 @@ from ..inference_data import gather_chains
 from ..progress import progress_bar
 from .backward import backward_sampler
 from .paris import AdditiveFunctional, paris_update
-from .particle_gibbs import ParticleGibbs, conditional_steps, separate_rank_stream
+from .particle_gibbs import ParticleGibbs, conditional_steps
 from .protocol import validate_model
 
 
@@ -142,7 +142,7 @@ class PPG:
         Under a process group, call it on every rank: each runs its own chain (see the
         module docstring) and the estimate is averaged over the ranks."""
         ys = self.ssm.check_observations(ys, allow_missing=self.missing)
-        separate_rank_stream()
+        distributed.separate_stream()
         if reference is None:
             reference = ParticleGibbs(self.ssm, self.num_particles, progress=False,
                                       backward="exact", missing=self.missing).initial_path(ys)
