@@ -9,7 +9,14 @@ share, so on a machine loaded by other sessions a 2-process job started from one
 (``torchrun``, or ``distributed.run_local``: ``--one-session``) gets no more CPU than a
 1-process job. Rounds alternate the order (1, 2, 2, 1, ...) so that a change in the
 machine's load hits both; every figure is the median over the rounds of the slowest
-rank's wall time. Each rank's CPU time is recorded too: on a machine loaded by others
+rank's wall time. A third setup runs two processes *apart*, without a process group,
+each on its half of the job (half the rows of every minibatch, half the particles): the
+same compute per process with no communication, so its ratio to one process is the
+best the machine's cores allow (the ``ceiling``). On this project's 2-vCPU machine two
+single-thread processes do not get twice the arithmetic of one: measured in the same
+run, the ceiling says how much of a missed target is the hardware and ``ratio /
+ceiling`` how much is the group's communication and waiting. Each rank's CPU time is
+recorded too: on a machine loaded by others
 the wall-clock ratio measures contention as much as the design, while the CPU ratio
 (the busiest rank's CPU seconds against the one process's) is what the ratio would be
 with a free core per process, communication waits aside.
@@ -22,6 +29,9 @@ with a free core per process, communication waits aside.
   Target ≤ 0.6×.
 * **PaRIS**: the same model, N = 10⁵, Ñ = 2 backward draws, smoothing E[Σ x_t | y];
   time per step. Target ≤ 0.65×.
+* **PPG**: the same model, N = 10⁴ particles per sweep in all (spread over the ranks,
+  ``parallel="particles"``), T = 50, Ñ = 2; time per conditional SMC + PaRIS sweep. No
+  target in the issue; PaRIS's (≤ 0.65×) is shown.
 * **SG-MCMC**: SGLD on a Bayesian MLP 784-100-10 (categorical likelihood, N = 10 000
   random rows, minibatch 128) through ``pyro.infer.MCMC``, one chain per process;
   updates per second of all chains together. Target ≥ 1.8×.
@@ -35,7 +45,7 @@ Prints a table and ``name: value`` lines, and writes ``bench_out/distributed.jso
 (with the load average before and after each round: the project machine is shared).
 ``--quick``
 runs smaller sizes (one round) to check that everything runs; ``--only vi filter``
-runs the named parts (``vi``, ``filter``, ``paris``, ``sgmcmc``).
+runs the named parts (``vi``, ``filter``, ``paris``, ``sgmcmc``, ``ppg``).
 """
 
 from __future__ import annotations
@@ -58,13 +68,16 @@ import torch.distributed as dist
 
 from posterity.infer import distributed
 
-PARTS = ("vi", "filter", "paris", "sgmcmc")
+PARTS = ("vi", "filter", "paris", "sgmcmc", "ppg")
 TARGETS = {"vi": ("time", 0.6), "filter": ("time", 0.6), "paris": ("time", 0.65),
+           "ppg": ("time", 0.65),  # no target in the issue: PaRIS's
            "sgmcmc": ("rate", 1.8)}
 FULL = {"vi_rows": 12_800, "vi_batch": 256, "filter_particles": 10**6, "filter_steps": 20,
-        "paris_particles": 10**5, "paris_steps": 20, "sgmcmc_steps": 1000, "rounds": 3}
+        "paris_particles": 10**5, "paris_steps": 20, "sgmcmc_steps": 1000, "rounds": 3,
+        "ppg_particles": 10**4, "ppg_steps": 50, "ppg_sweeps": 5}
 QUICK = {"vi_rows": 2_560, "vi_batch": 256, "filter_particles": 10**5, "filter_steps": 5,
-         "paris_particles": 10**4, "paris_steps": 5, "sgmcmc_steps": 60, "rounds": 1}
+         "paris_particles": 10**4, "paris_steps": 5, "sgmcmc_steps": 60, "rounds": 1,
+         "ppg_particles": 10**3, "ppg_steps": 10, "ppg_sweeps": 2}
 
 
 # --- counting what the collectives carry ------------------------------------------------
@@ -125,7 +138,7 @@ def bench_vi(config: dict) -> dict:
     from posterity.infer import AmortizedVI
     from posterity.models import VAE
 
-    rows, batch = config["vi_rows"], config["vi_batch"]
+    rows, batch = config["vi_rows"] // config["split"], config["vi_batch"] // config["split"]
     data = (torch.rand(rows, 784, generator=torch.Generator().manual_seed(0)) < 0.13).float()
 
     def engine() -> AmortizedVI:
@@ -154,7 +167,7 @@ def _sv(steps: int):
 def bench_filter(config: dict) -> dict:
     from posterity.infer.smc import ParticleFilter
 
-    n, steps = config["filter_particles"], config["filter_steps"]
+    n, steps = config["filter_particles"] // config["split"], config["filter_steps"]
     ssm, ys = _sv(steps)
     ParticleFilter(ssm, n, ess_threshold=1.0, progress=False).run(ys[:2])  # warm-up
     pf = ParticleFilter(ssm, n, ess_threshold=1.0, progress=False)
@@ -166,7 +179,7 @@ def bench_filter(config: dict) -> dict:
 def bench_paris(config: dict) -> dict:
     from posterity.infer.smc import PaRIS
 
-    n, steps = config["paris_particles"], config["paris_steps"]
+    n, steps = config["paris_particles"] // config["split"], config["paris_steps"]
     ssm, ys = _sv(steps)
 
     def smoother() -> PaRIS:
@@ -200,13 +213,35 @@ def bench_sgmcmc(config: dict) -> dict:
     chain(20).run(X, y)  # warm-up
     mcmc = chain(steps)
     seconds, cpu, counts = _timed(lambda: mcmc.run(X, y))
-    updates = steps * distributed.world_size()  # one chain per process
+    updates = steps * distributed.world_size() * config["split"]  # one chain per process
     return {"seconds": seconds, "cpu": cpu, "rate": updates / seconds, "unit": "updates per s",
             "traffic": counts, "per": steps}
 
 
+def bench_ppg(config: dict) -> dict:
+    from posterity.infer.smc import PPG
+    from posterity.infer.smc import across_ranks as ranks
+
+    n, steps, sweeps = (config["ppg_particles"] // config["split"], config["ppg_steps"],
+                        config["ppg_sweeps"])
+    ssm, ys = _sv(steps)
+    ppg = PPG(ssm, lambda x_prev, x, y, t: x, num_particles=n, num_iters=1, burn_in=0,
+              progress=False)
+    reference = ppg.run(ys).path  # warm-up, and the first reference path
+    generator = ranks.shared_generator() if distributed.is_initialized() else None
+
+    def run() -> None:
+        path = reference
+        for _ in range(sweeps):
+            path = ppg.sweep(ys, path, generator)[1]
+
+    seconds, cpu, counts = _timed(run)
+    return {"seconds": seconds / sweeps, "cpu": cpu / sweeps, "unit": "s per sweep",
+            "traffic": counts, "per": sweeps * steps}
+
+
 BENCHES = {"vi": bench_vi, "filter": bench_filter, "paris": bench_paris,
-           "sgmcmc": bench_sgmcmc}
+           "sgmcmc": bench_sgmcmc, "ppg": bench_ppg}
 
 
 def suite(parts: list[str], config: dict) -> dict:
@@ -236,10 +271,17 @@ def _worker(out: str, parts: list[str], config: dict) -> None:
     Path(out).write_text(json.dumps(results))
 
 
-def launch(procs: int, parts: list[str], config: dict, sessions: bool) -> list[dict]:
+def launch(procs: int, parts: list[str], config: dict, sessions: bool,
+           group: bool = True) -> list[dict]:
     """Every rank's results of :func:`suite` in ``procs`` fresh processes (one thread
-    each), each in a session of its own unless ``sessions`` is false."""
-    if not sessions:
+    each), each in a session of its own unless ``sessions`` is false.
+
+    With ``group=False`` the processes run side by side without a process group, each
+    on its ``1/procs`` share of the job (the rows of a minibatch, the particles): the
+    same compute per process as the ranks of a group, with no communication. Its time
+    against one process is the best ratio the machine's cores allow."""
+    config = {**config, "split": 1 if group else procs}
+    if not sessions and group:
         return distributed.run_local(suite, procs, args=(parts, config), timeout=3000)
     import socket
     import subprocess
@@ -252,14 +294,14 @@ def launch(procs: int, parts: list[str], config: dict, sessions: bool) -> list[d
     children = []
     for rank in range(procs):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "POSTERITY_PROGRESS": "0"}
-        if procs > 1:
+        if procs > 1 and group:
             env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(procs),
                        LOCAL_WORLD_SIZE=str(procs), MASTER_ADDR="127.0.0.1",
                        MASTER_PORT=str(port))
         out = folder / f"rank{rank}.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(out),
                    "--only", *parts, "--config", json.dumps(config)]
-        children.append((subprocess.Popen(command, env=env, start_new_session=True), out))
+        children.append((subprocess.Popen(command, env=env, start_new_session=sessions), out))
     try:
         for child, _ in children:
             if child.wait(timeout=3000):
@@ -271,20 +313,31 @@ def launch(procs: int, parts: list[str], config: dict, sessions: bool) -> list[d
     return [json.loads(out.read_text()) for _, out in children]
 
 
+SETUPS = {"one": (1, True), "two": (2, True), "apart": (2, False)}
+
+
 def run_rounds(parts: list[str], config: dict, sessions: bool) -> dict:
-    """``{processes: [round results]}``, alternating which runs first."""
-    runs: dict[int, list[dict]] = {1: [], 2: []}
+    """``{setup: [round results]}`` for the setups of :data:`SETUPS` (one process, two
+    ranks of a group, two processes apart), rotating which runs first."""
+    runs: dict[str, list[dict]] = {name: [] for name in SETUPS}
+    order = list(SETUPS)
     for round_ in range(config["rounds"]):
-        for procs in ((1, 2) if round_ % 2 == 0 else (2, 1)):
+        for setup in order[round_ % 3:] + order[: round_ % 3]:
+            procs, group = SETUPS[setup]
             started, before = time.perf_counter(), load()
-            ranks = launch(procs, parts, config, sessions)
+            ranks = launch(procs, parts, config, sessions, group)
             results = ranks[0]
+            if not group:  # the slowest process sets the time, as for the ranks
+                for name in parts:
+                    results[name]["seconds"] = max(r[name]["seconds"] for r in ranks)
+                    if "rate" in results[name]:
+                        results[name]["rate"] = min(r[name]["rate"] for r in ranks)
             for name in parts:
                 results[name]["cpu_by_rank"] = [r[name]["cpu"] for r in ranks]
                 results[name]["traffic_by_rank"] = [r[name]["traffic"] for r in ranks]
             results["load"] = [before, load()]
-            runs[procs].append(results)
-            print(f"round {round_ + 1}, {procs} process(es): "
+            runs[setup].append(results)
+            print(f"round {round_ + 1}, {setup}: "
                   + ", ".join(f"{n} {results[n]['seconds']:.4g} s" for n in parts)
                   + f" ({time.perf_counter() - started:.0f} s with start-up; load "
                     f"{before} -> {load()})", flush=True)
@@ -295,45 +348,49 @@ def summarize(parts: list[str], runs: dict) -> dict:
     summary = {}
     for name in parts:
         kind, target = TARGETS[name]
-        one = [r[name]["seconds"] for r in runs[1]]
-        two = [r[name]["seconds"] for r in runs[2]]
         if kind == "time":
-            ratio = statistics.median(two) / statistics.median(one)
+            shown = {setup: statistics.median(r[name]["seconds"] for r in rounds)
+                     for setup, rounds in runs.items()}
+            ratio, ceiling = shown["two"] / shown["one"], shown["apart"] / shown["one"]
             met = ratio <= target
         else:  # throughput of all chains: 2 chains in 2 processes vs 1 chain in one
-            rate_one = statistics.median(r[name]["rate"] for r in runs[1])
-            rate_two = statistics.median(r[name]["rate"] for r in runs[2])
-            ratio = rate_two / rate_one
+            shown = {setup: statistics.median(r[name]["rate"] for r in rounds)
+                     for setup, rounds in runs.items()}
+            ratio, ceiling = shown["two"] / shown["one"], shown["apart"] / shown["one"]
             met = ratio >= target
         # the busiest rank's CPU seconds (per unit of work) against the one process's
-        cpu_one = statistics.median(max(r[name]["cpu_by_rank"]) for r in runs[1])
-        cpu_two = statistics.median(max(r[name]["cpu_by_rank"]) for r in runs[2])
+        cpu_one = statistics.median(max(r[name]["cpu_by_rank"]) for r in runs["one"])
+        cpu_two = statistics.median(max(r[name]["cpu_by_rank"]) for r in runs["two"])
         cpu_ratio = cpu_two / cpu_one if kind == "time" else 2 * cpu_one / cpu_two
-        traffic = runs[2][-1][name]["traffic"]
-        per = runs[2][-1][name]["per"]
-        shown = (statistics.median(one), statistics.median(two)) if kind == "time" \
-            else (rate_one, rate_two)
+        traffic = runs["two"][-1][name]["traffic"]
+        per = runs["two"][-1][name]["per"]
         summary[name] = {
-            "unit": runs[1][0][name]["unit"], "one_process": shown[0],
-            "two_processes": shown[1], "ratio": ratio,
+            "unit": runs["one"][0][name]["unit"], "one_process": shown["one"],
+            "two_processes": shown["two"], "two_apart": shown["apart"], "ratio": ratio,
             "target": f"{'<=' if kind == 'time' else '>='} {target}", "met": met,
-            "cpu_ratio": cpu_ratio,
-            "rounds_one": one, "rounds_two": two,
+            "ceiling": ceiling, "communication": ratio / ceiling, "cpu_ratio": cpu_ratio,
+            "rounds": {setup: [r[name]["seconds"] for r in rounds]
+                       for setup, rounds in runs.items()},
             "bytes_per_unit_rank0": {op: b / per for op, (_, b) in traffic.items()},
             "calls_per_unit_rank0": {op: c / per for op, (c, _) in traffic.items()},
         }
         if name == "vi":
-            summary[name]["parameter_bytes"] = runs[2][-1][name]["parameter_bytes"]
+            summary[name]["parameter_bytes"] = runs["two"][-1][name]["parameter_bytes"]
     return summary
 
 
 def print_table(summary: dict) -> None:
-    print(f"{'part':8} {'unit':14} {'1 process':>11} {'2 processes':>12} {'ratio':>7} "
-          f"{'target':>8}  {'met':4} {'CPU ratio':>9}")
+    """``ratio`` is two ranks against one process; ``ceiling`` two processes apart (the
+    same per-process work, no group) against one process, the best the cores allow;
+    ``ratio / ceiling`` what the group's communication and waits cost on top."""
+    print(f"{'part':8} {'unit':14} {'1 process':>11} {'2 ranks':>10} {'2 apart':>10} "
+          f"{'ratio':>7} {'target':>8}  {'met':4} {'ceiling':>8} {'ratio/ceil':>10} "
+          f"{'CPU ratio':>9}")
     for name, row in summary.items():
         print(f"{name:8} {row['unit']:14} {row['one_process']:11.4g} "
-              f"{row['two_processes']:12.4g} {row['ratio']:7.3f} {row['target']:>8}  "
-              f"{'yes' if row['met'] else 'NO':4} {row['cpu_ratio']:9.3f}")
+              f"{row['two_processes']:10.4g} {row['two_apart']:10.4g} {row['ratio']:7.3f} "
+              f"{row['target']:>8}  {'yes' if row['met'] else 'NO':4} {row['ceiling']:8.3f} "
+              f"{row['communication']:10.3f} {row['cpu_ratio']:9.3f}")
     for name, row in summary.items():
         for op, value in row["bytes_per_unit_rank0"].items():
             calls = row["calls_per_unit_rank0"][op]
@@ -346,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one round")
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--vi-batch", type=int, default=None,
+                        help="global minibatch of the VI part (default 256): the compute per "
+                             "update grows with it while the gradient all-reduce does not")
     parser.add_argument("--out", default="bench_out/distributed.json")
     parser.add_argument("--one-session", action="store_true",
                         help="start the ranks with distributed.run_local, in this session")
@@ -358,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     config = dict(QUICK if args.quick else FULL)
     if args.rounds:
         config["rounds"] = args.rounds
+    if args.vi_batch:
+        config["vi_batch"] = args.vi_batch
+        config["vi_rows"] = max(config["vi_rows"], 8 * args.vi_batch)
     before = load()
     print(f"load average before: {before} on {os.cpu_count()} cores", flush=True)
     runs = run_rounds(args.only, config, sessions=not args.one_session)

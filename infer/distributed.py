@@ -7,12 +7,12 @@ add ``--nnodes``, ``--node-rank`` or ``--rdzv-endpoint``). Gloo runs on CPUs, NC
 GPUs. Call :func:`init_process_group` once at the top of the script; from then on the
 engines split their work (see the README, "More than one process"):
 
-* gradient engines (:class:`~posterity.infer.AmortizedVI`,
-  :class:`~posterity.infer.WakeSleep`, score ascent) split every global minibatch over
-  the ranks and average the gradients (and NRWS's Fisher blocks);
+* amortized gradient engines (:class:`~posterity.infer.AmortizedVI`,
+  :class:`~posterity.infer.WakeSleep`) split every global minibatch over the ranks and
+  sum the row-weighted gradients (and NRWS's Fisher blocks);
 * samplers run their chains on every rank with rank-distinct seeds and gather them;
-* particle methods spread ``num_particles`` over the ranks, reduce the normalizing
-  constants and resample globally.
+* particle methods (the filter, PaRIS, PPG, score ascent) spread ``num_particles`` over
+  the ranks, reduce the normalizing constants and resample globally.
 
 Outside a process group every function here is the single-process identity
 (``rank() == 0``, ``world_size() == 1``, collectives return their input), so engines
@@ -64,6 +64,7 @@ __all__ = [
     "logsumexp",
     "rank",
     "rank_seed",
+    "reduce_gradients",
     "run_local",
     "separate_stream",
     "share",
@@ -110,6 +111,9 @@ def init_process_group(backend: str | None = None, *, timeout: float | None = No
                                    f"already exists; asked for {backend!r}")
         return dist.get_rank()
     if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise DistributedError("backend 'nccl' needs CUDA, and this torch sees no GPU; "
+                                   "use 'gloo' (the default without CUDA)")
         torch.cuda.set_device(local_rank())
     if timeout is None:
         timeout = float(os.environ.get("POSTERITY_DIST_TIMEOUT", DEFAULT_TIMEOUT))
@@ -286,31 +290,113 @@ def gradient_weight(weight: float | None) -> Iterator[None]:
         _GRADIENT_WEIGHT[0] = previous
 
 
+def _resolve_weight(weight: float | None) -> float:
+    if weight is None:
+        weight = _GRADIENT_WEIGHT[0]
+    return 1.0 / world_size() if weight is None else weight
+
+
+BUCKET_BYTES = 2**19
+
+
+class _GradientBuckets:
+    """Parameters cut into buckets of about ``bucket_bytes`` (one dtype and device per
+    bucket, in the order given), each reduced by one flattened all-reduce of its
+    weighted gradients. Buckets are launched in index order only, so every rank issues
+    the same collectives in the same order whatever order its gradients arrive in."""
+
+    def __init__(self, params: list[Tensor], weight: float, bucket_bytes: int) -> None:
+        self.weight, self.buckets, self.launched = weight, [], []
+        for p in params:
+            last = self.buckets[-1] if self.buckets else None
+            if (last is None or last[0].dtype != p.dtype or last[0].device != p.device
+                    or sum(q.numel() for q in last) * p.element_size() >= bucket_bytes):
+                self.buckets.append([p])
+            else:
+                last.append(p)
+        self.next = 0
+
+    def launch_ready(self, ready: Callable[[int], bool]) -> None:
+        while self.next < len(self.buckets) and ready(self.next):
+            with_grad = [p for p in self.buckets[self.next] if p.grad is not None]
+            if with_grad:
+                flat = torch.cat([p.grad.reshape(-1) for p in with_grad]) * self.weight
+                work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
+                self.launched.append((with_grad, flat, work))
+            self.next += 1
+
+    def finish(self) -> None:
+        self.launch_ready(lambda _: True)
+        for params, flat, work in self.launched:
+            work.wait()
+            offset = 0
+            for p in params:
+                n = p.grad.numel()
+                p.grad.copy_(flat[offset: offset + n].view_as(p.grad))
+                offset += n
+
+
 def average_gradients(parameters: Iterable[Tensor], weight: float | None = None) -> None:
-    """Replace each parameter's ``.grad`` by its weighted sum over ranks, in one
-    flattened all-reduce.
+    """Replace each parameter's ``.grad`` by its weighted sum over ranks (flattened
+    all-reduces of about :data:`BUCKET_BYTES` each).
 
     With ``weight = n_rank / n_global`` (this rank's rows over the global batch) and a
     loss that is a mean (or an unbiased, batch-normalized estimate) over the local rows,
     the result is the gradient of the same loss on the global batch. ``None`` means
     the weight set by :func:`gradient_weight`, else ``1 / world_size()``. Parameters
     without a gradient are skipped (the ranks must agree on which have one).
+    :func:`reduce_gradients` does the same while ``backward`` runs.
     """
     if not is_initialized():
         return
-    params = [p for p in parameters if p.grad is not None]
-    if not params:
+    _GradientBuckets(list(parameters), _resolve_weight(weight), BUCKET_BYTES).finish()
+
+
+@contextlib.contextmanager
+def reduce_gradients(parameters: Iterable[Tensor], weight: float | None = None,
+                     bucket_bytes: int = BUCKET_BYTES) -> Iterator[None]:
+    """Run one ``backward()`` inside the block: on leaving it, every parameter's
+    ``.grad`` is its weighted sum over ranks, as after :func:`average_gradients`, but
+    each bucket's all-reduce starts while ``backward`` is still computing the
+    gradients of earlier layers, as :class:`torch.nn.parallel.DistributedDataParallel`
+    does, so that communication overlaps computation.
+
+    Buckets follow the reverse of the parameters' order (the order ``backward`` tends
+    to reach them) and start in that order only. Outside a process group the block
+    runs as it is.
+
+    Example:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.ones(3))
+        >>> with reduce_gradients([w]):  # one process: nothing to exchange
+        ...     (2 * w).sum().backward()
+        >>> w.grad
+        tensor([2., 2., 2.])
+    """
+    if not is_initialized():
+        yield
         return
-    if weight is None:
-        weight = _GRADIENT_WEIGHT[0]
-    weight = 1.0 / world_size() if weight is None else weight
-    flat = torch.cat([p.grad.reshape(-1) for p in params]) * weight
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    offset = 0
-    for p in params:
-        n = p.grad.numel()
-        p.grad.copy_(flat[offset: offset + n].view_as(p.grad))
-        offset += n
+    params = list(dict.fromkeys(p for p in parameters if p.requires_grad))[::-1]
+    buckets = _GradientBuckets(params, _resolve_weight(weight), bucket_bytes)
+    index = {id(p): i for i, bucket in enumerate(buckets.buckets) for p in bucket}
+    waiting = [len(bucket) for bucket in buckets.buckets]
+    done: set[int] = set()
+
+    def arrived(p: Tensor) -> None:
+        if id(p) in done:
+            raise RuntimeError("reduce_gradients: a parameter received a second gradient; "
+                               "run exactly one backward() inside the block")
+        done.add(id(p))
+        waiting[index[id(p)]] -= 1
+        buckets.launch_ready(lambda i: waiting[i] == 0)
+
+    handles = [p.register_post_accumulate_grad_hook(arrived) for p in params]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+    buckets.finish()
 
 
 # --- running a group of local processes (tests, notebooks) -------------------------------
@@ -348,7 +434,8 @@ def run_local(fn: Callable[..., Any], nprocs: int = 2, args: Sequence[Any] = (),
 
     ``fn`` must be importable by name (a module-level function) and its result picklable.
     The processes are killed after ``timeout`` seconds, so a rank that waits forever
-    cannot hang the caller.
+    cannot hang the caller; their collectives time out a little earlier (after 90 % of
+    ``timeout``), so that a rank stuck in a collective fails with its traceback.
 
     Raises:
         DistributedError: a rank raised (the message holds its traceback) or exited
@@ -361,11 +448,17 @@ def run_local(fn: Callable[..., Any], nprocs: int = 2, args: Sequence[Any] = (),
 
     if nprocs < 1:
         raise ValueError(f"nprocs must be >= 1, got {nprocs}")
+    name = getattr(fn, "__qualname__", "")
+    if not callable(fn) or "<lambda>" in name or "<locals>" in name:
+        raise TypeError("run_local needs a module-level function that the spawned processes "
+                        f"can import by name, got {fn!r}; define it at the top level of a "
+                        ".py file")
     context = mp.get_context("spawn")
     results = context.Queue()
     port = _free_port()
     processes = [context.Process(target=_worker, daemon=True,
-                                 args=(r, nprocs, port, fn, args, results, threads, timeout))
+                                 args=(r, nprocs, port, fn, args, results, threads,
+                                       0.9 * timeout))
                  for r in range(nprocs)]
     for p in processes:
         p.start()

@@ -139,9 +139,10 @@ def optimizer_step(
 
     Under a process group (:mod:`posterity.infer.distributed`) every rank's gradient of
     the optimizer's parameters is replaced by the weighted sum over ranks
-    (:func:`~posterity.infer.distributed.average_gradients`, one flattened all-reduce)
-    with the weight that :func:`~posterity.infer.train.fit` set for this rank's share
-    of the global minibatch, so clipping, ``before_step`` and the step see the
+    (:func:`~posterity.infer.distributed.reduce_gradients`: bucketed all-reduces that
+    start while ``backward`` runs) with the weight that
+    :func:`~posterity.infer.train.fit` set for this rank's share of the global
+    minibatch, so clipping, ``before_step`` and the step see the
     gradient of the global minibatch and every rank takes the same step. Every rank
     must call it for every update. Outside a group nothing is exchanged.
 
@@ -164,9 +165,9 @@ def optimizer_step(
     if loss.dim() != 0:
         raise ValueError(f"loss must be a scalar tensor, got shape {tuple(loss.shape)}")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    distributed.average_gradients(params)
+    with distributed.reduce_gradients(params):
+        loss.backward()
     if clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
     if before_step is not None:

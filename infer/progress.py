@@ -5,7 +5,8 @@ not a terminal (a log file, a pipe, CI), so that a script that runs a filter twe
 times writes no progress lines to its log. ``POSTERITY_PROGRESS=0`` in the environment
 or :func:`set_progress` ``(False)`` turns every bar off; an engine's ``progress=`` argument
 (``True``/``False``) overrides both for that engine. Inside a process group only rank
-0 shows bars unless an engine is given ``progress=True``.
+0 shows bars, whatever ``progress=`` says: the ranks run the same loop, and their bars
+would write over each other.
 
 Example:
     >>> from posterity.infer.progress import progress_bar, set_progress
@@ -51,13 +52,13 @@ def _in_notebook() -> bool:
 
 
 def progress_enabled(progress: bool | None = None) -> bool:
-    """Whether a bar is shown: ``progress`` if given, else hidden on ranks other than 0
-    of a process group, else :func:`set_progress`'s switch, else
+    """Whether a bar is shown: never on ranks other than 0 of a process group, else
+    ``progress`` if given, else :func:`set_progress`'s switch, else
     ``POSTERITY_PROGRESS``, else an interactive stderr or a notebook."""
-    if progress is not None:
-        return bool(progress)
     if not distributed.is_main():
         return False
+    if progress is not None:
+        return bool(progress)
     if _OVERRIDE is not None:
         return _OVERRIDE
     env = os.environ.get("POSTERITY_PROGRESS")

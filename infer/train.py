@@ -241,10 +241,18 @@ def _check_parallel(engine: Any, num_rows: int, batch_size: int,
                                             **call})
     differ = sorted({k for c in calls for k, v in c.items() if v != calls[0][k]})
     if differ:
+        hint = ("; pass the whole data set on every rank (fit takes each rank's share of "
+                "every global minibatch itself): do not shard it" if "data" in differ else "")
         raise ValueError(
             "every rank must call fit alike (the collectives of the loop depend on it); "
-            + ", ".join(f"{k} by rank: {[c[k] for c in calls]}" for k in differ))
+            + ", ".join(f"{k} by rank: {[c[k] for c in calls]}" for k in differ) + hint)
     return split
+
+
+def _fingerprint(data: Tensor | tuple[Tensor, ...]) -> list[float]:
+    """A cheap summary that tells apart the data sets of ranks passing shards."""
+    tensors = data if isinstance(data, tuple) else (data,)
+    return [float(t.detach().double().nan_to_num().sum()) for t in tensors]
 
 
 def fit(
@@ -396,7 +404,7 @@ def fit(
     split = True
     if parallel:
         split = _check_parallel(engine, num_rows, batch_size, {
-            "epochs": epochs, "seed": seed, "valid": valid is not None,
+            "data": _fingerprint(data), "epochs": epochs, "seed": seed, "valid": valid is not None,
             "valid_every": valid_every, "patience": patience,
             "checkpoint": checkpoint is not None, "checkpoint_every": checkpoint_every,
             "resume": resume, "time_budget": time_budget is not None})
@@ -409,8 +417,7 @@ def fit(
             "restore_best": restore_best, "checkpoint_every": checkpoint_every,
             "time_budget": time_budget,
         }
-        if parallel:
-            loop_settings["world_size"] = distributed.world_size()
+        loop_settings["world_size"] = distributed.world_size()
         settings = _settings(engine, config, loop_settings)
     with contextlib.ExitStack() as stack:
 

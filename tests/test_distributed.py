@@ -49,7 +49,41 @@ def collectives():
         "broadcast": distributed.broadcast_object(f"from {r}"),
         "share": distributed.share(5),
         "seed": distributed.rank_seed(3),
+        "gradients": reduced_gradients(),
     }
+
+
+def reduced_gradients():
+    """Bucketed, overlapped reduction of a float32 and a float64 parameter (two buckets)
+    and a parameter outside the graph, against the plain weighted sum; then a second
+    backward inside one block."""
+    r = distributed.rank()
+    small = torch.nn.Parameter(torch.ones(3))
+    wide = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+    unused = torch.nn.Parameter(torch.ones(2))
+    weight = 0.25 if r == 0 else 0.75
+    with distributed.reduce_gradients([small, wide, unused], weight=weight, bucket_bytes=8):
+        ((r + 1.0) * small).sum().backward()
+        ((r + 2.0) * wide.square()).sum().backward()
+    reduced = {"small": small.grad.tolist(), "wide": wide.grad.tolist(),
+               "wide_dtype": str(wide.grad.dtype), "unused": unused.grad}
+    twice = None
+    try:
+        with distributed.reduce_gradients([small], weight=0.5):
+            small.sum().backward()
+            small.sum().backward()
+    except RuntimeError as error:
+        twice = str(error)
+    return {**reduced, "twice": twice}
+
+
+def test_gradients_reduced_during_backward_are_the_weighted_sum_over_ranks(two_ranks):
+    # rank 0 holds 1 and 2 * 2, rank 1 holds 2 and 3 * 2; weights 0.25 and 0.75
+    for r in (rank["gradients"] for rank in two_ranks):
+        assert r["small"] == [0.25 * 1 + 0.75 * 2] * 3
+        assert r["wide"] == [0.25 * 4 + 0.75 * 6] * 4 and r["wide_dtype"] == "torch.float64"
+        assert r["unused"] is None
+        assert "exactly one backward" in r["twice"]
 
 
 def failing_on_rank_1():
@@ -64,8 +98,13 @@ def hanging_on_rank_1():
     return "fine"
 
 
-def test_run_local_gives_every_ranks_result_and_the_collectives_agree():
-    ranks = distributed.run_local(collectives, 2, timeout=120)
+@pytest.fixture(scope="module")
+def two_ranks():
+    return distributed.run_local(collectives, 2, timeout=120)
+
+
+def test_run_local_gives_every_ranks_result_and_the_collectives_agree(two_ranks):
+    ranks = two_ranks
     assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["world"] == 2
     expected_lse = torch.logsumexp(torch.tensor([0.0, 1.0, 10.0, 11.0]), 0).item()
     for r in ranks:
@@ -87,3 +126,18 @@ def test_a_rank_that_never_finishes_is_killed_at_the_timeout():
     with pytest.raises(TimeoutError, match="1 of 2 ranks did not finish within 20 s"):
         distributed.run_local(hanging_on_rank_1, 2, timeout=20)
     assert time.monotonic() - started < 60
+
+
+def test_run_local_refuses_a_function_the_processes_cannot_import():
+    with pytest.raises(TypeError, match="module-level function"):
+        distributed.run_local(lambda: 1, 2)
+
+
+def test_nccl_without_cuda_says_to_use_gloo(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(distributed.DistributedError, match="needs CUDA.*use 'gloo'"):
+        distributed.init_process_group("nccl")

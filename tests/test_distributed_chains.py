@@ -64,7 +64,7 @@ def ppg_run():
     _, _, ys = data()
     pyro.set_rng_seed(SEED)
     return PPG(StochasticVolatility(), lambda xp, x, y, t: x, 20, num_iters=6, burn_in=1,
-               progress=False).run(ys)
+               parallel="chains", progress=False).run(ys)
 
 
 def hmc_inference_data(seed: int) -> az.InferenceData:

@@ -123,8 +123,13 @@ def two_rank_job() -> dict:
                              progress=False).run(ys).history
     out["history_shapes"] = {k: tuple(v.shape) for k, v in history.items()}
     out["ancestor_range"] = (int(history["ancestors"].min()), int(history["ancestors"].max()))
-    out["local_filter"] = tuple(ParticleFilter(ssm, 101, across_ranks=False, progress=False)
-                                .run(ys).particles.shape)
+    pyro.set_rng_seed(3)  # seeded alike: the ranks' own filters must still differ
+    local = ParticleFilter(ssm, 101, across_ranks=False, progress=False).run(ys)
+    out["local_filter"] = (tuple(local.particles.shape), float(local.log_evidence))
+    try:  # rank 1 passes one observation fewer: refused on both ranks, no hang
+        ParticleFilter(ssm, 100, progress=False).run(ys[: 20 - distributed.rank()])
+    except ValueError as error:
+        out["unequal_ys"] = str(error)
     errors = []
     for make in (lambda: ParticleFilter(ssm, 101, progress=False),
                  lambda: PaRIS(ssm, sum_of_states, 101, progress=False),
@@ -241,7 +246,15 @@ def test_two_rank_history_is_local_with_global_ancestors(two_ranks):
                                        "ancestors": (20, 50)}
     low, high = first["ancestor_range"]
     assert 0 <= low and high < 100 and high >= 50  # indices into the global cloud of 100
-    assert first["local_filter"] == (101, 1)  # across_ranks=False: each rank its own
+    # across_ranks=False: each rank its own, independent filter
+    (shape, evidence), (_, other) = (rank["local_filter"] for rank in two_ranks)
+    assert shape == (101, 1) and evidence != other
+
+
+def test_ranks_filtering_different_observations_are_refused(two_ranks):
+    for rank in two_ranks:
+        assert "every rank must filter the same observations" in rank["unequal_ys"]
+        assert "(20, 1) on rank 0, (19, 1) on rank 1" in rank["unequal_ys"]
 
 
 def test_particle_counts_not_divisible_by_the_world_are_refused(two_ranks):

@@ -11,6 +11,7 @@ the ranks' gradients instead of the row-weighted sum is caught.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import warnings
@@ -104,18 +105,20 @@ def train_with_draws(family: str, kind: str, replay=None, local: list | None = N
         lambda *_: seen.append([p.grad.detach().clone() for p in params]))
     draws = Draws(replay)
     uniform, vi_module.log_uniform = vi_module.log_uniform, draws.log_uniform
-    average = distributed.average_gradients
+    reduce = distributed.reduce_gradients
     if local is not None:  # also keep each rank's gradient before the all-reduce
+        @contextlib.contextmanager
         def recording(parameters, weight=None):
             parameters = list(parameters)
-            local.append([p.grad.detach().clone() for p in parameters])
-            average(parameters, weight)
-        distributed.average_gradients = recording
+            with reduce(parameters, weight):
+                yield  # backward; the reduced sums are written back on leaving
+                local.append([p.grad.detach().clone() for p in parameters])
+        distributed.reduce_gradients = recording
     try:
         with draws:
             train.fit(engine, data, epochs=1, batch_size=BATCH, seed=5, progress=False)
     finally:
-        vi_module.log_uniform, distributed.average_gradients = uniform, average
+        vi_module.log_uniform, distributed.reduce_gradients = uniform, reduce
     return seen, draws.events
 
 
@@ -287,6 +290,14 @@ def fit_job(folder: str):
     except ValueError as error:
         out["unlike_calls"] = str(error)
 
+    try:  # the DDP habit: every rank passes its own shard of the data
+        half = data.shape[0] // 2
+        shard = data[:half] if distributed.is_main() else data[half: 2 * half]
+        make_vi().fit(shard, epochs=1, batch_size=10, progress=False)
+        out["shards"] = None
+    except ValueError as error:
+        out["shards"] = str(error)
+
     whole = WholeBatch()
     train.fit(whole, data[:, :1], epochs=2, batch_size=10, seed=0, progress=False)
     out["whole"] = (whole.sizes, whole.mu.detach().clone())
@@ -342,6 +353,7 @@ def test_a_global_batch_smaller_than_the_world_is_refused_on_every_rank(fitted):
 def test_ranks_called_with_different_settings_are_refused_on_every_rank(fitted):
     for rank in fitted:
         assert "checkpoint by rank: [True, False]" in rank["unlike_calls"]
+        assert "data by rank" in rank["shards"] and "do not shard it" in rank["shards"]
 
 
 def test_an_engine_that_is_not_data_parallel_gets_the_whole_batch_with_weight_one(fitted):

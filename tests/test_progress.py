@@ -91,7 +91,7 @@ def test_the_training_loop_writes_no_bar_into_a_log_unless_asked(capsys):
     assert "Counting" in capsys.readouterr().err
 
 
-def test_only_rank_0_of_a_process_group_shows_bars_unless_asked(monkeypatch):
+def test_only_rank_0_of_a_process_group_shows_bars(monkeypatch):
     from posterity.infer import distributed
     from posterity.infer.progress import progress_enabled, set_progress
 
@@ -100,6 +100,6 @@ def test_only_rank_0_of_a_process_group_shows_bars_unless_asked(monkeypatch):
         assert progress_enabled()
         monkeypatch.setattr(distributed, "is_main", lambda: False)
         assert not progress_enabled()  # rank 1 stays quiet
-        assert progress_enabled(True)  # an explicit progress=True still shows
+        assert not progress_enabled(True)  # even when an engine asks for a bar
     finally:
         set_progress(None)

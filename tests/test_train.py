@@ -165,6 +165,38 @@ def test_make_optimizer_keeps_each_groups_own_learning_rate():
     assert opt.param_groups[1]["betas"] == (0.5, 0.9)
 
 
+def cosine_vi() -> tuple[AmortizedVI, list[float]]:
+    """A VI engine whose cosine length comes from ``fit``, and the learning rate of
+    every update it takes."""
+    torch.manual_seed(0)
+    vi = AmortizedVI(VAE(16, 3, (8,)), GaussianEncoder(16, 3, (8,)), lr=1e-2,
+                     scheduler="cosine")
+    rates: list[float] = []
+    vi.optimizer.register_step_pre_hook(
+        lambda opt, *_: rates.append(opt.param_groups[0]["lr"]))
+    return vi, rates
+
+
+def test_a_resumed_run_with_more_epochs_stretches_the_rest_of_the_cosine(data, tmp_path):
+    first, _ = cosine_vi()
+    first.fit(data, epochs=2, batch_size=40, seed=0, time_budget=1e-9,
+              checkpoint=tmp_path / "run")  # stops after the first update of 6
+    resumed, rates = cosine_vi()
+    with pytest.warns(UserWarning, match="resuming"):  # the loop notes the new epochs
+        resumed.fit(data, epochs=4, batch_size=40, seed=0, checkpoint=tmp_path / "run")
+    # the budget's partial epoch counts as epoch 1: epochs 2-4 are 9 more updates
+    assert len(rates) == 9 and resumed.scheduler.T_max == 12
+    assert all(b < a for a, b in zip(rates, rates[1:]))  # decays, never climbs again
+    assert rates[-1] < 0.15 * rates[0]
+
+
+def test_a_second_fit_after_the_cosine_ended_warns_that_it_would_rise_again(data):
+    vi, _ = cosine_vi()
+    vi.fit(data, epochs=1, batch_size=40, seed=0)
+    with pytest.warns(UserWarning, match="rises again"):
+        vi.fit(data, epochs=2, batch_size=40, seed=0)
+
+
 def test_cosine_decays_every_group_to_zero_over_total_steps():
     from posterity.infer.train import make_optimizer, optimizer_step
 

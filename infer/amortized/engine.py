@@ -21,7 +21,10 @@ class AmortizedEngine:
     ``num_steps``, and implement ``prepare``, ``step``, ``validate`` and ``monitor``.
     They put their settings (objective, particles, sizes, ...) in ``self._config``.
     A subclass that sets ``_scheduler_pending = True`` gets a cosine schedule whose
-    length :meth:`fit` computes.
+    length :meth:`fit` computes: the updates of the first call's ``epochs``. A later
+    call (or a resumed run) that trains past that length stretches the rest of the
+    decay to end with it; once the schedule has ended, a further call warns, because
+    PyTorch's cosine then rises again.
     """
 
     _config: dict[str, Any]
@@ -82,6 +85,8 @@ class AmortizedEngine:
         """
         if getattr(self, "_scheduler_pending", False):
             self._start_cosine(data, epochs, batch_size)
+        elif getattr(self, "_cosine_from_fit", False) and isinstance(data, Tensor):
+            self._stretch_cosine(epochs * math.ceil(data.shape[0] / max(batch_size, 1)))
         data = self.prepare(data, "data")
         if valid is not None:
             valid = self.prepare(valid, "valid")
@@ -101,10 +106,30 @@ class AmortizedEngine:
         check_int("batch_size", batch_size, 1)
         if not isinstance(data, Tensor):
             raise TypeError(f"data must be a torch.Tensor, got {type(data).__name__}")
-        self.total_steps = epochs * math.ceil(data.shape[0] / batch_size)
+        self._planned_steps = epochs * math.ceil(data.shape[0] / batch_size)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=self.total_steps)
+            self.optimizer, T_max=self._planned_steps)
         self._scheduler_pending = False
+        self._cosine_from_fit = True
+
+    def _stretch_cosine(self, total: int) -> None:
+        """Make the cosine that :meth:`fit` started end after ``total`` updates instead,
+        continuing from the current learning rate (PyTorch's cosine is computed step by
+        step from the last rate, so the rest of the decay stretches smoothly)."""
+        scheduler = self.scheduler
+        if total <= scheduler.T_max:
+            return
+        if scheduler.last_epoch >= scheduler.T_max:
+            import warnings
+
+            warnings.warn(
+                f"the cosine learning-rate schedule ended after {scheduler.T_max} updates "
+                f"(the first fit call); this call trains to update {total}, where "
+                "PyTorch's cosine rises again as in a warm restart. To decay over the whole "
+                "run, train all epochs in one call (or resume with the same epochs), or "
+                "pass scheduler=None", stacklevel=3)
+            return
+        scheduler.T_max = total
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -121,4 +146,7 @@ class AmortizedEngine:
         self.optimizer.load_state_dict(state["optimizer"])
         self.num_steps = state.get("num_steps", 0)
         if self.scheduler is not None and state.get("scheduler") is not None:
+            planned = getattr(self, "_planned_steps", None)
             self.scheduler.load_state_dict(state["scheduler"])
+            if planned is not None:  # resumed with more epochs than the first run asked
+                self._stretch_cosine(planned)

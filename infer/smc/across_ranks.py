@@ -25,6 +25,9 @@ This module holds what the particle filter and PaRIS need beyond
   Only the order of the particles differs from one process; the filter is invariant
   under permutations of equally weighted particles, so every estimate has the law of
   the single-process filter.
+* **Conditional resampling** for conditional SMC (PPG's sweeps,
+  :func:`conditional_resample`): the reference keeps the last global slot and the
+  other ``N - 1`` offspring are global multinomial draws, spread as above.
 * **Common randomness.** :func:`shared_generator` returns a ``torch.Generator`` seeded
   identically on every rank (from rank 0), used for the draws the ranks must agree on,
   and first makes sure the ranks' own generators differ (:func:`distinct_streams`):
@@ -201,15 +204,17 @@ def local_offspring(scheme: str, weights: Tensor, summaries: Tensor, rank: int, 
 # --- moving surplus offspring to the ranks in deficit ------------------------------------
 
 
-def transfer_plan(counts: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """How offspring counts ``[W]`` become ``size`` particles per rank: the rows each rank
-    sends (its offspring past the first ``size``), the rows it receives, and where its
-    received rows start in the rank-order list of all sent rows. ``[W]`` each."""
-    surplus = counts.long() - size
+def transfer_plan(counts: Tensor, size: int | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """How offspring counts ``[W]`` become ``size`` particles per rank (an int, or each
+    rank's number ``[W]``): the rows each rank sends (its offspring past its first
+    ``size``), the rows it receives, and where its received rows start in the rank-order
+    list of all sent rows. ``[W]`` each."""
+    sizes = torch.as_tensor(size, dtype=torch.long).expand(counts.shape[0])
+    surplus = counts.long() - sizes
     send, receive = surplus.clamp_min(0), (-surplus).clamp_min(0)
     if int(send.sum()) != int(receive.sum()):
         raise ValueError(f"offspring counts {counts.tolist()} do not sum to "
-                         f"{size * counts.shape[0]}")
+                         f"{int(sizes.sum())}")
     offsets = torch.cat([receive.new_zeros(1), receive.cumsum(0)[:-1]])
     return send, receive, offsets
 
@@ -231,16 +236,18 @@ def _from_bytes(table: Tensor, like: list[Tensor]) -> list[Tensor]:
     return out
 
 
-def rebalance(tensors: list[Tensor], counts: Tensor, size: int) -> list[Tensor]:
+def rebalance(tensors: list[Tensor], counts: Tensor, size: int | Tensor) -> list[Tensor]:
     """Each of ``tensors`` (this rank's offspring rows, ``[counts[rank], ...]``) with the
     surplus rows sent to the ranks in deficit and theirs received: ``[size, ...]`` on
-    every rank. One all-gather of the surplus rows (as bytes), padded to the largest."""
+    every rank (``size[rank]`` rows when ``size`` is ``[W]``). One all-gather of the
+    surplus rows (as bytes), padded to the largest."""
     send, receive, offsets = transfer_plan(counts, size)
     if not int(send.sum()):
         return tensors
     me = distributed.rank()
-    kept = [t[:size] for t in tensors]
-    outgoing = _to_bytes([t[size:] for t in tensors])
+    keep = size if isinstance(size, int) else int(size[me])
+    kept = [t[:keep] for t in tensors]
+    outgoing = _to_bytes([t[keep:] for t in tensors])
     largest = int(send.max())
     padded = outgoing.new_zeros(largest, outgoing.shape[1])
     padded[:outgoing.shape[0]] = outgoing
@@ -272,6 +279,59 @@ def resample(particles: Tensor, log_weights: Tensor, scheme: str,
     indices = local_offspring(scheme, weights, summaries, me, num, shared)
     ancestors = indices + me * n
     new, ancestors = rebalance([particles[indices], ancestors], counts, n)
+    return new, ancestors
+
+
+def conditional_shares(n: int, size: int) -> Tensor:
+    """The rows every rank takes of conditional resampling's ``W n - 1`` offspring:
+    ``[n, ..., n, n - 1]`` (``[W]``); the last rank's last slot is the reference's.
+
+    Example:
+        >>> conditional_shares(4, 3).tolist()
+        [4, 4, 3]
+    """
+    shares = torch.full((size,), n, dtype=torch.long)
+    shares[-1] -= 1
+    return shares
+
+
+def conditional_resample(particles: Tensor, log_weights: Tensor, generator: torch.Generator,
+                         totals: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Conditional multinomial resampling (Andrieu, Doucet & Holenstein 2010) of a cloud
+    spread over the ranks: this rank's new particles ``[n, d]`` and their ancestors'
+    global indices ``[n]``.
+
+    The particle at the last global slot ``N - 1`` (the last rank's last particle) is
+    the frozen reference: it keeps its slot and is its own ancestor. The other ``N - 1``
+    ancestors are i.i.d. draws from the global weights (the reference among the
+    candidates), as conditional SMC in one process draws them: the counts per rank are
+    ``Multinomial(N - 1, totals)`` (common draws from ``generator``), each rank draws its
+    count from its own weights, and the surplus moves to the ranks in deficit
+    (:func:`rebalance` with :func:`conditional_shares`). ``log_weights`` ``[n]`` are
+    normalized over all ranks; ``totals`` ``[W]`` (from :func:`normalize`) saves an
+    all-gather.
+
+    Example:
+        >>> particles = torch.arange(4.0).unsqueeze(-1)  # a one-rank "world"
+        >>> log_weights = torch.tensor([0.1, 0.2, 0.3, 0.4]).log()
+        >>> new, ancestors = conditional_resample(particles, log_weights,
+        ...                                       torch.Generator().manual_seed(0))
+        >>> new.shape, int(ancestors[-1])  # the reference keeps the last slot
+        (torch.Size([4, 1]), 3)
+    """
+    n, me, size = particles.shape[0], distributed.rank(), distributed.world_size()
+    num = n * size
+    weights = log_weights.exp()
+    if totals is None:
+        totals = _all_gather_stacked(weights.sum(dtype=torch.float64)).cpu()
+    summaries = torch.stack([totals, totals.new_zeros(size), totals.new_zeros(size)], 1)
+    counts, shared = offspring_counts("multinomial", summaries, num - 1, generator)
+    indices = local_offspring("multinomial", weights, summaries, me, num - 1, shared)
+    new, ancestors = rebalance([particles[indices], indices + me * n], counts,
+                               conditional_shares(n, size))
+    if me == size - 1:  # the reference stays in its slot
+        new = torch.cat([new, particles[-1:]])
+        ancestors = torch.cat([ancestors, ancestors.new_full((1,), num - 1)])
     return new, ancestors
 
 

@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
-    if args.steps and args.estimator == "paris":  # PPG: a chain per process, N on each
+    if args.steps:  # both estimators spread their particles over the processes
         divisible("--num-particles", args.num_particles)
     divisible("--filter-particles", args.filter_particles)
     divisible("--chains", args.chains)
@@ -148,10 +148,9 @@ COMMAND = Command(
           "100", "--chains", "2"],
     distributes="the particle filter's --filter-particles are spread over the processes "
                 "(normalizing constants reduced, resampling global: the law of one process "
-                "with the same N); score ascent with --estimator paris spreads its "
-                "--num-particles the same way, with --estimator ppg each process runs its "
-                "own PPG chain with all --num-particles and the score is averaged over the "
-                "chains; the --chains particle Gibbs chains are split over the processes. "
-                "--filter-particles, --chains and (for paris) --num-particles must be "
+                "with the same N); score ascent spreads its --num-particles the same way, "
+                "with either estimator (PPG's sweeps resample globally and draw one path "
+                "for all processes); the --chains particle Gibbs chains are split over the "
+                "processes. --filter-particles, --chains and --num-particles must be "
                 "divisible by the number of processes.",
 )

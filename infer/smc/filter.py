@@ -200,8 +200,10 @@ class ParticleFilter:
             terminal only, see :mod:`posterity.infer.progress`).
         across_ranks: spread the particles over the ranks of the process group
             (``None``, the default: when one is initialized; ``False``: every rank runs
-            its own filter with all ``num_particles``). Spread, ``num_particles`` must be
-            divisible by the number of processes (a ``ValueError`` otherwise).
+            its own, independent filter with all ``num_particles``, ranks > 0 on streams
+            of their own). Spread, ``num_particles`` must be divisible by the number of
+            processes, and every rank must pass the same ``ys`` (a ``ValueError``
+            otherwise).
 
     The model is checked against the protocol when the filter is built
     (:func:`~.protocol.check_model`); ``ys`` is converted to the model's dtype and
@@ -280,6 +282,14 @@ class ParticleFilter:
         observed = (~torch.isnan(ys).any(-1)).tolist()
         T, N = ys.shape[0], self.num_particles
         spread, n, _ = self.local_share()
+        if spread:
+            shapes = distributed.all_gather_objects(tuple(ys.shape))
+            if len(set(shapes)) > 1:
+                raise ValueError("every rank must filter the same observations: ys has shape "
+                                 + ", ".join(f"{tuple(s)} on rank {r}"
+                                             for r, s in enumerate(shapes)))
+        elif distributed.is_initialized():  # a filter per rank: independent ones
+            distributed.separate_stream()
         # the draws every rank must agree on (and distinct particle draws per rank)
         shared = ranks.shared_generator(ys.device) if spread else None
         uniform = ys.new_full((n,), -math.log(N))

@@ -23,13 +23,18 @@ whole series and the ranks' gradients are summed with weight 1):
   one global PaRIS estimate, the statistics cross ranks through a differentiable
   all-gather, and the summed gradient is the global PaRIS score estimate, as in one
   process with the same ``N``.
-* ``"ppg"``: every rank runs its own PPG chain with ``num_particles`` particles (its own
-  random stream) and its objective is divided by the number of processes, so that the
-  summed gradient is the mean of the chains' score estimates.
+* ``"ppg"`` with ``parallel="particles"`` (the default): one PPG chain whose sweeps
+  spread the ``num_particles`` over the ranks (divisible by the number of processes,
+  see :mod:`.ppg`); each rank's objective is its part of the sweep's global PaRIS
+  estimate, as for ``"paris"``, and the reference path is the same on every rank.
+* ``"ppg"`` with ``parallel="chains"``: every rank runs its own PPG chain with
+  ``num_particles`` particles (its own random stream) and its objective is divided by
+  the number of processes, so that the summed gradient is the mean of the chains'
+  score estimates.
 
 The reported objective (and :meth:`ScoreAscent.score`) is the global value on every
 rank; :meth:`ScoreAscent.validate` runs a filter spread over the ranks (``num_particles``
-in all for PaRIS, ``num_particles`` per rank for PPG).
+in all, or per rank for PPG with ``parallel="chains"``).
 """
 
 from __future__ import annotations
@@ -53,7 +58,12 @@ from .backward import backward_sampler
 from .filter import FilterStep, ParticleFilter
 from .paris import paris_update
 from .particle_gibbs import ParticleGibbs, conditional_steps
-from .ppg import path_through_backward_indices
+from .ppg import (
+    PARALLEL,
+    conditional_steps_across_ranks,
+    path_across_ranks,
+    path_through_backward_indices,
+)
 from .protocol import validate_model
 
 
@@ -153,6 +163,11 @@ class ScoreAscent:
         sweeps_per_update: estimates averaged per update (PPG: conditional SMC sweeps
             along the persisting path; PaRIS: independent smoothers).
         burn_in: PPG only: sweeps per update that move the path before the scored ones.
+        parallel: PPG only, under a process group: ``"particles"`` (default) spreads the
+            sweeps' ``num_particles`` over the ranks (one chain, the law of one process
+            with the same ``N``, ``N`` beyond one device's memory); ``"chains"`` runs one
+            chain per rank with all ``num_particles`` and averages their scores. PaRIS
+            always spreads its particles. Outside a process group it changes nothing.
         missing: treat NaN in ``ys`` as missing observations.
         progress: a ``tqdm`` bar (``None``: on an interactive terminal only).
 
@@ -188,6 +203,7 @@ class ScoreAscent:
         sweeps_per_update: int = 1,
         burn_in: int = 0,
         total_steps: int | None = None,
+        parallel: str = "particles",
     ) -> None:
         self.ssm = validate_model(ssm)
         self.estimator = check_choice("estimator", estimator, ("paris", "ppg"))
@@ -198,6 +214,11 @@ class ScoreAscent:
         if self.burn_in and self.estimator != "ppg":
             raise ValueError("burn_in moves PPG's reference path; with estimator='paris' "
                              f"every update is a fresh smoother, got burn_in={burn_in}")
+        self.parallel = check_choice("parallel", parallel, PARALLEL)
+        if self.parallel == "chains" and self.estimator != "ppg":
+            raise ValueError("parallel='chains' runs one PPG chain per process; "
+                             "estimator='paris' always spreads its particles over the "
+                             "processes, got parallel='chains'")
         params = [p for p in ssm.parameters() if p.requires_grad]
         if not params:
             raise ValueError("ssm has no parameters to learn (no nn.Parameter with "
@@ -211,11 +232,13 @@ class ScoreAscent:
         self.max_trials = max_trials
         self.h = complete_data_log_density(ssm)
         self.missing, self.progress = bool(missing), progress
-        # PaRIS spreads its particles over the ranks of a process group; PPG runs one
-        # chain per rank
+        # PaRIS spreads its particles over the ranks of a process group (PPG's sweeps
+        # have their own steps, below)
         self.filter = ParticleFilter(ssm, num_particles, ess_threshold=1.0, missing=missing,
                                      progress=False,
                                      across_ranks=None if self.estimator == "paris" else False)
+        self._spread_ppg()  # the divisibility error when the group exists already
+        self.generator: torch.Generator | None = None  # the ranks' common draws (PPG)
         self.reference: Tensor | None = None
         self.num_steps = 0
         self.history = train.History()
@@ -237,22 +260,46 @@ class ScoreAscent:
             ys = ys[0]
         return self.ssm.check_observations(ys, allow_missing=self.missing)
 
+    def _spread_ppg(self) -> bool:
+        """Whether PPG's sweeps spread their particles over the ranks (a ``ValueError``
+        when the number of processes does not divide ``num_particles`` then)."""
+        if self.estimator != "ppg" or self.parallel != "particles" \
+                or not distributed.is_initialized():
+            return False
+        distributed.check_divisible("num_particles", self.num_particles)
+        return True
+
     def _sweep(self, ys: Tensor) -> Tensor:
         """One estimate: a scalar whose gradient in the parameters is the score
         estimate; for PPG it also moves the conditional path."""
         if self.estimator == "paris":
             return smoothed_objective(self.filter.steps(ys), self.h, self.backward,
                                       self.num_backward, self.filter.local_share()[0])[0]
+        spread = self._spread_ppg()
         if self.reference is None:
             with torch.no_grad():
-                self.reference = ParticleGibbs(self.ssm, self.num_particles, progress=False,
-                                               backward="exact",
-                                               missing=self.missing).initial_path(ys)
-        steps = conditional_steps(self.ssm, ys, self.reference, self.num_particles)
+                if spread:  # the first path: an unconditional sweep spread over the ranks
+                    self._ppg_sweep(ys, None, spread)
+                else:
+                    self.reference = ParticleGibbs(
+                        self.ssm, self.num_particles, progress=False, backward="exact",
+                        missing=self.missing).initial_path(ys)
+        return self._ppg_sweep(ys, self.reference, spread)
+
+    def _ppg_sweep(self, ys: Tensor, reference: Tensor | None, spread: bool) -> Tensor:
+        """A conditional SMC sweep given ``reference`` with PaRIS statistics of the
+        complete-data log-density; moves ``self.reference`` to the next path."""
+        if spread:
+            steps = conditional_steps_across_ranks(self.ssm, ys, reference,
+                                                   self.num_particles, self.generator)
+        else:
+            steps = conditional_steps(self.ssm, ys, reference, self.num_particles)
         value, particles, indices, weights = smoothed_objective(
-            steps, self.h, self.backward, self.num_backward)
+            steps, self.h, self.backward, self.num_backward, spread)
         with torch.no_grad():
-            self.reference = path_through_backward_indices(particles, indices, weights)
+            self.reference = (
+                path_across_ranks(particles, indices, weights, self.generator) if spread
+                else path_through_backward_indices(particles, indices, weights))
         return value
 
     def objective(self, ys: Tensor) -> Tensor:
@@ -261,16 +308,19 @@ class ScoreAscent:
         ranks' parts summing to the global objective (see the module notes); every rank
         must call it."""
         ys = self._series(ys)
+        spread = self._spread_ppg()
         if self.estimator == "ppg":
-            if distributed.is_initialized():
+            if spread:  # draws common to the ranks (and distinct particles on each)
+                self.generator = ranks.shared_generator(ys.device)
+            elif distributed.is_initialized():
                 ranks.distinct_streams(ys.device)  # one chain per rank: distinct draws
             with torch.no_grad():
                 for _ in range(self.burn_in):
                     self._sweep(ys)
         values = [self._sweep(ys) for _ in range(self.sweeps_per_update)]
         value = values[0] if len(values) == 1 else torch.stack(values).mean()
-        if self.estimator == "ppg" and distributed.is_initialized():
-            value = value / distributed.world_size()
+        if self.estimator == "ppg" and distributed.is_initialized() and not spread:
+            value = value / distributed.world_size()  # the mean of the ranks' chains
         return value
 
     def score(self, ys: Tensor) -> dict[str, Tensor]:
@@ -307,10 +357,10 @@ class ScoreAscent:
     @torch.no_grad()
     def validate(self, ys: Tensor) -> dict[str, float]:
         """``log Ẑ`` of a particle filter at the current parameters (inside a process
-        group: spread over the ranks, ``num_particles`` in all for PaRIS and per rank
-        for PPG; the same value on every rank)."""
+        group: spread over the ranks, ``num_particles`` in all, or per rank for PPG's
+        chains; the same value on every rank)."""
         num = self.num_particles
-        if self.estimator == "ppg":
+        if self.estimator == "ppg" and self.parallel == "chains":
             num *= distributed.world_size()
         return {"log_evidence": float(ParticleFilter(
             self.ssm, num, missing=self.missing, progress=False)
