@@ -18,11 +18,14 @@ number of updates for every run (``--updates``, 471 = 3 epochs), one thread.
   with its partition function) every ``--every`` updates. The best run of each
   algorithm is scored at the end on ``--test-points`` (500) test images with S =
   ``--test-samples`` (1000), and so is each algorithm's run at its defaults.
-* **Time**: milliseconds per update of every algorithm at its defaults, medians of
-  ``--rounds`` interleaved rounds in one process. The seconds axis of a curve is its
-  update count times that median, so that load from other processes on a shared
-  machine cannot favour one algorithm. The equal wall-clock budget is RWS's time for
-  ``--updates`` updates; algorithms faster than RWS keep training until they reach it.
+* **Time**: milliseconds per update of every algorithm at its defaults from
+  ``--rounds`` (15) rounds in one process, the algorithms in a random order each round:
+  RWS's median times the median over rounds of each algorithm's ratio to RWS within the
+  round (printed with its quartiles and the load average). The seconds axis of a curve
+  is its update count times that figure, so that load from other processes on a
+  shared machine cannot favour one algorithm. The equal wall-clock budget is RWS's
+  time for ``--updates`` updates; algorithms faster than RWS keep training until they
+  reach it.
 * **Targets** (per seed): NRWS per update <= 1.3x RWS; at equal updates NRWS beats
   tuned RWS by >= 2 nats; NRWS reaches tuned RWS's final validation value in <= 0.6x
   the updates and <= 0.8x the time; NBiHM likewise against tuned BiHM.
@@ -37,6 +40,8 @@ import copy
 import inspect
 import json
 import math
+import os
+import random
 import statistics
 import time
 import warnings
@@ -62,25 +67,54 @@ def make_engine(algorithm: str, layers: tuple[int, ...], particles: int, **optio
         return WakeSleep(model, guide, algorithm=algorithm, num_particles=particles, **options)
 
 
-def ms_per_update(args, train: torch.Tensor) -> dict[str, float]:
-    """Median ms per update of every algorithm at its defaults, interleaved rounds."""
-    batches = list(train[: args.batch_size * args.speed_updates].split(args.batch_size))
+def ms_per_update(args, train: torch.Tensor) -> tuple[dict[str, float], dict[str, list]]:
+    """Ms per update of every algorithm at its defaults from interleaved rounds (a random
+    order each round), on the scale of RWS: RWS's median times the median over rounds of
+    each algorithm's per-round ratio to RWS (a ratio within one round is robust to load
+    from other processes drifting between rounds); and the per-round ratios. Every
+    algorithm trains on the same stream of fresh minibatches (shuffled passes over
+    ``train``), as in a run: repeating a few batches overfits them, which gives
+    particles self-normalized weights small enough to underflow and distorts the
+    times."""
+    if train.shape[0] < args.batch_size:
+        raise ValueError(f"--train-points must be at least the batch size "
+                         f"{args.batch_size}, got {train.shape[0]}")
+    warmup = 12  # past the first refresh
+    needed = warmup + args.rounds * args.speed_updates
+    shuffle = torch.Generator().manual_seed(args.seed)
+    stream: list[torch.Tensor] = []
+    while len(stream) < needed:
+        permutation = torch.randperm(train.shape[0], generator=shuffle)
+        stream += [train[permutation[i: i + args.batch_size]]
+                   for i in range(0, train.shape[0] - args.batch_size + 1, args.batch_size)]
     engines = {}
     for algorithm in ALGORITHMS:
         pyro.set_rng_seed(args.seed)
         engine = make_engine(algorithm, args.layers, args.particles)
         engine.prepare(train[:100])
-        for batch in batches[:12]:  # warm-up, past the first refresh
+        for batch in stream[:warmup]:
             engine.step(batch)
         engines[algorithm] = engine
     times: dict[str, list[float]] = {a: [] for a in ALGORITHMS}
-    for _ in range(args.rounds):
-        for algorithm, engine in engines.items():
+    order = random.Random(args.seed)
+    for r in range(args.rounds):
+        batches = stream[warmup + r * args.speed_updates: warmup + (r + 1) * args.speed_updates]
+        for algorithm in order.sample(ALGORITHMS, len(ALGORITHMS)):
+            engine = engines[algorithm]
             start = time.perf_counter()
             for batch in batches:
                 engine.step(batch)
             times[algorithm].append(1e3 * (time.perf_counter() - start) / len(batches))
-    return {a: statistics.median(v) for a, v in times.items()}
+    ratios = {a: [t / base for t, base in zip(times[a], times["rws"])] for a in ALGORITHMS}
+    rws = statistics.median(times["rws"])
+    return {a: rws * statistics.median(ratios[a]) for a in ALGORITHMS}, ratios
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
 
 
 def train_run(args, algorithm: str, options: dict, train: torch.Tensor, valid: torch.Tensor,
@@ -148,8 +182,10 @@ def lr_grid(args, algorithm: str, updates: int) -> list[dict]:
     """The tuning grid of ``algorithm``: plain SGD x damping for the natural algorithms,
     Adam for the others, each with a constant rate and (``--schedules``) a cosine decay
     to 0 over the run's ``updates``."""
-    schedules = [{"scheduler": "cosine", "total_steps": updates} if name == "cosine" else {}
-                 for name in args.schedules]
+    # a constant rate is an explicit scheduler=None: the natural algorithms' default
+    # schedule is a cosine
+    schedules = [{"scheduler": "cosine", "total_steps": updates} if name == "cosine"
+                 else {"scheduler": None} for name in args.schedules]
     if algorithm in NATURAL:
         return [{"optimizer": "sgd", "lr": lr, "damping": damping, **schedule}
                 for schedule in schedules for damping in args.grid_damping
@@ -159,7 +195,10 @@ def lr_grid(args, algorithm: str, updates: int) -> list[dict]:
 
 
 def _key(options: dict) -> str:
-    return json.dumps({k: v for k, v in options.items() if k != "total_steps"}, sort_keys=True)
+    """The options as a string, without the run length and without ``None`` entries (a
+    constant rate is keyed as no scheduler)."""
+    return json.dumps({k: v for k, v in options.items() if k != "total_steps" and v is not None},
+                      sort_keys=True)
 
 
 def budget_updates(args, budget_seconds: float, ms: float) -> int:
@@ -169,10 +208,11 @@ def budget_updates(args, budget_seconds: float, ms: float) -> int:
 
 
 def default_key(algorithm: str) -> str:
-    """The options key of ``algorithm``'s defaults (:data:`DEFAULTS`, and the engine's
-    default damping for the natural algorithms)."""
+    """The options key of ``algorithm``'s defaults (:data:`DEFAULTS`), spelled as the grid
+    spells them (a constant rate is no ``scheduler`` entry), so that a grid point equal
+    to the defaults is not run twice."""
     options = dict(DEFAULTS[algorithm])
-    if algorithm in NATURAL:
+    if algorithm in NATURAL and "damping" not in options:
         options["damping"] = inspect.signature(WakeSleep).parameters["damping"].default
     return _key(options)
 
@@ -200,7 +240,7 @@ def main() -> None:
                         help="do not add a run of every algorithm at its defaults")
     parser.add_argument("--extra", type=str, default="[]",
                         help="JSON list of [algorithm, options] runs beside the grid")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--speed-updates", type=int, default=20)
     parser.add_argument("--valid-points", type=int, default=500)
     parser.add_argument("--valid-samples", type=int, default=100)
@@ -222,15 +262,23 @@ def main() -> None:
     name = "-".join(map(str, args.layers))
     results: dict = {"settings": {k: v for k, v in vars(args).items()}}
 
-    ms = ms_per_update(args, train)
+    load = os.getloadavg()[0]
+    ms, ratios = ms_per_update(args, train)
     results["ms_per_update"] = ms
+    results["load_average"] = [load, os.getloadavg()[0]]
     print(f"# one thread, SBN {name}, K = {args.particles}, batch {args.batch_size}; "
-          f"median of {args.rounds} interleaved rounds at each algorithm's defaults", flush=True)
+          f"{args.rounds} interleaved rounds at each algorithm's defaults; load average "
+          f"{load:.2f} -> {os.getloadavg()[0]:.2f}", flush=True)
     for algorithm, value in ms.items():
         print(f"wake_sleep/{name}/ms_per_update {algorithm}: {value:.2f}", flush=True)
+    results["time_ratio_quartiles"] = {}
     for natural, peer in PEERS.items():
+        per_round = [a / b for a, b in zip(ratios[natural], ratios[peer])]
+        low, high = _quartiles(per_round)
+        results["time_ratio_quartiles"][natural] = [low, high]
         print(f"wake_sleep/{name}/{natural}_vs_{peer} time per update: "
-              f"{ms[natural] / ms[peer]:.2f} (target <= 1.3)", flush=True)
+              f"{ms[natural] / ms[peer]:.2f} (per-round quartiles {low:.2f}-{high:.2f}; "
+              f"target <= 1.3)", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.speed_only:
@@ -289,7 +337,9 @@ def main() -> None:
         summary[algorithm] = {"options": key, "seeds": {}}
         defaults = "defaults" if "defaults" in runs[algorithm] else default_key(algorithm)
         summary[algorithm]["defaults_options"] = default_key(algorithm)
-        for label in [key] + ([defaults] if defaults in runs[algorithm] else []):
+        summary[algorithm]["defaults_are_best"] = defaults == key
+        for label in [key] + ([defaults] if defaults in runs[algorithm] and defaults != key
+                              else []):
             for seed, run in runs[algorithm][label].items():
                 entry = {"valid_at_updates": run["valid_at_updates"],
                          "valid_at_budget": run["valid_at_budget"]}

@@ -120,6 +120,24 @@ def test_resampling_is_unbiased(scheme):
     assert (counts.sum(1) == 5).all()
 
 
+@pytest.mark.parametrize("scheme", [stratified, systematic])
+def test_grid_schemes_are_the_inverse_cdf_at_their_points(scheme):
+    """Counting the points below each C_j gives the ancestors a search would: the
+    inverse CDF at (k + U_k) / N (stratified) or (k + u) / N (systematic), zero weights
+    and all."""
+    weights = torch.rand(1000) ** 3
+    weights[::7] = 0.0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        ancestors = scheme(weights, 900)
+        torch.manual_seed(seed)
+        shape = (900,) if scheme is stratified else ()
+        points = (torch.arange(900, dtype=torch.float64)
+                  + torch.rand(shape, dtype=torch.float64)) / 900
+        cdf = weights.double().cumsum(0) / weights.double().sum()
+        assert torch.equal(ancestors, torch.searchsorted(cdf, points).clamp(max=999))
+
+
 @torch.no_grad()
 def test_missing_observations_only_when_asked():
     ssm = StochasticVolatility()

@@ -21,10 +21,12 @@ from posterity.infer.wake_sleep import (
     helmholtz_machine,
     sleep_samples,
 )
+from posterity.infer.wake_sleep.engine import subnormals_flushed
 from posterity.infer.wake_sleep.natural import (
     BernoulliNaturalGradient,
     bernoulli_fisher_blocks,
     factorize,
+    spd_inverse,
 )
 from posterity.models import SigmoidBeliefNet
 from posterity.models.sbn import bernoulli_log_prob
@@ -101,6 +103,58 @@ def test_woodbury_solve_equals_the_direct_solve():
     torch.testing.assert_close(torch.cat([weight_grad, bias_grad[:, None]], -1),
                                1.05 * direct.solve(gradient), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(woodbury.fisher(), direct.fisher(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n_in, bias", [(5, True), (5, False), (0, True)])
+def test_direct_step_equals_the_explicit_solve_for_every_layer_shape(n_in, bias):
+    """A layer with a bias, one without, and a learned bias alone (no inputs, 1 x 1
+    blocks): the in-place step is (1 + α)(F_u + α I)⁻¹ g_u of the explicit blocks."""
+    torch.manual_seed(4)
+    inputs = torch.bernoulli(torch.full((40, n_in), 0.5))  # M = 40 > n: the direct route
+    logits = torch.randn(40, 3)
+    factor = factorize(inputs, logits, 0.1, bias=bias)
+    assert factor.kind == "direct"
+    width = n_in + int(bias)
+    blocks = bernoulli_fisher_blocks(inputs, logits, bias=bias) + 0.1 * torch.eye(width)
+    gradient = torch.randn(3, width)
+    expected = 1.1 * torch.linalg.solve(blocks, gradient.unsqueeze(-1)).squeeze(-1)
+    weight_grad = gradient[:, :n_in].clone()
+    bias_grad = gradient[:, -1].clone() if bias else None
+    factor.precondition_(weight_grad, bias_grad, 1.1)
+    step = weight_grad if bias_grad is None else torch.cat([weight_grad, bias_grad[:, None]], -1)
+    torch.testing.assert_close(step, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_an_update_flushes_subnormals_and_restores_the_callers_mode():
+    """Inside an update subnormal floats are flushed (they slow CPU arithmetic many
+    times); afterwards the caller's mode is back, whichever it was."""
+    tiny = torch.tensor([1e-39])
+    with subnormals_flushed():
+        assert (tiny * 1.0).item() == 0.0
+    assert (tiny * 1.0).item() > 0.0
+    model, guide = helmholtz_machine((6, 4, 3))
+    engine = WakeSleep(model, guide, algorithm="nrws", num_particles=3)
+    x = torch.bernoulli(torch.full((8, 6), 0.5))
+    engine.step(x)
+    assert (tiny * 1.0).item() > 0.0
+    if torch.set_flush_denormal(True):  # supported on this CPU: the caller's mode stays on
+        try:
+            engine.step(x)
+            assert (tiny * 1.0).item() == 0.0
+        finally:
+            torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_scaled_spd_inverse_is_the_explicit_product(k):
+    torch.manual_seed(5)
+    root = torch.randn(4, k, k)
+    matrices = root @ root.mT + 0.5 * torch.eye(k)
+    scales = torch.rand(4, k)
+    expected = torch.diag_embed(scales) @ torch.linalg.inv(matrices) @ torch.diag_embed(scales)
+    torch.testing.assert_close(spd_inverse(matrices, scales), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(spd_inverse(matrices), torch.linalg.inv(matrices),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_a_short_batch_postpones_the_refresh_once():

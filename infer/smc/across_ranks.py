@@ -62,6 +62,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .. import distributed
+from .resampling import ancestors_from_counts_below, normalized_cdf
 
 SCHEMES = ("systematic", "stratified", "multinomial", "residual")
 
@@ -181,11 +182,17 @@ def local_offspring(scheme: str, weights: Tensor, summaries: Tensor, rank: int, 
         if count:
             indices = torch.cat([indices, torch.multinomial(rest, count, replacement=True)])
         return indices
-    if scheme == "systematic":
+    lo, hi = float(bounds[rank]), float(bounds[rank + 1])
+    if scheme == "systematic":  # the grid points k in [first, stop): counted, not searched
         starts = _systematic_starts(bounds, num, shared[0])
-        grid = torch.arange(int(starts[rank]), int(starts[rank + 1]), dtype=torch.float64,
-                            device=device)
-        points = (grid + float(shared[0])) / num
+        first, stop = int(starts[rank]), int(starts[rank + 1])
+        if stop <= first:
+            return torch.zeros(0, dtype=torch.long, device=device)
+        cumulative = lo + normalized_cdf(weights) * (hi - lo)
+        below = (cumulative * num - float(shared[0])).floor_().add_(1 - first)
+        below = below.clamp_(0, stop - first).long()
+        below[-1] = stop - first
+        return ancestors_from_counts_below(below, stop - first)
     else:
         first, stop = _interior(bounds, num)
         strata = torch.arange(int(first[rank]), max(int(first[rank]), int(stop[rank])),
@@ -195,9 +202,7 @@ def local_offspring(scheme: str, weights: Tensor, summaries: Tensor, rank: int, 
                             edges[owners == rank].to(device)])
     if not points.numel():
         return torch.zeros(0, dtype=torch.long, device=device)
-    lo, hi = float(bounds[rank]), float(bounds[rank + 1])
-    cumulative = weights.double().cumsum(0)
-    cumulative = lo + cumulative / cumulative[-1] * (hi - lo)
+    cumulative = lo + normalized_cdf(weights) * (hi - lo)
     return torch.searchsorted(cumulative, points).clamp_(max=n - 1)
 
 

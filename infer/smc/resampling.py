@@ -10,10 +10,27 @@ import torch
 from torch import Tensor
 
 
-def _inverse_cdf(weights: Tensor, uniforms: Tensor) -> Tensor:
-    cumulative = torch.cumsum(weights, 0)
-    cumulative = cumulative / cumulative[-1]
-    return torch.searchsorted(cumulative, uniforms).clamp(max=weights.shape[0] - 1)
+def normalized_cdf(weights: Tensor) -> Tensor:
+    """``C_j = Σ_{i <= j} W_i / Σ_i W_i`` in float64 ``[N]``, whatever the weights' dtype
+    (float32 partial sums drift by more than ``1 / N`` at a million particles)."""
+    cumulative = torch.cumsum(weights.double(), 0)
+    return cumulative / cumulative[-1]
+
+
+def ancestors_from_counts_below(below: Tensor, num: int) -> Tensor:
+    """The inverse CDF without a search: ancestor indices ``[num]`` (non-decreasing)
+    from ``below[j]``, the number of the ``num`` sorted points ``<= C_j`` (``[n]``,
+    non-decreasing, ``below[-1] = num``). Particle ``j`` gets the points from
+    ``below[j - 1]`` to ``below[j] - 1``: a scatter and a cumulative sum, ``O(n + num)``
+    where ``searchsorted`` costs ``O(num log n)`` in scattered memory accesses.
+
+    Example:
+        >>> ancestors_from_counts_below(torch.tensor([0, 3, 3, 4]), 4)
+        tensor([1, 1, 1, 3])
+    """
+    starts = torch.cat([below.new_zeros(1), below[:-1]])
+    marks = below.new_zeros(num + 1).index_add_(0, starts, torch.ones_like(starts))
+    return marks[:num].cumsum(0) - 1
 
 
 def multinomial(weights: Tensor, num: int | None = None) -> Tensor:
@@ -23,19 +40,28 @@ def multinomial(weights: Tensor, num: int | None = None) -> Tensor:
 
 
 def stratified(weights: Tensor, num: int | None = None) -> Tensor:
-    """One uniform in each stratum ``[i/N, (i+1)/N)``."""
+    """One uniform ``U_k`` in each stratum ``[k/N, (k+1)/N)``: the points
+    ``(k + U_k) / N``. The points at or below ``c`` are the ``floor(N c)`` strata below
+    ``c`` and the one it falls in if its point does, so each ``C_j`` gives its count
+    directly (:func:`ancestors_from_counts_below`)."""
     num = num or weights.shape[0]
-    offsets = torch.rand(num, dtype=weights.dtype, device=weights.device)
-    grid = torch.arange(num, dtype=weights.dtype, device=weights.device)
-    return _inverse_cdf(weights, (grid + offsets) / num)
+    offsets = torch.rand(num, dtype=torch.float64, device=weights.device)
+    scaled = normalized_cdf(weights) * num
+    strata = scaled.floor().clamp_(0, num).long()
+    inside = offsets[strata.clamp(max=num - 1)] <= scaled - strata
+    below = (strata + (inside & (strata < num))).clamp_(max=num)
+    below[-1] = num
+    return ancestors_from_counts_below(below, num)
 
 
 def systematic(weights: Tensor, num: int | None = None) -> Tensor:
-    """One uniform shifted over the grid ``i/N``."""
+    """One uniform ``u`` shifted over the grid: the points ``(k + u) / N``, of which
+    ``floor(N C_j - u) + 1`` lie at or below ``C_j`` (:func:`ancestors_from_counts_below`)."""
     num = num or weights.shape[0]
-    offset = torch.rand((), dtype=weights.dtype, device=weights.device)
-    grid = torch.arange(num, dtype=weights.dtype, device=weights.device)
-    return _inverse_cdf(weights, (grid + offset) / num)
+    offset = torch.rand((), dtype=torch.float64, device=weights.device)
+    below = (normalized_cdf(weights) * num - offset).floor_().add_(1).clamp_(0, num).long()
+    below[-1] = num
+    return ancestors_from_counts_below(below, num)
 
 
 def residual(weights: Tensor, num: int | None = None) -> Tensor:
