@@ -12,7 +12,12 @@ from pyro.nn import PyroModule
 from torch import Tensor
 from torch.nn import functional as F
 
-from posterity.layers.gated import DEFAULT_BETA_RANGE, GatedMLP, MultiRateMixin
+from posterity.layers.gated import (
+    DEFAULT_BETA_RANGE,
+    GatedMLP,
+    MultiRateMixin,
+    stagger_gates,
+)
 from posterity.layers.networks import mlp
 from posterity.layers.plates import check_width, data_plate
 
@@ -36,7 +41,9 @@ class GaussianEncoder(MultiRateMixin, PyroModule):
         activation: hidden nonlinearity.
         multi_rate: gate every layer by ``log β`` with ``2 sigmoid`` gates (Multi-Rate
             VAE, Bae et al. 2023; :mod:`posterity.layers.gated` says why not the
-            sigmoid); the program then takes ``beta=`` (``None``: β = 1).
+            sigmoid), the output gates staggered over the β range at the start
+            (:func:`~posterity.layers.gated.stagger_gates`); the program then takes
+            ``beta=`` (``None``: β = 1).
         beta_range: the β range that ``log β`` is standardized over.
 
     Example:
@@ -63,6 +70,7 @@ class GaussianEncoder(MultiRateMixin, PyroModule):
         self._init_multi_rate(multi_rate, beta_range)
         if self.multi_rate:
             self.net = GatedMLP(x_dim, hidden, 2 * z_dim, "encoder", activation)
+            stagger_gates(self.net.layers[-1], repeats=2)  # mean and log σ share them
         else:
             self.net = mlp(x_dim, hidden, 2 * z_dim, activation)
 

@@ -10,6 +10,7 @@ from .gated import (
     MultiRateMixin,
     check_beta_range,
     gate_parameters,
+    stagger_gates,
 )
 from .networks import activation_module, check_layer_sizes, mlp
 from .plates import check_binary, check_matrix, check_width, data_plate
@@ -32,4 +33,5 @@ __all__ = [
     "gate_parameters",
     "latent_site",
     "mlp",
+    "stagger_gates",
 ]

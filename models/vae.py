@@ -16,7 +16,12 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from posterity.layers.gated import DEFAULT_BETA_RANGE, GatedMLP, MultiRateMixin
+from posterity.layers.gated import (
+    DEFAULT_BETA_RANGE,
+    GatedMLP,
+    MultiRateMixin,
+    stagger_gates,
+)
 from posterity.layers.networks import mlp
 from posterity.layers.plates import check_binary, check_matrix, check_width, data_plate
 
@@ -42,10 +47,10 @@ class VAE(MultiRateMixin, PyroModule):
             decoder mirrors them (so ``VAE`` and ``GaussianEncoder`` take the same tuple).
         likelihood: ``"bernoulli"`` or ``"gaussian"``.
         activation: hidden nonlinearity (``"tanh"``, ``"relu"``, ``"identity"``, ...).
-        multi_rate: gate the decoder's input (per latent dimension) and hidden
-            layers by ``log β`` (Multi-Rate VAE, Bae et al. 2023; see
-            :mod:`posterity.layers.gated` for why the input and why not the output
-            layer); the program then takes ``beta=`` (``None``: β = 1).
+        multi_rate: gate the decoder's input (per latent dimension), hidden and
+            output layers by ``log β`` (Multi-Rate VAE, Bae et al. 2023; see
+            :mod:`posterity.layers.gated` for the gate of each); the program then takes
+            ``beta=`` (``None``: β = 1).
         beta_range: the β range that ``log β`` is standardized over.
         scale: a fixed Gaussian observation scale (default: learned per feature).
 
@@ -76,7 +81,8 @@ class VAE(MultiRateMixin, PyroModule):
         layers = tuple(reversed(tuple(hidden)))
         if self.multi_rate:
             self.decoder = GatedMLP(z_dim, layers, x_dim, "decoder", activation,
-                                    gate_output=False, input_gate="encoder")
+                                    gate_output="encoder", input_gate="encoder")
+            stagger_gates(self.decoder.input_gate)
         else:
             self.decoder = mlp(z_dim, layers, x_dim, activation)
         if likelihood == "gaussian":

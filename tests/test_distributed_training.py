@@ -369,7 +369,7 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(fitted):
     path = Path(fitted[0]["folder"]) / "straight" / "run.pt"
     data = fit_data()
     vi = make_vi(seed=50)
-    with pytest.warns(UserWarning, match=r"world_size \(not set\) \(was 2\)"):
+    with pytest.warns(UserWarning, match=r"world_size 1 \(was 2\)"):
         vi.fit(data, epochs=4, batch_size=10, valid=data[:10], patience=5, seed=3,
                progress=False, checkpoint=path)
     assert vi.history.num_epochs == 4
