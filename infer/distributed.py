@@ -296,7 +296,10 @@ def _resolve_weight(weight: float | None) -> float:
     return 1.0 / world_size() if weight is None else weight
 
 
-BUCKET_BYTES = 2**19
+BUCKET_BYTES = 25 * 2**20
+"""Gradient bytes per all-reduce, as :class:`~torch.nn.parallel.DistributedDataParallel`'s
+default ``bucket_cap_mb=25``: every collective pays a latency, so a model of a few MB is
+reduced in one call, and only larger ones start buckets while ``backward`` runs."""
 
 
 class _GradientBuckets:
