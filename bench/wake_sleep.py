@@ -7,7 +7,7 @@ particles, minibatch 32, the first ``--train-points`` (5000) training images, th
 number of updates for every run (``--updates``, 471 = 3 epochs), one thread.
 
 * **Tuning**: each algorithm with its own best setting from a small grid: plain SGD
-  at lr ``--grid-sgd`` {0.01, 0.03} x damping ``--grid-damping`` {0.01, 0.03} for the
+  at lr ``--grid-sgd`` {0.01, 0.03, 0.05} x damping ``--grid-damping`` {0.01, 0.03} for the
   natural algorithms (their preconditioner sets the step), Adam at lr ``--grid-adam``
   {0.01, 0.03} for the others, each with a constant rate and a cosine decay to 0 over
   the run (``--schedules``), and every algorithm at its defaults besides. Every run is
@@ -231,7 +231,7 @@ def main() -> None:
     parser.add_argument("--train-points", type=int, default=5000)
     parser.add_argument("--updates", type=int, default=471)
     parser.add_argument("--every", type=int, default=30)
-    parser.add_argument("--grid-sgd", type=float, nargs="+", default=[0.01, 0.03])
+    parser.add_argument("--grid-sgd", type=float, nargs="+", default=[0.01, 0.03, 0.05])
     parser.add_argument("--grid-damping", type=float, nargs="+", default=[0.01, 0.03])
     parser.add_argument("--grid-adam", type=float, nargs="+", default=[0.01, 0.03])
     parser.add_argument("--schedules", nargs="+", default=["constant", "cosine"],
