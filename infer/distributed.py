@@ -310,13 +310,16 @@ class _GradientBuckets:
 
     def __init__(self, params: list[Tensor], weight: float, bucket_bytes: int) -> None:
         self.weight, self.buckets, self.launched = weight, [], []
+        filled = 0  # bytes in the last bucket
         for p in params:
             last = self.buckets[-1] if self.buckets else None
             if (last is None or last[0].dtype != p.dtype or last[0].device != p.device
-                    or sum(q.numel() for q in last) * p.element_size() >= bucket_bytes):
+                    or filled >= bucket_bytes):
                 self.buckets.append([p])
+                filled = 0
             else:
                 last.append(p)
+            filled += p.numel() * p.element_size()
         self.next = 0
 
     def launch_ready(self, ready: Callable[[int], bool]) -> None:

@@ -252,7 +252,7 @@ def _check_parallel(engine: Any, num_rows: int, batch_size: int,
 def _fingerprint(data: Tensor | tuple[Tensor, ...]) -> list[float]:
     """A cheap summary that tells apart the data sets of ranks passing shards."""
     tensors = data if isinstance(data, tuple) else (data,)
-    return [float(t.detach().double().nan_to_num().sum()) for t in tensors]
+    return [float(torch.nansum(t.detach(), dtype=torch.float64)) for t in tensors]
 
 
 def fit(

@@ -4,6 +4,7 @@ and guide trained by one optimizer through the shared loop, with exact state dic
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -120,8 +121,6 @@ class AmortizedEngine:
         if total <= scheduler.T_max:
             return
         if scheduler.last_epoch >= scheduler.T_max:
-            import warnings
-
             warnings.warn(
                 f"the cosine learning-rate schedule ended after {scheduler.T_max} updates "
                 f"(the first fit call); this call trains to update {total}, where "
