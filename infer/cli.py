@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import errno
 import json
 import os
@@ -93,7 +94,18 @@ class Parser(argparse.ArgumentParser):
 
 
 class _HelpFormatter(argparse.HelpFormatter):
-    """argparse's formatter, except that a line never breaks inside ``--a-flag``."""
+    """argparse's formatter, except that a line never breaks inside ``--a-flag`` and
+    every option with a default shows it (unless its help already speaks of one)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        default = action.default
+        if (action.option_strings and "default" not in (action.help or "")
+                and default is not None and default is not argparse.SUPPRESS
+                and not isinstance(default, bool)):
+            shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)
+            action = copy.copy(action)
+            action.help = f"{action.help or ''} (default {shown.replace('%', '%%')})".strip()
+        return super()._format_action(action)
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         text = " ".join(text.split())

@@ -250,9 +250,11 @@ def _check_parallel(engine: Any, num_rows: int, batch_size: int,
 
 
 def _fingerprint(data: Tensor | tuple[Tensor, ...]) -> list[float]:
-    """A cheap summary that tells apart the data sets of ranks passing shards."""
+    """A cheap summary that tells apart the data sets of ranks passing shards: the sum of
+    about 1024 evenly spaced rows of each tensor (the row count is compared too)."""
     tensors = data if isinstance(data, tuple) else (data,)
-    return [float(torch.nansum(t.detach(), dtype=torch.float64)) for t in tensors]
+    return [float(torch.nansum(t.detach()[:: max(1, len(t) // 1024)], dtype=torch.float64))
+            for t in tensors]
 
 
 def fit(

@@ -151,3 +151,18 @@ def test_cuda_training_and_evaluation(cuda):
     assert ll.device.type == "cuda" and torch.isfinite(ll).all()
     with pytest.raises(ValueError, match="on cpu but the model's parameters are on cuda"):
         vi.fit(x.cpu(), epochs=1, progress=False)
+
+
+def test_an_update_flushes_subnormals_inside_and_restores_the_callers_mode():
+    """Subnormal floats (gradients and Adam moments decaying to zero) slow CPU arithmetic
+    many times: inside an update they are flushed; after it the caller's mode is back."""
+    if not torch.set_flush_denormal(False):  # returns whether the CPU has the mode
+        pytest.skip("this CPU cannot flush subnormal floats")
+    tiny = torch.tensor([1e-39])
+    vi = AmortizedVI(VAE(6, 2, (4,)), GaussianEncoder(6, 2, (4,)))
+    seen = []
+    loss = vi.loss
+    vi.loss = lambda x: (seen.append((tiny * 1.0).item()), loss(x))[1]
+    vi.step(binary(8, 6))
+    assert seen == [0.0]
+    assert (tiny * 1.0).item() > 0.0

@@ -15,13 +15,13 @@ from torch import nn
 
 from posterity.guides import SigmoidRecognitionNet
 from posterity.infer import WakeSleep, log_likelihood
+from posterity.infer.floats import subnormals_flushed
 from posterity.infer.wake_sleep import (
     DEFAULTS,
     guide_log_density,
     helmholtz_machine,
     sleep_samples,
 )
-from posterity.infer.wake_sleep.engine import subnormals_flushed
 from posterity.infer.wake_sleep.natural import (
     BernoulliNaturalGradient,
     bernoulli_fisher_blocks,

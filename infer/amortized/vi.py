@@ -31,6 +31,7 @@ from posterity.layers.gated import check_beta_range, gate_parameters
 
 from .. import distributed, train
 from ..checks import check_choice, check_int, check_positive, prepare_pair
+from ..floats import subnormals_flushed
 from ..importance import WeightedParticles, weighted_particles
 from .engine import AmortizedEngine
 
@@ -335,9 +336,10 @@ class AmortizedVI(AmortizedEngine):
                 "scheduler='cosine' needs its length: pass total_steps= to AmortizedVI, or "
                 "train with fit(), which sets it to epochs * ceil(N / batch_size)"
             )
-        loss = self.loss(x)
-        train.optimizer_step(self.optimizer, loss, self.scheduler,
-                             clip_grad_norm=self.grad_clip)
+        with subnormals_flushed():
+            loss = self.loss(x)
+            train.optimizer_step(self.optimizer, loss, self.scheduler,
+                                 clip_grad_norm=self.grad_clip)
         self.num_steps += 1
         return {"loss": loss.item()}
 

@@ -9,7 +9,7 @@ This module holds what the particle filter and PaRIS need beyond
   (:func:`summarize`); from them every rank computes the same offspring counts per rank
   (:func:`offspring_counts`), each rank draws its own offspring among its own particles
   (:func:`local_offspring`), and ranks with more than ``n`` offspring hand their surplus
-  to ranks in deficit (:func:`transfer_plan`, :func:`rebalance`). The multiset of
+  to ranks in deficit (:func:`transfer_plan`, :func:`offspring`). The multiset of
   ancestors has exactly the law of the single-process scheme with the same ``N``:
 
   - ``systematic``: the grid ``(k + U) / N`` with one ``U`` common to all ranks, each
@@ -62,7 +62,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .. import distributed
-from .resampling import ancestors_from_counts_below, normalized_cdf
+from .resampling import ancestors_from_counts_below, grid_counts_below, normalized_cdf
 
 SCHEMES = ("systematic", "stratified", "multinomial", "residual")
 
@@ -188,10 +188,7 @@ def local_offspring(scheme: str, weights: Tensor, summaries: Tensor, rank: int, 
         first, stop = int(starts[rank]), int(starts[rank + 1])
         if stop <= first:
             return torch.zeros(0, dtype=torch.long, device=device)
-        cumulative = lo + normalized_cdf(weights) * (hi - lo)
-        below = (cumulative * num - float(shared[0])).floor_().add_(1 - first)
-        below = below.clamp_(0, stop - first).long()
-        below[-1] = stop - first
+        below = grid_counts_below(weights, num, float(shared[0]), lo, hi, first, stop - first)
         return ancestors_from_counts_below(below, stop - first)
     else:
         first, stop = _interior(bounds, num)
@@ -241,27 +238,51 @@ def _from_bytes(table: Tensor, like: list[Tensor]) -> list[Tensor]:
     return out
 
 
-def rebalance(tensors: list[Tensor], counts: Tensor, size: int | Tensor) -> list[Tensor]:
-    """Each of ``tensors`` (this rank's offspring rows, ``[counts[rank], ...]``) with the
-    surplus rows sent to the ranks in deficit and theirs received: ``[size, ...]`` on
-    every rank (``size[rank]`` rows when ``size`` is ``[W]``). One all-gather of the
-    surplus rows (as bytes), padded to the largest."""
+def _exchange(outgoing: list[Tensor], counts: Tensor, size: int | Tensor) -> list[Tensor]:
+    """The rows this rank receives (``[receive[rank], ...]`` each, like ``outgoing``) when
+    every rank sends its surplus rows ``outgoing`` (``[send[rank], ...]``) under
+    :func:`transfer_plan`: one all-gather of the surplus rows (as bytes), padded to the
+    largest. Called only when some rank has a surplus."""
     send, receive, offsets = transfer_plan(counts, size)
-    if not int(send.sum()):
-        return tensors
     me = distributed.rank()
-    keep = size if isinstance(size, int) else int(size[me])
-    kept = [t[:keep] for t in tensors]
-    outgoing = _to_bytes([t[keep:] for t in tensors])
-    largest = int(send.max())
-    padded = outgoing.new_zeros(largest, outgoing.shape[1])
-    padded[:outgoing.shape[0]] = outgoing
+    table = _to_bytes(outgoing)
+    padded = table.new_zeros(int(send.max()), table.shape[1])
+    padded[:table.shape[0]] = table
     pieces = [torch.empty_like(padded) for _ in range(counts.shape[0])]
     dist.all_gather(pieces, padded)
     sent = torch.cat([piece[:int(s)] for piece, s in zip(pieces, send)])
     start = int(offsets[me])
-    received = _from_bytes(sent[start:start + int(receive[me])], tensors)
-    return [torch.cat([k, r]) for k, r in zip(kept, received)]
+    return _from_bytes(sent[start:start + int(receive[me])], outgoing)
+
+
+def offspring(particles: Tensor, indices: Tensor, offset: int, counts: Tensor,
+              size: int | Tensor) -> tuple[Tensor, Tensor]:
+    """This rank's offspring ``particles[indices]`` (``[counts[rank], ...]``) and their
+    global indices ``indices + offset``, with the surplus rows past ``size`` sent to the
+    ranks in deficit and theirs received: ``[size, ...]`` and ``[size]`` on every rank
+    (``size[rank]`` rows when ``size`` is ``[W]``). At most one all-gather (none when no
+    rank has a surplus). The kept rows are gathered straight into the result: at a
+    million particles every pass over memory costs as much as the arithmetic."""
+    keep = size if isinstance(size, int) else int(size[distributed.rank()])
+    rows = min(indices.shape[0], keep)
+    ancestors = indices.new_empty(keep)
+    torch.add(indices[:rows], offset, out=ancestors[:rows])
+    tracked = torch.is_grad_enabled() and particles.requires_grad  # out= has no autograd
+    if tracked:
+        new = particles[indices[:rows]]
+    else:
+        new = particles.new_empty((keep,) + particles.shape[1:])
+        torch.index_select(particles, 0, indices[:rows], out=new[:rows])
+    send, _, _ = transfer_plan(counts, size)
+    if int(send.sum()):
+        surplus = indices[keep:]
+        received, ancestors[rows:] = _exchange([particles[surplus].detach(), surplus + offset],
+                                               counts, size)
+        if tracked:  # rows from other ranks carry no gradient to this rank's graph
+            new = torch.cat([new, received])
+        else:
+            new[rows:] = received
+    return new, ancestors
 
 
 def resample(particles: Tensor, log_weights: Tensor, scheme: str,
@@ -282,9 +303,7 @@ def resample(particles: Tensor, log_weights: Tensor, scheme: str,
         summaries = _all_gather_stacked(summarize(weights, num))
     counts, shared = offspring_counts(scheme, summaries, num, generator)
     indices = local_offspring(scheme, weights, summaries, me, num, shared)
-    ancestors = indices + me * n
-    new, ancestors = rebalance([particles[indices], ancestors], counts, n)
-    return new, ancestors
+    return offspring(particles, indices, me * n, counts, n)
 
 
 def conditional_shares(n: int, size: int) -> Tensor:
@@ -312,7 +331,7 @@ def conditional_resample(particles: Tensor, log_weights: Tensor, generator: torc
     candidates), as conditional SMC in one process draws them: the counts per rank are
     ``Multinomial(N - 1, totals)`` (common draws from ``generator``), each rank draws its
     count from its own weights, and the surplus moves to the ranks in deficit
-    (:func:`rebalance` with :func:`conditional_shares`). ``log_weights`` ``[n]`` are
+    (:func:`offspring` with :func:`conditional_shares`). ``log_weights`` ``[n]`` are
     normalized over all ranks; ``totals`` ``[W]`` (from :func:`normalize`) saves an
     all-gather.
 
@@ -332,8 +351,7 @@ def conditional_resample(particles: Tensor, log_weights: Tensor, generator: torc
     summaries = torch.stack([totals, totals.new_zeros(size), totals.new_zeros(size)], 1)
     counts, shared = offspring_counts("multinomial", summaries, num - 1, generator)
     indices = local_offspring("multinomial", weights, summaries, me, num - 1, shared)
-    new, ancestors = rebalance([particles[indices], indices + me * n], counts,
-                               conditional_shares(n, size))
+    new, ancestors = offspring(particles, indices, me * n, counts, conditional_shares(n, size))
     if me == size - 1:  # the reference stays in its slot
         new = torch.cat([new, particles[-1:]])
         ancestors = torch.cat([ancestors, ancestors.new_full((1,), num - 1)])
@@ -397,7 +415,7 @@ def normalize(unnormalized: Tensor) -> tuple[Tensor, Tensor, float, Tensor]:
     weights = (unnormalized.detach() - shift).exp()  # in (0, 1]: no overflow in float32
     table = _all_gather_stacked(torch.stack([
         shift.double(), weights.sum(dtype=torch.float64),
-        weights.square().sum(dtype=torch.float64)]))
+        (weights @ weights).double()]))  # no [n] temporary: the sum of squares sets the ESS
     shifts, sums, squares = table.unbind(1)
     top = shifts.max()
     scale = (shifts - top).exp()

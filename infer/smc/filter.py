@@ -177,10 +177,10 @@ def _vanished_cause(increment: Tensor, y: Tensor) -> str:
 
 def _weighted_moments(steps: list[FilterStep]) -> Tensor:
     """``[E[x], E[x²]]`` under each step's weights, ``[len(steps), 2 d]``."""
-    weights = torch.stack([step.log_weights for step in steps]).exp()  # [k, N]
-    particles = torch.stack([step.particles for step in steps])  # [k, N, d]
-    values = torch.cat([particles, particles.square()], -1)
-    return (weights.unsqueeze(1) @ values).squeeze(1)
+    weights = torch.stack([step.log_weights for step in steps]).exp_().unsqueeze(1)  # [k,1,N]
+    particles = torch.stack([step.particles for step in steps])  # [k, N, d], a copy
+    first = (weights @ particles).squeeze(1)
+    return torch.cat([first, (weights @ particles.square_()).squeeze(1)], -1)
 
 
 class ParticleFilter:
@@ -313,7 +313,8 @@ class ParticleFilter:
             else:
                 step_log_evidence = torch.logsumexp(unnormalized, 0)
                 log_w = unnormalized - step_log_evidence
-                ess = 1.0 / float(log_w.exp().square().sum())
+                weights = log_w.exp()
+                ess = 1.0 / float(weights @ weights)
             monitor(ess, increment, ys[t], t)
             yield FilterStep(t, ys[t], x_prev, log_w_prev, x, log_w, ancestors,
                              step_log_evidence, ess)

@@ -13,8 +13,8 @@ from torch import Tensor
 def normalized_cdf(weights: Tensor) -> Tensor:
     """``C_j = Σ_{i <= j} W_i / Σ_i W_i`` in float64 ``[N]``, whatever the weights' dtype
     (float32 partial sums drift by more than ``1 / N`` at a million particles)."""
-    cumulative = torch.cumsum(weights.double(), 0)
-    return cumulative / cumulative[-1]
+    cumulative = torch.cumsum(weights, 0, dtype=torch.float64)
+    return cumulative.div_(cumulative[-1].clone())
 
 
 def ancestors_from_counts_below(below: Tensor, num: int) -> Tensor:
@@ -28,9 +28,10 @@ def ancestors_from_counts_below(below: Tensor, num: int) -> Tensor:
         >>> ancestors_from_counts_below(torch.tensor([0, 3, 3, 4]), 4)
         tensor([1, 1, 1, 3])
     """
-    starts = torch.cat([below.new_zeros(1), below[:-1]])
-    marks = below.new_zeros(num + 1).index_add_(0, starts, torch.ones_like(starts))
-    return marks[:num].cumsum(0) - 1
+    # particle j > 0 starts at below[j - 1]; particle 0's start (0) is the -1 left out
+    starts = below[:-1]
+    marks = below.new_zeros(num + 1).index_add_(0, starts, below.new_ones(1).expand_as(starts))
+    return marks[:num].cumsum(0)
 
 
 def multinomial(weights: Tensor, num: int | None = None) -> Tensor:
@@ -54,14 +55,36 @@ def stratified(weights: Tensor, num: int | None = None) -> Tensor:
     return ancestors_from_counts_below(below, num)
 
 
+def grid_counts_below(weights: Tensor, num: int, u: float, lo: float = 0.0, hi: float = 1.0,
+                      first: int = 0, count: int | None = None) -> Tensor:
+    """How many of the grid points ``(k + u) / num``, ``k = first, ..., first + count -
+    1``, lie at or below each ``C_j = lo + (hi - lo) S_j / S_n`` (``S`` the float64
+    partial sums of ``weights`` ``[n]``): ``floor(num C_j - u) + 1 - first`` clamped to
+    ``[0, count]``, ``[n]`` long, the last ``count`` (``count`` defaults to ``num``).
+
+    One cumulative sum and one in-place multiply-add over the sums: at a million
+    particles each pass over memory costs as much as the arithmetic.
+
+    Example:
+        >>> grid_counts_below(torch.tensor([0.1, 0.4, 0.5]), 4, 0.5).tolist()
+        [0, 2, 4]
+    """
+    count = num if count is None else count
+    cumulative = torch.cumsum(weights, 0, dtype=torch.float64)
+    scale = num * (hi - lo) / float(cumulative[-1])
+    # after the clamp the values are >= 0, where truncation (.long()) is the floor
+    below = cumulative.mul_(scale).add_(num * lo - u + 1 - first).clamp_(0, count).long()
+    below[-1] = count
+    return below
+
+
 def systematic(weights: Tensor, num: int | None = None) -> Tensor:
     """One uniform ``u`` shifted over the grid: the points ``(k + u) / N``, of which
-    ``floor(N C_j - u) + 1`` lie at or below ``C_j`` (:func:`ancestors_from_counts_below`)."""
+    ``floor(N C_j - u) + 1`` lie at or below ``C_j`` (:func:`grid_counts_below`,
+    :func:`ancestors_from_counts_below`)."""
     num = num or weights.shape[0]
-    offset = torch.rand((), dtype=torch.float64, device=weights.device)
-    below = (normalized_cdf(weights) * num - offset).floor_().add_(1).clamp_(0, num).long()
-    below[-1] = num
-    return ancestors_from_counts_below(below, num)
+    offset = float(torch.rand((), dtype=torch.float64, device=weights.device))
+    return ancestors_from_counts_below(grid_counts_below(weights, num, offset), num)
 
 
 def residual(weights: Tensor, num: int | None = None) -> Tensor:

@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pyro
@@ -43,6 +42,7 @@ from torch import Tensor, nn
 from .. import train
 from ..amortized.engine import AmortizedEngine
 from ..checks import check_choice, check_int, check_positive, prepare_pair
+from ..floats import subnormals_flushed
 from ..handlers import densities_unaltered
 from ..importance import PARTICLE_PLATE, _per_data_point, sample_sites, weighted_particles
 from .natural import BernoulliNaturalGradient, LayerRecorder, linear_layers
@@ -65,36 +65,6 @@ DEFAULT = "default"
 _ADAPTIVE = tuple(getattr(torch.optim, name) for name in (
     "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad", "Adadelta",
     "SparseAdam", "Adafactor") if hasattr(torch.optim, name))
-
-
-@contextmanager
-def subnormals_flushed() -> Iterator[None]:
-    """Flush subnormal floats to zero on the CPU inside the block (this thread), then
-    restore the previous mode.
-
-    Particles far worse than the best get self-normalized weights so small that their
-    rows of the backward pass underflow into subnormal numbers, and CPU arithmetic on
-    subnormal operands is many times slower. On binarized MNIST (784-100-10, K = 10)
-    they cost a natural RWS update about 2% over a run on fresh minibatches, and about
-    10% in a loop that repeats a few minibatches (which overfits them). Flushed values
-    are below ``torch.finfo(torch.float32).tiny``, far below the float resolution of the
-    weighted gradient sums they feed: the benchmark's runs gave the same curves to
-    0.01 nats with and without flushing.
-
-    Example:
-        >>> with subnormals_flushed():
-        ...     flushed = torch.tensor([1e-39]) * 1.0
-        >>> flushed.item(), (torch.tensor([1e-39]) * 1.0).item() > 0
-        (0.0, True)
-    """
-    already = bool(torch.tensor([1e-39]).mul_(1.0).item() == 0)
-    if already or not torch.set_flush_denormal(True):  # on already, or unsupported
-        yield
-        return
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
 
 
 def sleep_samples(model: Callable, x: Tensor, num_particles: int, plate_nesting: int
