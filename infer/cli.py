@@ -192,6 +192,14 @@ def _lock(out: Path) -> Iterator[None]:
         lock.__exit__(None, None, None)
 
 
+def _remove_if_unused(out: Path) -> None:
+    """Remove ``out`` (created by this run) if it holds nothing but the run's lock."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in out.iterdir()} <= {"run.lock"}:
+            (out / "run.lock").unlink(missing_ok=True)
+            out.rmdir()
+
+
 def _plain(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_plain(v) for v in value)
@@ -273,6 +281,8 @@ def _fit(args: argparse.Namespace) -> int:
         def prepare() -> None:
             command.check(args)
             if main_rank:  # the other ranks never touch --out
+                if not out.exists():  # a run that fails before writing leaves no folder
+                    stack.callback(_remove_if_unused, out)
                 _check_out(out)
                 stack.enter_context(_lock(out))
 

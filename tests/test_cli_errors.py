@@ -150,6 +150,17 @@ def test_a_bad_flag_or_file_is_one_line_naming_the_flag(family, extra, named, fi
         assert not (tmp_path / "out" / written).exists()
 
 
+def test_a_run_that_fails_on_its_data_leaves_no_new_out_folder(tmp_path, capsys):
+    (tmp_path / "bad.csv").write_text("a,b\nx,y\n")
+    fresh, existing = tmp_path / "fresh", tmp_path / "existing"
+    existing.mkdir()
+    for out in (fresh, existing):
+        assert main([*BASE["vae"], "--data", str(tmp_path / "bad.csv"), "--out", str(out)]) == 2
+        assert _one_line_error(capsys).startswith("--data")
+    assert not fresh.exists()
+    assert existing.is_dir()  # a folder the user made stays
+
+
 def test_the_error_of_an_engine_names_the_flag_not_the_argument():
     args = build_parser().parse_args(["fit", "bnn"])
     status, message = explain(ValueError("subsample_size must be >= 1, got 0"), args)
@@ -217,3 +228,17 @@ def test_sigint_saves_a_checkpoint_and_exits_130_in_one_line(tmp_path):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert err.startswith("posterity: ")
     assert "rerun" in err and (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("family", sorted(BASE))
+def test_help_shows_every_options_default(family):
+    """``posterity fit FAMILY --help`` states the default of every option that has one."""
+    fit = build_parser()._subparsers._group_actions[0].choices["fit"]
+    command = fit._subparsers._group_actions[0].choices[family]
+    page = " ".join(command.format_help().split())
+    for action in command._actions:
+        if action.option_strings and action.default not in (None, False, "==SUPPRESS=="):
+            shown = (" ".join(map(str, action.default)) if isinstance(action.default, list)
+                     else str(action.default))
+            stated = f"default {shown}" in page or "default" in (action.help or "")
+            assert stated, (action.option_strings, shown)

@@ -59,8 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of the rows held out for the test metrics, in (0, 1)")
 
 
+def _schedule(args: argparse.Namespace) -> CyclicalSchedule | float:
+    return (CyclicalSchedule(args.step_size, args.cycles, args.steps, args.exploration_ratio)
+            if args.cycles else args.step_size)
+
+
 def _sampling_updates(args: argparse.Namespace) -> int:
-    return int(args.steps * (1 - (args.exploration_ratio if args.cycles else 0.0)))
+    """The updates of ``--steps`` outside the exploration stages, counted on the schedule."""
+    schedule = _schedule(args)
+    if not isinstance(schedule, CyclicalSchedule):
+        return args.steps
+    return sum(not schedule.is_exploration(t) for t in range(args.steps))
 
 
 DEFAULT_STEP_SIZE = {"sgld": 2e-3, "sghmc": 2e-3, "psgld": 5e-5}
@@ -121,8 +130,7 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
         likelihood="categorical" if classification else "gaussian",
         subsample_size=min(args.batch_size, len(train)),
     )
-    schedule = (CyclicalSchedule(args.step_size, args.cycles, args.steps, args.exploration_ratio)
-                if args.cycles else args.step_size)
+    schedule = _schedule(args)
     thin = max(1, _sampling_updates(args) // args.samples)
     options = {"thin": thin, "temperature": args.temperature}
     kernel = {
@@ -138,6 +146,8 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
     started = time.perf_counter()
     with warnings.catch_warnings():  # Pyro's note that chains run one after another
         warnings.filterwarnings("ignore", message="num_chains=.*available_cpu")
+        # --samples x thin fills --steps up to fewer than --samples updates, by design
+        warnings.filterwarnings("ignore", message=".*was built for total_steps.*stopped after")
         mcmc.run(X_train, y_train)
     seconds = time.perf_counter() - started
     samples = {name: distributed.all_gather(value)  # every process's chains
@@ -154,7 +164,8 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
         shown = (f"test RMSE {rounded(metrics['rmse'], 3)} (target units), log-likelihood "
                  f"{metrics['log_likelihood']:.3f} per point")
     metrics.update(train_points=len(train), test_points=len(test), seconds=seconds,
-                   thin=thin, kernel=args.kernel)
+                   thin=thin, updates=kernel.step_indices(args.samples)[-1] + 1,
+                   kernel=args.kernel)
     idata = to_inference_data(mcmc, X_test, y_test)
     idata.posterior.attrs.update(dict(metrics))
     line = (f"{shown}; {len(train)} train / {len(test)} test points, {args.chains} chain(s) of "
