@@ -45,6 +45,10 @@ communication per update or per step that the scaling note of ``docs/distributed
 builds on: a ring all-reduce of S bytes costs about ``2 (W - 1) / W · S / bandwidth``
 per rank, an all-gather of ``s`` bytes per rank ``(W - 1) · s / bandwidth``.
 
+The ratios with the one-time costs included are printed too (``vi_fit_ratio``: the
+whole ``fit`` call; ``filter_first_run_ratio`` and the like: the first run of each
+process).
+
 Prints a table and ``name: value`` lines, and writes ``bench_out/distributed.json``
 (with the load average before and after each round: the project machine is shared).
 ``--quick``
@@ -136,15 +140,17 @@ def _timed(run: Callable[[], Any]) -> tuple[float, float, dict[str, list[float]]
     return float(slowest[0]), cpu, counts
 
 
-def _steady(run: Callable[[], Any], repeats: int) -> tuple[float, float, dict[str, list[float]]]:
-    """:func:`_timed` ``repeats`` times after one untimed ``run()`` of the same size: the
-    medians of the slowest rank's wall seconds and of this rank's CPU seconds, and the
-    last repeat's traffic. The first run of a process pays one-time costs (fresh memory,
-    the allocator's growth) that a long series amortizes."""
-    run()
+def _steady(run: Callable[[], Any], repeats: int
+            ) -> tuple[float, float, dict[str, list[float]], float]:
+    """:func:`_timed` ``repeats`` times after a first ``run()`` of the same size: the
+    medians of the slowest rank's wall seconds and of this rank's CPU seconds, the last
+    repeat's traffic, and the first run's wall seconds (kept apart: the first run of a
+    process pays one-time costs, fresh memory and the allocator's growth, that a long
+    series amortizes)."""
+    first = _timed(run)[0]
     timings = [_timed(run) for _ in range(repeats)]
     return (statistics.median(t[0] for t in timings), statistics.median(t[1] for t in timings),
-            timings[-1][2])
+            timings[-1][2], first)
 
 
 # --- the jobs (run in every process) ------------------------------------------------------
@@ -192,8 +198,9 @@ def bench_filter(config: dict) -> dict:
     n, steps = config["filter_particles"] // config["split"], config["filter_steps"]
     ssm, ys = _sv(steps)
     pf = ParticleFilter(ssm, n, ess_threshold=1.0, progress=False)
-    seconds, cpu, counts = _steady(lambda: pf.run(ys), config["repeats"])
+    seconds, cpu, counts, first = _steady(lambda: pf.run(ys), config["repeats"])
     return {"seconds": seconds / steps, "cpu": cpu / steps, "unit": "s per step",
+            "first_run_seconds": first / steps,
             "traffic": counts, "per": steps}
 
 
@@ -204,8 +211,9 @@ def bench_paris(config: dict) -> dict:
     ssm, ys = _sv(steps)
 
     paris = PaRIS(ssm, lambda x_prev, x, y, t: x, num_particles=n, progress=False)
-    seconds, cpu, counts = _steady(lambda: paris.run(ys), config["repeats"])
+    seconds, cpu, counts, first = _steady(lambda: paris.run(ys), config["repeats"])
     return {"seconds": seconds / steps, "cpu": cpu / steps, "unit": "s per step",
+            "first_run_seconds": first / steps,
             "traffic": counts, "per": steps}
 
 
@@ -252,8 +260,9 @@ def bench_ppg(config: dict) -> dict:
         for _ in range(sweeps):
             path = ppg.sweep(ys, path, generator)[1]
 
-    seconds, cpu, counts = _steady(run, config["repeats"])
-    return {"seconds": seconds / sweeps, "cpu": cpu / sweeps, "unit": "s per sweep",
+    seconds, cpu, counts, first = _steady(run, config["repeats"])
+    return {"seconds": seconds / sweeps, "first_run_seconds": first / sweeps,
+            "cpu": cpu / sweeps, "unit": "s per sweep",
             "traffic": counts, "per": sweeps * steps}
 
 
@@ -393,6 +402,11 @@ def summarize(parts: list[str], runs: dict) -> dict:
         }
         if name == "vi":
             summary[name]["parameter_bytes"] = runs["two"][-1][name]["parameter_bytes"]
+        for key in ("first_run_seconds", "fit_seconds"):  # with one-time costs, for the record
+            if key in runs["one"][0][name]:
+                one, two = (statistics.median(r[name][key] for r in runs[setup])
+                            for setup in ("one", "two"))
+                summary[name][key.replace("seconds", "ratio")] = two / one
     return summary
 
 
@@ -409,6 +423,9 @@ def print_table(summary: dict) -> None:
               f"{row['target']:>8}  {'yes' if row['met'] else 'NO':4} {row['ceiling']:8.3f} "
               f"{row['communication']:10.3f} {row['cpu_ratio']:9.3f}")
     for name, row in summary.items():
+        for key in ("first_run_ratio", "fit_ratio"):
+            if key in row:
+                print(f"{name}_{key}: {row[key]:.3f}")
         for op, value in row["bytes_per_unit_rank0"].items():
             calls = row["calls_per_unit_rank0"][op]
             print(f"{name}_{op}_bytes_per_{'update' if name in ('vi', 'sgmcmc') else 'step'}:"
