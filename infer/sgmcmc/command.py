@@ -140,14 +140,14 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
     }[args.kernel]()
     # under torchrun each process runs its share of the chains on a random stream of its
     # own (the kernels see the rank); the report gathers every process's chains
-    mcmc = MCMC(kernel, num_samples=args.samples, warmup_steps=0,
-                num_chains=divisible("--chains", args.chains),
-                disable_progbar=not progress_enabled(False if args.quiet else None))
-    started = time.perf_counter()
-    with warnings.catch_warnings():  # Pyro's note that chains run one after another
+    with warnings.catch_warnings():  # Pyro's note (at MCMC()) that chains run in turn
         warnings.filterwarnings("ignore", message="num_chains=.*available_cpu")
         # --samples x thin fills --steps up to fewer than --samples updates, by design
         warnings.filterwarnings("ignore", message=".*was built for total_steps.*stopped after")
+        mcmc = MCMC(kernel, num_samples=args.samples, warmup_steps=0,
+                    num_chains=divisible("--chains", args.chains),
+                    disable_progbar=not progress_enabled(False if args.quiet else None))
+        started = time.perf_counter()
         mcmc.run(X_train, y_train)
     seconds = time.perf_counter() - started
     samples = {name: distributed.all_gather(value)  # every process's chains
