@@ -55,8 +55,8 @@ def stratified(weights: Tensor, num: int | None = None) -> Tensor:
     return ancestors_from_counts_below(below, num)
 
 
-def grid_counts_below(weights: Tensor, num: int, u: float, lo: float = 0.0, hi: float = 1.0,
-                      first: int = 0, count: int | None = None) -> Tensor:
+def grid_counts_below(weights: Tensor, num: int, u: float | Tensor, lo: float = 0.0,
+                      hi: float = 1.0, first: int = 0, count: int | None = None) -> Tensor:
     """How many of the grid points ``(k + u) / num``, ``k = first, ..., first + count -
     1``, lie at or below each ``C_j = lo + (hi - lo) S_j / S_n`` (``S`` the float64
     partial sums of ``weights`` ``[n]``): ``floor(num C_j - u) + 1 - first`` clamped to
@@ -71,7 +71,7 @@ def grid_counts_below(weights: Tensor, num: int, u: float, lo: float = 0.0, hi: 
     """
     count = num if count is None else count
     cumulative = torch.cumsum(weights, 0, dtype=torch.float64)
-    scale = num * (hi - lo) / float(cumulative[-1])
+    scale = num * (hi - lo) / cumulative[-1]  # a 0-dim tensor: no host sync on a GPU
     # after the clamp the values are >= 0, where truncation (.long()) is the floor
     below = cumulative.mul_(scale).add_(num * lo - u + 1 - first).clamp_(0, count).long()
     below[-1] = count
@@ -83,7 +83,7 @@ def systematic(weights: Tensor, num: int | None = None) -> Tensor:
     ``floor(N C_j - u) + 1`` lie at or below ``C_j`` (:func:`grid_counts_below`,
     :func:`ancestors_from_counts_below`)."""
     num = num or weights.shape[0]
-    offset = float(torch.rand((), dtype=torch.float64, device=weights.device))
+    offset = torch.rand((), dtype=torch.float64, device=weights.device)
     return ancestors_from_counts_below(grid_counts_below(weights, num, offset), num)
 
 
