@@ -85,6 +85,21 @@ def test_global_systematic_is_the_one_process_grid():
         assert torch.equal(spread, one_process)
 
 
+def test_normalizing_returns_the_weighted_moments_of_the_cloud():
+    """In one process ``normalize`` is the plain normalization, and the moments it
+    carries are ``Σ W_i x_i`` and ``Σ W_i x_i²``, even for log-weights far from 0."""
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(50, 3, dtype=torch.float64, generator=generator)
+    log_w = 800 + torch.randn(50, dtype=torch.float64, generator=generator)
+    normalized = ranks.normalize(log_w, x)
+    weights = torch.softmax(log_w, 0)
+    torch.testing.assert_close(normalized.log_normalizer, torch.logsumexp(log_w, 0))
+    torch.testing.assert_close(normalized.log_weights.exp(), weights)
+    assert normalized.ess == pytest.approx(1 / float(weights @ weights))
+    torch.testing.assert_close(normalized.moments, torch.cat([weights @ x, weights @ x**2]))
+    assert ranks.normalize(log_w).moments is None
+
+
 def test_rebalancing_needs_counts_that_sum_to_the_world():
     with pytest.raises(ValueError, match="do not sum"):
         ranks.transfer_plan(torch.tensor([5, 4, 4]), SHARE)
@@ -161,7 +176,35 @@ def two_rank_job() -> dict:
     out["fit_objective"] = fitted.fit(ys, num_steps=2, seed=3).objective
     out["fit_parameters"] = torch.cat([p.detach().flatten() for p in fitted.ssm.parameters()])
     out.update(user_model_runs())
+    out["moving"] = {scheme: moving_against_exchange(scheme) for scheme in ranks.SCHEMES}
     return out
+
+
+def moving_against_exchange(scheme: str) -> dict:
+    """One resampling step both ways on unbalanced ranks (rank 0 holds 3/4 of the
+    weight): the surplus exchanged before a deterministic move (``resample``, then
+    ``normalize``), or moved after it inside the normalizing all-gather
+    (``resample_in_place``, then ``normalize_moving``), from the same shared draws."""
+    generator = torch.Generator().manual_seed(11)
+    me = distributed.rank()
+    particles = torch.linspace(-1, 1, 24).reshape(12, 2)[6 * me:6 * me + 6] + me
+    log_weights = torch.log(torch.tensor([3.0, 1.0])[me] * torch.arange(1.0, 7.0))
+    log_weights = ranks.normalize(log_weights)[1]
+
+    def move(x):
+        return 2 * x + 1, -(x ** 2).sum(-1)
+
+    before, own_before = generator.get_state(), torch.random.get_rng_state()
+    x, ancestors = ranks.resample(particles, log_weights, scheme, generator)
+    x, increment = move(x)
+    exchanged = (*ranks.normalize(increment - math.log(12), x)[:5], x, ancestors)
+    generator.set_state(before)
+    torch.random.set_rng_state(own_before)  # the schemes' rank-own draws, alike too
+    parents, indices, pending = ranks.resample_in_place(particles, log_weights, scheme,
+                                                        generator)
+    x, increment = move(parents)
+    moved = ranks.normalize_moving(increment - math.log(12), x, indices, pending, True)
+    return {"exchanged": exchanged, "moved": (*moved[:5], *moved.rows), "own": pending.own}
 
 
 def user_model_runs() -> dict:
@@ -194,6 +237,25 @@ def test_a_user_written_model_in_float64_filters_across_ranks_like_one_process(t
     stderr = math.sqrt(spread.var() / USER_REPS + alone.var() / USER_REPS)
     assert abs(float(spread.mean() - alone.mean())) < 4 * stderr, (spread, alone)
     assert two_ranks[0]["user_dtypes"] == {"torch.float64"}
+
+
+@pytest.mark.parametrize("scheme", ranks.SCHEMES)
+def test_surplus_moved_inside_the_normalizing_gather_equals_the_exchange(two_ranks, scheme):
+    """Moving the surplus offspring after propagation, inside the all-gather that
+    normalizes the weights (one collective per step), gives every rank the same rows,
+    ancestors, weights, evidence, ESS, totals and filtering moments as exchanging them
+    first."""
+    assert {rank["moving"][scheme]["own"] > 6 for rank in two_ranks} == {True, False}
+    for rank in two_ranks:
+        exchanged, moved = rank["moving"][scheme]["exchanged"], rank["moving"][scheme]["moved"]
+        log_z, log_w, ess, totals, moments, x, ancestors = moved
+        torch.testing.assert_close(log_z, exchanged[0])
+        torch.testing.assert_close(log_w, exchanged[1])
+        assert ess == pytest.approx(exchanged[2], rel=1e-6)  # float32 weights
+        torch.testing.assert_close(totals, exchanged[3])
+        torch.testing.assert_close(moments, exchanged[4])  # [E x, E x²], global
+        torch.testing.assert_close(x, exchanged[5], rtol=0, atol=0)
+        assert torch.equal(ancestors, exchanged[6])
 
 
 @pytest.fixture(scope="module")

@@ -37,10 +37,15 @@ This module holds what the particle filter and PaRIS need beyond
   the gradient over ranks and returns each rank its block (what score ascent needs to
   differentiate PaRIS statistics that cross ranks).
 
-Communication per resampling step: an all-gather of ``3`` float64 per rank, then an
-all-gather of the surplus, padded to the largest one: ``W · max_r(surplus_r)`` rows of
-``d · itemsize + 8`` bytes received per rank (small when the ranks' weight totals are
-balanced; at worst ``(W - 1) n`` rows when one rank holds all the weight).
+**One collective per filter step.** The particle filter resamples with
+:func:`resample_in_place`: every rank keeps all its offspring, propagates and weights
+them, and the surplus rows travel, already moved, inside the all-gather that normalizes
+the weights (:func:`normalize_moving`), which also carries the filtering moments. Per
+step every rank receives ``W (3 + 2 d + s_max (d + 2))`` float64, ``s_max`` the
+largest surplus (a few rows when the ranks' weight totals are balanced; at worst
+``(W - 1) n`` when one rank holds all the weight). :func:`resample` exchanges the
+surplus before the move instead (a second all-gather); the engines use it where rows
+must carry an autograd graph, and conditional SMC.
 
 Example:
     >>> import torch
@@ -56,6 +61,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -285,6 +291,21 @@ def offspring(particles: Tensor, indices: Tensor, offset: int, counts: Tensor,
     return new, ancestors
 
 
+def _global_offspring(log_weights: Tensor, scheme: str, generator: torch.Generator,
+                      totals: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Every rank's offspring count ``[W]`` and this rank's offspring, as indices into
+    its own particles ``[counts[rank]]``, under the global ``scheme``."""
+    n, me, size = log_weights.shape[0], distributed.rank(), distributed.world_size()
+    num = n * size
+    weights = log_weights.exp()
+    if totals is not None and scheme != "residual":
+        summaries = torch.stack([totals, totals.new_zeros(size), totals.new_zeros(size)], 1)
+    else:
+        summaries = _all_gather_stacked(summarize(weights, num))
+    counts, shared = offspring_counts(scheme, summaries, num, generator)
+    return counts, local_offspring(scheme, weights, summaries, me, num, shared)
+
+
 def resample(particles: Tensor, log_weights: Tensor, scheme: str,
              generator: torch.Generator, totals: Tensor | None = None
              ) -> tuple[Tensor, Tensor]:
@@ -294,16 +315,42 @@ def resample(particles: Tensor, log_weights: Tensor, scheme: str,
     normalized over all ranks; ``generator`` is shared (:func:`shared_generator`);
     ``totals`` ``[W]``, every rank's share of the weight as :func:`normalize` returned
     it, saves an all-gather (except for ``residual``)."""
-    n, me, size = particles.shape[0], distributed.rank(), distributed.world_size()
-    num = n * size
-    weights = log_weights.exp()
-    if totals is not None and scheme != "residual":
-        summaries = torch.stack([totals, totals.new_zeros(size), totals.new_zeros(size)], 1)
-    else:
-        summaries = _all_gather_stacked(summarize(weights, num))
-    counts, shared = offspring_counts(scheme, summaries, num, generator)
-    indices = local_offspring(scheme, weights, summaries, me, num, shared)
-    return offspring(particles, indices, me * n, counts, n)
+    counts, indices = _global_offspring(log_weights, scheme, generator, totals)
+    n = particles.shape[0]
+    return offspring(particles, indices, distributed.rank() * n, counts, n)
+
+
+class PendingMove(NamedTuple):
+    """A global resampling whose surplus offspring have not moved yet
+    (:func:`resample_in_place`): ``counts`` ``[W]`` offspring per rank, ``own`` this
+    rank's (its first ``own`` rows), ``size`` the rows every rank holds after the move."""
+
+    counts: Tensor
+    own: int
+    size: int
+
+
+def resample_in_place(particles: Tensor, log_weights: Tensor, scheme: str,
+                      generator: torch.Generator, totals: Tensor | None = None
+                      ) -> tuple[Tensor, Tensor, PendingMove]:
+    """Global resampling that moves nothing yet: every rank keeps all its offspring.
+
+    Returns this rank's parents ``[max(own, n), d]`` and their global ancestor indices,
+    and the :class:`PendingMove`. The first ``own`` rows are this rank's offspring (more
+    than ``n`` on a rank with a surplus); a rank in deficit gets placeholder rows after
+    them, which the rows it receives replace. The caller propagates and weights every
+    row, and :func:`normalize_moving` sends the surplus rows, already moved and
+    weighted, inside the all-gather that normalizes the weights: one collective per
+    step instead of two (:func:`resample`'s exchange, then :func:`normalize`). Each row
+    moves independently given its parent, so the law is that of :func:`resample`;
+    the surplus rank propagates ``own - n`` rows more (a few when the ranks' weight
+    totals are balanced)."""
+    counts, indices = _global_offspring(log_weights, scheme, generator, totals)
+    n, own = particles.shape[0], indices.shape[0]
+    if own < n:  # placeholders: any valid row, overwritten by the rows received
+        indices = torch.cat([indices, indices.new_zeros(n - own)])
+    return (particles.index_select(0, indices), indices + distributed.rank() * n,
+            PendingMove(counts, own, n))
 
 
 def conditional_shares(n: int, size: int) -> Tensor:
@@ -402,28 +449,132 @@ def _all_gather_stacked(tensor: Tensor) -> Tensor:
     return torch.stack(pieces)
 
 
-def normalize(unnormalized: Tensor) -> tuple[Tensor, Tensor, float, Tensor]:
-    """This rank's unnormalized log-weights ``[n]`` -> the global log-normalizer
-    ``log Σ_ranks Σ_i exp(·)`` (a scalar), the log-weights normalized over all ranks
-    ``[n]``, the global effective sample size ``1 / Σ W_i²`` and every rank's share of
-    the weight (``[W]``, float64, on the CPU), from one all-gather of three float64 per
-    rank; every rank computes the same numbers. A rank without a
-    finite weight contributes nothing; NaN or +Inf anywhere gives NaN (as in one
-    process)."""
-    local_max = unnormalized.detach().max()
+class Normalized(NamedTuple):
+    """What :func:`normalize` and :func:`normalize_moving` return, the same on every rank
+    except ``log_weights`` and ``rows``.
+
+    Attributes:
+        log_normalizer: ``log Σ_ranks Σ_i exp(·)`` of the unnormalized log-weights.
+        log_weights: this rank's ``[n]``, normalized over all ranks.
+        ess: the global effective sample size ``1 / Σ W_i²``.
+        totals: every rank's share of the weight, ``[W]`` float64 on the CPU.
+        moments: with ``particles`` given, ``[E[x], E[x²]]`` under the global weights,
+            ``[2 d]`` float64; otherwise ``None``.
+        rows: :func:`normalize_moving`'s ``n`` moved particles and their ancestors
+            (empty for :func:`normalize`).
+    """
+
+    log_normalizer: Tensor
+    log_weights: Tensor
+    ess: float
+    totals: Tensor
+    moments: Tensor | None
+    rows: tuple[Tensor, ...] = ()
+
+
+def _summary(unnormalized: Tensor, kept: int, own: int, particles: Tensor | None
+             ) -> tuple[Tensor, Tensor]:
+    """This rank's part of the normalizing all-gather: its log-shift (the largest of its
+    first ``own`` log-weights, 0 when none is finite), the sum and the sum of squares of
+    the shifted weights of its first ``kept`` rows, and, with ``particles``, their
+    weighted sums of ``x`` and ``x²``; float64 ``[3 (+ 2 d)]``. Also the shift."""
+    detached = unnormalized.detach()
+    local_max = detached[:own].max() if own else detached.new_tensor(-math.inf)
     shift = local_max if torch.isfinite(local_max) else local_max.new_zeros(())
-    weights = (unnormalized.detach() - shift).exp()  # in (0, 1]: no overflow in float32
-    table = _all_gather_stacked(torch.stack([
-        shift.double(), weights.sum(dtype=torch.float64),
-        (weights @ weights).double()]))  # no [n] temporary: the sum of squares sets the ESS
-    shifts, sums, squares = table.unbind(1)
+    weights = (detached[:kept] - shift).exp()  # in (0, 1]: no overflow in float32
+    parts = [shift.double().reshape(1), weights.sum(dtype=torch.float64).reshape(1),
+             (weights @ weights).double().reshape(1)]  # no [n] temporary for the ESS
+    if particles is not None:
+        x = particles[:kept].detach()
+        parts += [(weights @ x).double(), (weights @ x.square()).double()]
+    return torch.cat(parts), shift
+
+
+def _combine(table: Tensor, dtype: torch.dtype, moved: Tensor | None = None,
+             owners: Tensor | None = None, moved_states: Tensor | None = None
+             ) -> tuple[Tensor, float, Tensor, Tensor | None]:
+    """Every rank's :func:`_summary` ``[W, 3 (+ 2 d)]``, plus the log-weights ``[S]`` of
+    the rows that move to rank ``owners`` ``[S]`` (and their states ``[S, d]``), ->
+    the log-normalizer, the ESS, the totals per rank after the move and the moments."""
+    shifts, sums, squares = table[:, 0], table[:, 1], table[:, 2]
     top = shifts.max()
     scale = (shifts - top).exp()
-    total = (sums * scale).sum()
-    log_normalizer = (total.log() + top).to(unnormalized.dtype)
-    ess = float(total.square() / (squares * scale.square()).sum())
-    totals = (sums * scale / total).cpu()
-    return log_normalizer, unnormalized - log_normalizer, ess, totals
+    per_rank, per_square = sums * scale, squares * scale.square()
+    moments = scale @ table[:, 3:] if table.shape[1] > 3 else None
+    if moved is not None and moved.numel():
+        weights = (moved - top).exp()
+        per_rank = per_rank.index_add(0, owners, weights)
+        per_square = per_square.index_add(0, owners, weights.square())
+        if moments is not None:
+            moments = moments + torch.cat([weights @ moved_states,
+                                           weights @ moved_states.square()])
+    total = per_rank.sum()
+    log_normalizer = (total.log() + top).to(dtype)
+    ess = float(total.square() / per_square.sum())
+    return (log_normalizer, ess, (per_rank / total).cpu(),
+            None if moments is None else moments / total)
+
+
+def normalize(unnormalized: Tensor, particles: Tensor | None = None) -> Normalized:
+    """This rank's unnormalized log-weights ``[n]`` -> the global log-normalizer, the
+    log-weights normalized over all ranks, the global ESS and every rank's share of the
+    weight (:class:`Normalized`), from one all-gather of three float64 per rank (and,
+    with this rank's ``particles`` ``[n, d]``, ``2 d`` more for the filtering moments);
+    every rank computes the same numbers. A rank without a finite weight contributes
+    nothing; NaN or +Inf anywhere gives NaN (as in one process)."""
+    n = unnormalized.shape[0]
+    summary, _ = _summary(unnormalized, n, n, particles)
+    log_normalizer, ess, totals, moments = _combine(_all_gather_stacked(summary),
+                                                    unnormalized.dtype)
+    return Normalized(log_normalizer, unnormalized - log_normalizer, ess, totals, moments)
+
+
+def _writable(tensor: Tensor) -> Tensor:
+    # rows are written in place; a transition may return an expanded view or an alias
+    return tensor if tensor.is_contiguous() and tensor._base is None else tensor.clone()
+
+
+def normalize_moving(unnormalized: Tensor, particles: Tensor, ancestors: Tensor,
+                     pending: PendingMove, moments: bool = False) -> Normalized:
+    """:func:`normalize` for a step that followed :func:`resample_in_place`, moving the
+    surplus rows in the same all-gather.
+
+    ``unnormalized`` ``[m]``, ``particles`` ``[m, d]`` and ``ancestors`` ``[m]`` are
+    every row this rank propagated, ``m = max(own, n)``. Each rank publishes its
+    log-shift, the sums of its kept rows and its surplus rows (log-weight, state and
+    ancestor, as float64, padded to the largest surplus); from that every rank computes
+    the same weight totals per rank *after* the move (and, with ``moments``, the
+    filtering moments). Returns :class:`Normalized` for this rank's ``n`` rows, with
+    ``rows`` its ``n`` particles and ancestors, the received ones in place of the
+    placeholders."""
+    n, own, me = pending.size, pending.own, distributed.rank()
+    send, receive, offsets = transfer_plan(pending.counts, n)
+    summary, _ = _summary(unnormalized, min(own, n), own, particles if moments else None)
+    columns = [unnormalized, particles, ancestors]
+    widths = [math.prod(t.shape[1:]) for t in columns]
+    width, most = sum(widths), int(send.max())
+    table = summary.new_zeros((most, width))
+    if own > n:
+        torch.cat([t[n:own].detach().reshape(own - n, w).double()
+                   for t, w in zip(columns, widths)], 1, out=table[:own - n])
+    gathered = _all_gather_stacked(torch.cat([summary, table.flatten()]))
+    head = summary.shape[0]
+    blocks = gathered[:, head:].reshape(gathered.shape[0], most, width)
+    sent = torch.cat([block[:int(s)] for block, s in zip(blocks, send)])
+    owners = torch.repeat_interleave(torch.arange(send.shape[0], device=sent.device),
+                                     receive.to(sent.device))
+    moved, states, _ = sent.split(widths, 1)
+    log_normalizer, ess, totals, first_moments = _combine(
+        gathered[:, :head], unnormalized.dtype, moved[:, 0], owners, states)
+    if own < n:
+        start = int(offsets[me])
+        received = sent[start:start + int(receive[me])].split(widths, 1)
+        columns = [_writable(t) for t in columns]
+        for t, column in zip(columns, received):
+            t[own:n] = column.reshape((n - own,) + t.shape[1:])
+    unnormalized, particles, ancestors = (t[:n] for t in columns)
+    return Normalized(log_normalizer, unnormalized - log_normalizer, ess, totals,
+                      first_moments, (particles, ancestors))
 
 
 def _gather_plain(tensor: Tensor) -> Tensor:

@@ -13,7 +13,11 @@ log space. Everything is vectorized over particles.
 normalizing constants, the ESS and the filtering moments are reduced over the ranks,
 the decision to resample is global, and resampling is global and exact
 (:mod:`.across_ranks`): the result has the law of the one-process filter with the same
-``N``, for all four schemes.
+``N``, for all four schemes. Each step makes one collective: the ranks keep their
+offspring through the move, and the ones that change rank travel, already moved and
+weighted, in the all-gather that normalizes the weights and reduces the moments
+(:func:`.across_ranks.resample_in_place`; under autograd, a separate exchange before the
+move).
 """
 
 from __future__ import annotations
@@ -48,7 +52,9 @@ class FilterStep(NamedTuple):
 
     Across ranks, the clouds are this rank's share, the log-weights are normalized over
     all ranks, ``ancestors`` index the global cloud of step ``t - 1`` (the rank-order
-    concatenation), and ``log_evidence`` and ``ess`` are global.
+    concatenation), and ``log_evidence`` and ``ess`` are global. ``moments``, when the
+    loop was asked for them, are ``[E[x_t], E[x_t²]]`` under the (global) weights,
+    ``[2 d]``.
     """
 
     t: int
@@ -60,6 +66,7 @@ class FilterStep(NamedTuple):
     ancestors: Tensor | None
     log_evidence: Tensor
     ess: float = float("nan")
+    moments: Tensor | None = None
 
 
 @dataclass
@@ -276,8 +283,9 @@ class ParticleFilter:
             log_weight = x.new_zeros(x.shape[0])
         return x, log_weight
 
-    def steps(self, ys: Tensor) -> Iterator[FilterStep]:
-        """Filter ``ys`` one step at a time (the loop every SMC engine shares)."""
+    def steps(self, ys: Tensor, moments: bool = False) -> Iterator[FilterStep]:
+        """Filter ``ys`` one step at a time (the loop every SMC engine shares); with
+        ``moments`` each step also carries ``[E[x_t], E[x_t²]]`` (``[2 d]``)."""
         ys = self.ssm.check_observations(ys, allow_missing=self.missing)
         observed = (~torch.isnan(ys).any(-1)).tolist()
         T, N = ys.shape[0], self.num_particles
@@ -298,26 +306,42 @@ class ParticleFilter:
         monitor = self.weight_monitor
         for t in progress_bar(range(T), progress=self.progress,
                               desc=type(self).__name__):
-            x_prev, log_w_prev, ancestors = x, log_w, None
+            x_prev, log_w_prev, ancestors, pending = x, log_w, None, None
             if t > 0 and ess < self.ess_threshold * N:
-                if spread:
+                if spread and not torch.is_grad_enabled():
+                    # the surplus offspring move after propagation, in normalize's
+                    # all-gather (rows moved that way carry no autograd graph)
+                    x, ancestors, pending = ranks.resample_in_place(
+                        x, log_w, self.resampling, shared, totals)
+                elif spread:
                     x, ancestors = ranks.resample(x, log_w, self.resampling, shared, totals)
                 else:
                     ancestors = self.resample(log_w.exp())
                     x = x[ancestors]
                 log_w = uniform
             x, increment = self._move(x, t, ys[t], observed[t], n)
-            unnormalized = (uniform if log_w is None else log_w) + increment
+            step_moments = None
+            if pending is not None:
+                normalized = ranks.normalize_moving(increment - math.log(N), x, ancestors,
+                                                    pending, moments)
+                x, ancestors = normalized.rows
+                increment = increment[:pending.own]  # this rank's own rows, for the monitor
+            else:
+                unnormalized = (uniform if log_w is None else log_w) + increment
+            if pending is None and spread:
+                normalized = ranks.normalize(unnormalized, x if moments else None)
             if spread:
-                step_log_evidence, log_w, ess, totals = ranks.normalize(unnormalized)
+                step_log_evidence, log_w, ess, totals, step_moments = normalized[:5]
             else:
                 step_log_evidence = torch.logsumexp(unnormalized, 0)
                 log_w = unnormalized - step_log_evidence
                 weights = log_w.exp()
                 ess = 1.0 / float(weights @ weights)
+                if moments:
+                    step_moments = torch.cat([weights @ x, weights @ x.square()])
             monitor(ess, increment, ys[t], t)
             yield FilterStep(t, ys[t], x_prev, log_w_prev, x, log_w, ancestors,
-                             step_log_evidence, ess)
+                             step_log_evidence, ess, step_moments)
 
     @torch.no_grad()
     def run(self, ys: Tensor) -> FilterResult:
@@ -325,16 +349,19 @@ class ParticleFilter:
         log_evidences, ess, resampled, moments = [], [], [], []
         pending: list[FilterStep] = []
         spread, n, first = self.local_share()
-        reduce = distributed.all_reduce_sum if spread else (lambda moment: moment)
-        # moments are computed for blocks of steps at once: one batched product instead of
-        # several small operations per step (the per-step overhead dominates at N ~ 1000)
+        # across ranks the moments ride in each step's normalizing all-gather; in one
+        # process they are computed for blocks of steps at once: one batched product
+        # instead of several small operations per step (which dominate at N ~ 1000)
         block = max(1, min(64, 2**22 // (n * self.ssm.state_dim)))
         history: dict[str, list[Tensor]] = {"particles": [], "log_weights": [], "ancestors": []}
-        for step in self.steps(ys):
-            pending.append(step)
-            if len(pending) == block:
-                moments.append(reduce(_weighted_moments(pending)))
-                pending = []
+        for step in self.steps(ys, moments=spread):
+            if spread:
+                moments.append(step.moments.unsqueeze(0))
+            else:
+                pending.append(step)
+                if len(pending) == block:
+                    moments.append(_weighted_moments(pending))
+                    pending = []
             log_evidences.append(step.log_evidence)
             ess.append(step.ess)
             resampled.append(step.ancestors is not None)
@@ -346,8 +373,8 @@ class ParticleFilter:
                     else torch.arange(first, first + n, device=step.particles.device)
                 )
         if pending:
-            moments.append(reduce(_weighted_moments(pending)))
-        mean, second = torch.cat(moments).chunk(2, -1)
+            moments.append(_weighted_moments(pending))
+        mean, second = torch.cat(moments).to(step.particles.dtype).chunk(2, -1)
         return FilterResult(
             log_evidence=torch.stack(log_evidences).sum(),
             filter_mean=mean,

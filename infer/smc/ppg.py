@@ -121,7 +121,7 @@ def conditional_steps_across_ranks(ssm: StateSpaceModel, ys: Tensor, reference: 
         if pinned:
             x = torch.cat([x[:-1], reference[t].unsqueeze(0)])
         increment = ssm.observation_log_prob(x, ys[t], t)
-        log_normalizer, log_w, ess, totals = ranks.normalize(increment)
+        log_normalizer, log_w, ess, totals = ranks.normalize(increment)[:4]
         if not torch.isfinite(log_normalizer):  # global: every rank raises
             monitor(float("nan"), increment, ys[t], t)
         yield FilterStep(t, ys[t], x_prev, log_w_prev, x, log_w, ancestors,
