@@ -177,34 +177,48 @@ def two_rank_job() -> dict:
     out["fit_parameters"] = torch.cat([p.detach().flatten() for p in fitted.ssm.parameters()])
     out.update(user_model_runs())
     out["moving"] = {scheme: moving_against_exchange(scheme) for scheme in ranks.SCHEMES}
+    out["moving_conditional"] = {heavy: moving_against_exchange("conditional", heavy)
+                                 for heavy in (0, 1)}
     return out
 
 
-def moving_against_exchange(scheme: str) -> dict:
-    """One resampling step both ways on unbalanced ranks (rank 0 holds 3/4 of the
-    weight): the surplus exchanged before a deterministic move (``resample``, then
+def moving_against_exchange(scheme: str, heavy: int = 0) -> dict:
+    """One resampling step both ways on unbalanced ranks (rank ``heavy`` holds 3/4 of
+    the weight): the surplus exchanged before a deterministic move (``resample``, then
     ``normalize``), or moved after it inside the normalizing all-gather
-    (``resample_in_place``, then ``normalize_moving``), from the same shared draws."""
+    (``resample_in_place``, then ``normalize_moving``), from the same shared draws.
+    ``scheme="conditional"``: conditional resampling, the last rank's last row the
+    reference (replaced by the reference's next state after the move)."""
     generator = torch.Generator().manual_seed(11)
     me = distributed.rank()
     particles = torch.linspace(-1, 1, 24).reshape(12, 2)[6 * me:6 * me + 6] + me
-    log_weights = torch.log(torch.tensor([3.0, 1.0])[me] * torch.arange(1.0, 7.0))
-    log_weights = ranks.normalize(log_weights)[1]
+    share = 3.0 if me == heavy else 1.0
+    log_weights = ranks.normalize(torch.log(share * torch.arange(1.0, 7.0)))[1]
+    conditional = scheme == "conditional"
 
     def move(x):
-        return 2 * x + 1, -(x ** 2).sum(-1)
+        x = 2 * x + 1
+        if conditional and me == 1:
+            x = torch.cat([x[:-1], torch.full((1, 2), 7.0)])
+        return x, -(x ** 2).sum(-1)
 
     before, own_before = generator.get_state(), torch.random.get_rng_state()
-    x, ancestors = ranks.resample(particles, log_weights, scheme, generator)
+    x, ancestors = (ranks.conditional_resample(particles, log_weights, generator)
+                    if conditional else ranks.resample(particles, log_weights, scheme,
+                                                       generator))
     x, increment = move(x)
     exchanged = (*ranks.normalize(increment - math.log(12), x)[:5], x, ancestors)
     generator.set_state(before)
     torch.random.set_rng_state(own_before)  # the schemes' rank-own draws, alike too
-    parents, indices, pending = ranks.resample_in_place(particles, log_weights, scheme,
-                                                        generator)
+    parents, indices, pending = (
+        ranks.conditional_resample_in_place(particles, log_weights, generator)
+        if conditional else ranks.resample_in_place(particles, log_weights, scheme,
+                                                    generator))
     x, increment = move(parents)
     moved = ranks.normalize_moving(increment - math.log(12), x, indices, pending, True)
-    return {"exchanged": exchanged, "moved": (*moved[:5], *moved.rows), "own": pending.own}
+    keep = int(pending.sizes[me])
+    return {"exchanged": exchanged, "moved": (*moved[:5], *moved.rows),
+            "surplus": pending.own > keep}
 
 
 def user_model_runs() -> dict:
@@ -245,9 +259,24 @@ def test_surplus_moved_inside_the_normalizing_gather_equals_the_exchange(two_ran
     normalizes the weights (one collective per step), gives every rank the same rows,
     ancestors, weights, evidence, ESS, totals and filtering moments as exchanging them
     first."""
-    assert {rank["moving"][scheme]["own"] > 6 for rank in two_ranks} == {True, False}
-    for rank in two_ranks:
-        exchanged, moved = rank["moving"][scheme]["exchanged"], rank["moving"][scheme]["moved"]
+    check_moved_like_exchanged([rank["moving"][scheme] for rank in two_ranks])
+
+
+@pytest.mark.parametrize("heavy", [0, 1])
+def test_conditional_resampling_moved_inside_the_gather_equals_the_exchange(two_ranks,
+                                                                           heavy):
+    """The same for conditional resampling, with the surplus on the rank before the
+    reference's and on the reference's own: the reference keeps the last global slot."""
+    results = [rank["moving_conditional"][heavy] for rank in two_ranks]
+    check_moved_like_exchanged(results)
+    last = results[1]["moved"]
+    assert torch.equal(last[5][-1], torch.full((2,), 7.0)) and int(last[6][-1]) == 11
+
+
+def check_moved_like_exchanged(results: list[dict]) -> None:
+    assert {result["surplus"] for result in results} == {True, False}
+    for result in results:
+        exchanged, moved = result["exchanged"], result["moved"]
         log_z, log_w, ess, totals, moments, x, ancestors = moved
         torch.testing.assert_close(log_z, exchanged[0])
         torch.testing.assert_close(log_w, exchanged[1])

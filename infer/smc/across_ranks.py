@@ -322,12 +322,30 @@ def resample(particles: Tensor, log_weights: Tensor, scheme: str,
 
 class PendingMove(NamedTuple):
     """A global resampling whose surplus offspring have not moved yet
-    (:func:`resample_in_place`): ``counts`` ``[W]`` offspring per rank, ``own`` this
-    rank's (its first ``own`` rows), ``size`` the rows every rank holds after the move."""
+    (:func:`resample_in_place`, :func:`conditional_resample_in_place`): ``counts``
+    ``[W]`` offspring per rank, ``own`` this rank's (its first ``own`` rows), ``sizes``
+    ``[W]`` the offspring rows every rank holds after the move, and ``pinned`` the rows
+    after them that stay on this rank (conditional SMC's reference, on the last rank)."""
 
     counts: Tensor
     own: int
-    size: int
+    sizes: Tensor
+    pinned: int = 0
+
+
+def _in_place(particles: Tensor, indices: Tensor, counts: Tensor, sizes: Tensor,
+              pinned: Tensor | None = None) -> tuple[Tensor, Tensor, PendingMove]:
+    me, n = distributed.rank(), particles.shape[0]
+    own, keep = indices.shape[0], int(sizes[me])
+    parts = [indices]
+    if own < keep:  # placeholders: any valid row, overwritten by the rows received
+        parts.append(indices.new_zeros(keep - own))
+    if pinned is not None:
+        parts.append(pinned)
+    if len(parts) > 1:
+        indices = torch.cat(parts)
+    return (particles.index_select(0, indices), indices + me * n,
+            PendingMove(counts, own, sizes, 0 if pinned is None else pinned.shape[0]))
 
 
 def resample_in_place(particles: Tensor, log_weights: Tensor, scheme: str,
@@ -346,11 +364,8 @@ def resample_in_place(particles: Tensor, log_weights: Tensor, scheme: str,
     the surplus rank propagates ``own - n`` rows more (a few when the ranks' weight
     totals are balanced)."""
     counts, indices = _global_offspring(log_weights, scheme, generator, totals)
-    n, own = particles.shape[0], indices.shape[0]
-    if own < n:  # placeholders: any valid row, overwritten by the rows received
-        indices = torch.cat([indices, indices.new_zeros(n - own)])
-    return (particles.index_select(0, indices), indices + distributed.rank() * n,
-            PendingMove(counts, own, n))
+    sizes = torch.full_like(counts, particles.shape[0])
+    return _in_place(particles, indices, counts, sizes)
 
 
 def conditional_shares(n: int, size: int) -> Tensor:
@@ -364,6 +379,34 @@ def conditional_shares(n: int, size: int) -> Tensor:
     shares = torch.full((size,), n, dtype=torch.long)
     shares[-1] -= 1
     return shares
+
+
+def _conditional_offspring(log_weights: Tensor, generator: torch.Generator,
+                           totals: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The global multinomial counts ``[W]`` of conditional resampling's ``N - 1``
+    offspring and this rank's, as indices into its particles."""
+    n, me, size = log_weights.shape[0], distributed.rank(), distributed.world_size()
+    weights = log_weights.exp()
+    if totals is None:
+        totals = _all_gather_stacked(weights.sum(dtype=torch.float64)).cpu()
+    summaries = torch.stack([totals, totals.new_zeros(size), totals.new_zeros(size)], 1)
+    counts, shared = offspring_counts("multinomial", summaries, n * size - 1, generator)
+    return counts, local_offspring("multinomial", weights, summaries, me, n * size - 1,
+                                   shared)
+
+
+def conditional_resample_in_place(particles: Tensor, log_weights: Tensor,
+                                  generator: torch.Generator, totals: Tensor | None = None
+                                  ) -> tuple[Tensor, Tensor, PendingMove]:
+    """:func:`conditional_resample` that moves nothing yet, as :func:`resample_in_place`
+    for :func:`resample`: this rank's parents and global ancestor indices, its own
+    offspring first (with placeholders up to its share), and on the last rank the
+    reference's row last (its own ancestor, global slot ``N - 1``), and the
+    :class:`PendingMove` for :func:`normalize_moving`."""
+    n, size = particles.shape[0], distributed.world_size()
+    counts, indices = _conditional_offspring(log_weights, generator, totals)
+    pinned = indices.new_full((1,), n - 1) if distributed.rank() == size - 1 else None
+    return _in_place(particles, indices, counts, conditional_shares(n, size), pinned)
 
 
 def conditional_resample(particles: Tensor, log_weights: Tensor, generator: torch.Generator,
@@ -392,12 +435,7 @@ def conditional_resample(particles: Tensor, log_weights: Tensor, generator: torc
     """
     n, me, size = particles.shape[0], distributed.rank(), distributed.world_size()
     num = n * size
-    weights = log_weights.exp()
-    if totals is None:
-        totals = _all_gather_stacked(weights.sum(dtype=torch.float64)).cpu()
-    summaries = torch.stack([totals, totals.new_zeros(size), totals.new_zeros(size)], 1)
-    counts, shared = offspring_counts("multinomial", summaries, num - 1, generator)
-    indices = local_offspring("multinomial", weights, summaries, me, num - 1, shared)
+    counts, indices = _conditional_offspring(log_weights, generator, totals)
     new, ancestors = offspring(particles, indices, me * n, counts, conditional_shares(n, size))
     if me == size - 1:  # the reference stays in its slot
         new = torch.cat([new, particles[-1:]])
@@ -472,20 +510,28 @@ class Normalized(NamedTuple):
     rows: tuple[Tensor, ...] = ()
 
 
-def _summary(unnormalized: Tensor, kept: int, own: int, particles: Tensor | None
-             ) -> tuple[Tensor, Tensor]:
+def _summary(unnormalized: Tensor, kept: int, own: int, particles: Tensor | None,
+             pinned: int = 0) -> tuple[Tensor, Tensor]:
     """This rank's part of the normalizing all-gather: its log-shift (the largest of its
-    first ``own`` log-weights, 0 when none is finite), the sum and the sum of squares of
-    the shifted weights of its first ``kept`` rows, and, with ``particles``, their
-    weighted sums of ``x`` and ``x²``; float64 ``[3 (+ 2 d)]``. Also the shift."""
+    first ``own`` log-weights and its last ``pinned``, 0 when none is finite), the sum
+    and the sum of squares of the shifted weights of its first ``kept`` rows and its last
+    ``pinned``, and, with ``particles``, their weighted sums of ``x`` and ``x²``; float64
+    ``[3 (+ 2 d)]``. Also the shift."""
     detached = unnormalized.detach()
-    local_max = detached[:own].max() if own else detached.new_tensor(-math.inf)
+    tail = detached[detached.shape[0] - pinned:]
+    maxima = [part.max() for part in (detached[:own], tail) if part.numel()]
+    local_max = (torch.stack(maxima).max() if len(maxima) > 1 else maxima[0]) if maxima \
+        else detached.new_tensor(-math.inf)
     shift = local_max if torch.isfinite(local_max) else local_max.new_zeros(())
     weights = (detached[:kept] - shift).exp()  # in (0, 1]: no overflow in float32
+    x = None if particles is None else particles[:kept].detach()
+    if pinned:  # the few pinned rows join the kept ones
+        weights = torch.cat([weights, (tail - shift).exp()])
+        if x is not None:
+            x = torch.cat([x, particles[particles.shape[0] - pinned:].detach()])
     parts = [shift.double().reshape(1), weights.sum(dtype=torch.float64).reshape(1),
              (weights @ weights).double().reshape(1)]  # no [n] temporary for the ESS
-    if particles is not None:
-        x = particles[:kept].detach()
+    if x is not None:
         parts += [(weights @ x).double(), (weights @ x.square()).double()]
     return torch.cat(parts), shift
 
@@ -540,16 +586,18 @@ def normalize_moving(unnormalized: Tensor, particles: Tensor, ancestors: Tensor,
     surplus rows in the same all-gather.
 
     ``unnormalized`` ``[m]``, ``particles`` ``[m, d]`` and ``ancestors`` ``[m]`` are
-    every row this rank propagated, ``m = max(own, n)``. Each rank publishes its
+    every row this rank propagated, ``m = max(own, n) + pinned``. Each rank publishes its
     log-shift, the sums of its kept rows and its surplus rows (log-weight, state and
     ancestor, as float64, padded to the largest surplus); from that every rank computes
     the same weight totals per rank *after* the move (and, with ``moments``, the
     filtering moments). Returns :class:`Normalized` for this rank's ``n`` rows, with
     ``rows`` its ``n`` particles and ancestors, the received ones in place of the
     placeholders."""
-    n, own, me = pending.size, pending.own, distributed.rank()
-    send, receive, offsets = transfer_plan(pending.counts, n)
-    summary, _ = _summary(unnormalized, min(own, n), own, particles if moments else None)
+    own, pinned, me = pending.own, pending.pinned, distributed.rank()
+    n = int(pending.sizes[me])  # offspring rows after the move (then the pinned ones)
+    send, receive, offsets = transfer_plan(pending.counts, pending.sizes)
+    summary, _ = _summary(unnormalized, min(own, n), own, particles if moments else None,
+                          pinned)
     columns = [unnormalized, particles, ancestors]
     widths = [math.prod(t.shape[1:]) for t in columns]
     width, most = sum(widths), int(send.max())
@@ -572,7 +620,11 @@ def normalize_moving(unnormalized: Tensor, particles: Tensor, ancestors: Tensor,
         columns = [_writable(t) for t in columns]
         for t, column in zip(columns, received):
             t[own:n] = column.reshape((n - own,) + t.shape[1:])
-    unnormalized, particles, ancestors = (t[:n] for t in columns)
+    elif pinned and own > n:  # the pinned rows follow the surplus, sent already: close up
+        columns = [_writable(t) for t in columns]
+        for t in columns:
+            t[n:n + pinned] = t[t.shape[0] - pinned:].clone()
+    unnormalized, particles, ancestors = (t[:n + pinned] for t in columns)
     return Normalized(log_normalizer, unnormalized - log_normalizer, ess, totals,
                       first_moments, (particles, ancestors))
 

@@ -16,14 +16,16 @@ what the ranks split:
   the ``W`` ranks, ``N / W`` on each (``num_particles`` divisible by ``W``). The frozen
   reference sits at the last global slot (the last rank's last particle) and keeps it
   through resampling; the other ``N - 1`` offspring are global multinomial draws
-  (:func:`.across_ranks.conditional_resample`); the normalizing constants are reduced
+  (:func:`.across_ranks.conditional_resample_in_place`: the offspring that change rank
+  travel, already moved, in the all-gather that reduces the normalizing constants, as
+  in the particle filter); the normalizing constants are reduced
   over the ranks; the PaRIS backward draws index the previous cloud of every rank (the
   code path of distributed :class:`~.paris.PaRIS`); the next reference path follows
   global backward indices chosen with draws common to all ranks
   (:func:`path_across_ranks`), so every rank holds the same path. A sweep has the law of
   the one-process sweep with the same ``N``, and the estimates and path are the same on
   every rank. Per step this costs what distributed PaRIS costs (an all-gather of the
-  previous cloud, its weights and statistics) plus the resampling's exchange; per sweep,
+  previous cloud, its weights and statistics, and the normalizing one); per sweep,
   one all-gather of the chosen backward index of every particle at every step
   (``4 N T`` bytes on every rank: the one part of a sweep's memory that does not
   shrink with ``W``) and three small collectives (the final index, the path, the
@@ -109,19 +111,31 @@ def conditional_steps_across_ranks(ssm: StateSpaceModel, ys: Tensor, reference: 
     monitor = WeightMonitor(num_particles, "conditional SMC")
     x = log_w = totals = None
     for t in range(ys.shape[0]):
-        x_prev, log_w_prev, ancestors = x, log_w, None
+        x_prev, log_w_prev, ancestors, pending = x, log_w, None, None
         if t == 0:
             x = ssm.initial().sample((n,))
         else:
-            if reference is None:
-                x, ancestors = ranks.resample(x, log_w, "multinomial", generator, totals)
-            else:
-                x, ancestors = ranks.conditional_resample(x, log_w, generator, totals)
+            if torch.is_grad_enabled():  # exchange first: moved rows carry no graph
+                x, ancestors = (
+                    ranks.resample(x, log_w, "multinomial", generator, totals)
+                    if reference is None
+                    else ranks.conditional_resample(x, log_w, generator, totals))
+            else:  # the surplus moves in the normalizing all-gather, as in the filter
+                x, ancestors, pending = (
+                    ranks.resample_in_place(x, log_w, "multinomial", generator, totals)
+                    if reference is None
+                    else ranks.conditional_resample_in_place(x, log_w, generator, totals))
             x = ssm.sample_transition(x, t)
         if pinned:
             x = torch.cat([x[:-1], reference[t].unsqueeze(0)])
         increment = ssm.observation_log_prob(x, ys[t], t)
-        log_normalizer, log_w, ess, totals = ranks.normalize(increment)[:4]
+        if pending is None:
+            normalized = ranks.normalize(increment)
+        else:
+            normalized = ranks.normalize_moving(increment, x, ancestors, pending)
+            x, ancestors = normalized.rows
+            increment = increment[:pending.own]  # this rank's own rows, for the monitor
+        log_normalizer, log_w, ess, totals = normalized[:4]
         if not torch.isfinite(log_normalizer):  # global: every rank raises
             monitor(float("nan"), increment, ys[t], t)
         yield FilterStep(t, ys[t], x_prev, log_w_prev, x, log_w, ancestors,
