@@ -43,9 +43,10 @@ them, and the surplus rows travel, already moved, inside the all-gather that nor
 the weights (:func:`normalize_moving`), which also carries the filtering moments. Per
 step every rank receives ``W (3 + 2 d + s_max (d + 2))`` float64, ``s_max`` the
 largest surplus (a few rows when the ranks' weight totals are balanced; at worst
-``(W - 1) n`` when one rank holds all the weight). :func:`resample` exchanges the
-surplus before the move instead (a second all-gather); the engines use it where rows
-must carry an autograd graph, and conditional SMC.
+``(W - 1) n`` when one rank holds all the weight). PPG's conditional sweeps do the
+same (:func:`conditional_resample_in_place`). :func:`resample` and
+:func:`conditional_resample` exchange the surplus before the move instead (a second
+all-gather); the engines use them where rows must carry an autograd graph.
 
 Example:
     >>> import torch
@@ -498,8 +499,8 @@ class Normalized(NamedTuple):
         totals: every rank's share of the weight, ``[W]`` float64 on the CPU.
         moments: with ``particles`` given, ``[E[x], E[x²]]`` under the global weights,
             ``[2 d]`` float64; otherwise ``None``.
-        rows: :func:`normalize_moving`'s ``n`` moved particles and their ancestors
-            (empty for :func:`normalize`).
+        rows: :func:`normalize_moving`'s moved particles and their ancestors, this
+            rank's share after the move (empty for :func:`normalize`).
     """
 
     log_normalizer: Tensor
@@ -519,9 +520,8 @@ def _summary(unnormalized: Tensor, kept: int, own: int, particles: Tensor | None
     ``[3 (+ 2 d)]``. Also the shift."""
     detached = unnormalized.detach()
     tail = detached[detached.shape[0] - pinned:]
-    maxima = [part.max() for part in (detached[:own], tail) if part.numel()]
-    local_max = (torch.stack(maxima).max() if len(maxima) > 1 else maxima[0]) if maxima \
-        else detached.new_tensor(-math.inf)
+    candidates = torch.cat([detached[:own], tail]) if pinned else detached[:own]
+    local_max = candidates.max() if candidates.numel() else detached.new_tensor(-math.inf)
     shift = local_max if torch.isfinite(local_max) else local_max.new_zeros(())
     weights = (detached[:kept] - shift).exp()  # in (0, 1]: no overflow in float32
     x = None if particles is None else particles[:kept].detach()
