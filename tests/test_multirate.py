@@ -44,11 +44,11 @@ def test_gates_add_two_parameters_per_unit_and_nothing_more():
 
 def test_encoder_outputs_and_decoder_inputs_start_with_staggered_gates():
     """Unit j's gate starts as 2 sigmoid(-3 (u - t_j)): 1 at its threshold t_j, with the
-    thresholds evenly spaced from the bottom of the range (u = -sqrt(3)) to u = 2.5; the
-    encoder's mean and log-scale halves share them. So fewer latent units are open as
-    β grows, and all are open at the smallest β."""
+    thresholds evenly spaced from u = -0.5 (a third of the way up the range, which runs
+    from -sqrt(3) to sqrt(3)) to u = 2.5; the encoder's mean and log-scale halves share
+    them. So fewer latent units are open as β grows, and all are open at the smallest β."""
     model, guide = VAE(10, 4, (8,), multi_rate=True), GaussianEncoder(10, 4, (8,), multi_rate=True)
-    expected = torch.linspace(-math.sqrt(3), 2.5, 4)
+    expected = torch.linspace(-0.5, 2.5, 4)
     u = torch.linspace(-math.sqrt(3), math.sqrt(3), 9)
     for layer, repeats in ((guide.net.layers[-1], 2), (model.decoder.input_gate, 1)):
         with torch.no_grad():
