@@ -159,7 +159,9 @@ def stagger_gates(layer: GatedLinear | GatedScale, repeats: int = 1,
     3 / 10 went from +21.3 / +1.7 / -1.5 / -0.0 / -0.5 % to +18.2 / +0.3 / -1.3 / +0.1
     / -0.4 %; in ``--protocol short`` from -15.2 / -7.5 / -5.1 / -7.5 / +1.1 and -14.7
     / -10.0 / -7.5 / -7.2 / -0.2 % to -18.6 / -10.7 / -6.1 / -7.3 / +1.6 and -17.9 /
-    -12.2 / -6.5 / -5.1 / +1.7 % (seeds 0 and 1). Measured the same way and not kept:
+    -12.2 / -6.5 / -5.1 / +1.7 % (seeds 0 and 1); after the paper's 200 epochs
+    (``full``, seed 0) from +36.8 / +8.4 / -1.7 / -0.4 / -0.4 to +27.7 / +3.8 / -1.4 /
+    -0.4 / -0.2 %, 34 units active at β = 0.01 (29). Measured the same way and not kept:
     a span from 0.5 (+18.8 / +0.8 / -1.2 / +0.1 / -0.7, every unit active at 0.01),
     from -0.5 to 4 (+17.0 / -0.2 / -1.0 / +0.5 / -0.2 in ``full``, but +2.5 and +3.3 %
     at β = 10 in ``short``), a slope of -1.5 (+23.4 at 0.01), and the gates frozen at
