@@ -328,8 +328,8 @@ class ParticleFilter:
                 increment = increment[:pending.own]  # this rank's own rows, for the monitor
             else:
                 unnormalized = (uniform if log_w is None else log_w) + increment
-            if pending is None and spread:
-                normalized = ranks.normalize(unnormalized, x if moments else None)
+                if spread:
+                    normalized = ranks.normalize(unnormalized, x if moments else None)
             if spread:
                 step_log_evidence, log_w, ess, totals, step_moments = normalized[:5]
             else:
