@@ -205,6 +205,18 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return out
 
 
+def all_reduce_sum_async(tensor: Tensor) -> Any:
+    """Start summing ``tensor`` over ranks in place, without waiting; pass the returned
+    handle to :func:`wait` before reading ``tensor``. Every rank must start the same
+    collectives in the same order, as for the blocking ones."""
+    return dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True)
+
+
+def wait(work: Any) -> None:
+    """Block until a collective started by an ``*_async`` function has finished."""
+    work.wait()
+
+
 def all_reduce_max(tensor: Tensor) -> Tensor:
     """The elementwise maximum over ranks, as a new tensor."""
     if not is_initialized():

@@ -190,23 +190,62 @@ def _on_main(action: Callable[[], _T]) -> _T:
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _agree(metrics: dict[str, float], weight: float | None, out_of_time: bool,
-           received: int | None) -> tuple[dict[str, float], bool, int | None]:
-    """One all-reduce after an update: the global step metrics (the row-weighted sum of
-    every rank's, when ``weight`` is this rank's share; a rank's own when ``None``),
-    whether any rank ran out of time, and the signal any rank received (SIGTERM before
-    SIGINT), so that all ranks log the same and stop at the same update."""
-    if not distributed.is_initialized():
-        return metrics, out_of_time, received
-    names = list(metrics)
-    values = [float(metrics[n]) * weight for n in names] if weight is not None else []
+def _agree_values(metrics: dict[str, float], weight: float | None, out_of_time: bool,
+                  received: int | None) -> Tensor:
+    """What the ranks sum after an update: the row-weighted step metrics (when ``weight``
+    is this rank's share; none when ``None``), then the time and signal flags."""
+    values = [float(metrics[n]) * weight for n in metrics] if weight is not None else []
     values += [float(out_of_time)] + [float(received == s) for s in _SIGNALS]
-    total = distributed.all_reduce_sum(torch.tensor(values, dtype=torch.float64)).tolist()
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def _read_agreement(metrics: dict[str, float], weight: float | None,
+                    total: list[float]) -> tuple[dict[str, float], bool, int | None]:
     if weight is not None:
-        metrics = dict(zip(names, total[: len(names)]))
+        metrics = dict(zip(metrics, total[: len(metrics)]))
     flags = total[len(total) - 1 - len(_SIGNALS):]
     seen = [s for s, count in zip(_SIGNALS, flags[1:]) if count > 0]
     return metrics, flags[0] > 0, (seen[-1] if seen else None)
+
+
+_Agreed = tuple[dict[str, float], bool, "int | None", int]  # metrics, out of time, signal, step
+
+
+class _Agreement:
+    """The ranks' agreement after every update: the global step metrics (the row-weighted
+    sum of every rank's, when a rank took a share of the minibatch), whether any rank ran
+    out of time, and the signal any rank received (SIGTERM before SIGINT), so that all
+    ranks log the same and stop at the same update.
+
+    Under a process group the small all-reduce of update k runs while update k + 1
+    computes and is read after it (a blocking one cost about 1 ms per update, most of
+    it waiting for the other rank's core to wake): every rank reads the same values at
+    the same update, and a stop (time budget, signal) takes effect one update later
+    than in one process. In one process the values are this update's own.
+    """
+
+    def __init__(self) -> None:
+        self._pending: tuple[Any, Tensor, dict[str, float], float | None, int] | None = None
+
+    def submit(self, metrics: dict[str, float], weight: float | None, out_of_time: bool,
+               received: int | None, step: int) -> list[_Agreed]:
+        """Start the agreement on update ``step``; return those that are ready."""
+        if not distributed.is_initialized():
+            return [(metrics, out_of_time, received, step)]
+        ready = self.flush()
+        values = _agree_values(metrics, weight, out_of_time, received)
+        self._pending = (distributed.all_reduce_sum_async(values), values, metrics, weight,
+                         step)
+        return ready
+
+    def flush(self) -> list[_Agreed]:
+        """Wait for the agreement still running, if any, and return it."""
+        if self._pending is None:
+            return []
+        work, values, metrics, weight, step = self._pending
+        self._pending = None
+        distributed.wait(work)
+        return [(*_read_agreement(metrics, weight, values.tolist()), step)]
 
 
 def _agree_epoch(seconds: float, received: int | None) -> tuple[float, int | None]:
@@ -586,6 +625,7 @@ class _Loop:
                 started = time.perf_counter()
                 order = torch.randperm(num_rows, generator=self.shuffle)
                 done = first
+                agreement = _Agreement()
                 for index in range(first, steps_per_epoch):
                     begin = index * self.batch_size
                     metrics, weight = self._step(order[begin: begin + self.batch_size])
@@ -593,15 +633,11 @@ class _Loop:
                     done = index + 1
                     out_of_time = time_budget is not None and \
                         spent + time.perf_counter() - started >= time_budget
-                    metrics, out_of_time, stop = _agree(metrics, weight, out_of_time,
-                                                        signals.received)
-                    _guard(metrics, epoch, total_step)
-                    history.log_step(metrics)
-                    for name, value in metrics.items():
-                        sums[name] = sums.get(name, 0.0) + value
-                    bar.update()
-                    shown.update({k: f"{v:.4g}" for k, v in metrics.items()})
-                    bar.set_postfix(shown, refresh=False)
+                    out_of_time, stop = self._record(agreement.submit(
+                        metrics, weight, out_of_time, signals.received, total_step),
+                        epoch, sums, bar, shown)
+                    if out_of_time or stop is not None:  # log the update still agreeing
+                        self._record(agreement.flush(), epoch, sums, bar, shown)
                     if out_of_time:
                         history.out_of_time = True
                         break
@@ -609,6 +645,8 @@ class _Loop:
                         position = {"next_step": done, "shuffle": epoch_shuffle, "sums": sums,
                                     "seconds": carried + time.perf_counter() - started}
                         self._interrupt(stop, epoch, total_step, position)
+                if self._record(agreement.flush(), epoch, sums, bar, shown)[0]:
+                    history.out_of_time = True
                 elapsed = time.perf_counter() - started
                 spent += elapsed
                 seconds, stop = _agree_epoch(carried + elapsed, signals.received)
@@ -645,6 +683,21 @@ class _Loop:
             _, stop = _agree_epoch(0.0, signals.received)
             if stop is not None:  # arrived after the last check: still stop
                 self._interrupt(stop, history.num_epochs - 1, total_step, None, saved=True)
+
+    def _record(self, agreed: list[_Agreed], epoch: int, sums: dict[str, float], bar: Any,
+                shown: dict[str, str]) -> tuple[bool, int | None]:
+        """Log agreed updates; return whether one ran out of time, and a signal seen."""
+        out, stop = False, None
+        for metrics, out_of_time, received, step in agreed:
+            _guard(metrics, epoch, step)
+            self.history.log_step(metrics)
+            for name, value in metrics.items():
+                sums[name] = sums.get(name, 0.0) + value
+            bar.update()
+            shown.update({k: f"{v:.4g}" for k, v in metrics.items()})
+            bar.set_postfix(shown, refresh=False)
+            out, stop = out or out_of_time, stop if received is None else received
+        return out, stop
 
     def _interrupt(self, signum: int, epoch: int, step: int, position: dict[str, Any] | None,
                    saved: bool = False) -> None:

@@ -298,6 +298,10 @@ def fit_job(folder: str):
     except ValueError as error:
         out["shards"] = str(error)
 
+    budget = make_vi()  # out of time after its first update, on both ranks
+    history = budget.fit(data, epochs=3, batch_size=10, progress=False, time_budget=1e-9)
+    out["budget"] = (len(history.steps["loss"]), history.out_of_time, history.num_epochs)
+
     whole = WholeBatch()
     train.fit(whole, data[:, :1], epochs=2, batch_size=10, seed=0, progress=False)
     out["whole"] = (whole.sizes, whole.mu.detach().clone())
@@ -328,8 +332,9 @@ def test_one_checkpoint_and_the_same_history_on_every_rank(fitted):
 
 
 def test_a_signal_on_one_rank_stops_every_rank_and_the_run_resumes_exactly(fitted):
+    # received during update 6; the ranks agree on it while update 7 runs, and stop there
     for rank in fitted:
-        assert rank["interrupted"] == (2, 6, "SIGTERM")
+        assert rank["interrupted"] == (2, 7, "SIGTERM")
         for resumed in ("after_signal", "after_epoch"):
             for a, b in zip(rank["straight"]["params"], rank[resumed]["params"]):
                 assert torch.equal(a, b)
@@ -337,6 +342,14 @@ def test_a_signal_on_one_rank_stops_every_rank_and_the_run_resumes_exactly(fitte
             without_time = {k: v for k, v in rank[resumed]["epochs"].items() if k != "seconds"}
             assert without_time == {k: v for k, v in rank["straight"]["epochs"].items()
                                     if k != "seconds"}
+
+
+def test_a_spent_time_budget_stops_every_rank_one_update_later_than_one_process(fitted):
+    alone = make_vi().fit(fit_data(), epochs=3, batch_size=10, progress=False,
+                          time_budget=1e-9)
+    assert (len(alone.steps["loss"]), alone.out_of_time, alone.num_epochs) == (1, True, 1)
+    for rank in fitted:  # agreed while the second update runs
+        assert rank["budget"] == (2, True, 1)
 
 
 def test_only_rank_0_reports_a_change_of_settings_on_resume(fitted):

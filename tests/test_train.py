@@ -165,6 +165,32 @@ def test_make_optimizer_keeps_each_groups_own_learning_rate():
     assert opt.param_groups[1]["betas"] == (0.5, 0.9)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_named_adam_takes_the_fused_kernel_and_the_same_steps(dtype):
+    from posterity.infer.train import make_optimizer, optimizer_step
+
+    target = torch.linspace(-1, 1, 7, dtype=dtype)
+    kernels = {"fused": {}, "default": {"fused": False}, "foreach": {"foreach": True}}
+    runs = {}
+    for name, kwargs in kernels.items():
+        w = torch.nn.Parameter(torch.zeros(7, dtype=dtype))
+        opt, _ = make_optimizer([w], "adam", lr=0.1, **kwargs)
+        assert bool(opt.param_groups[0]["fused"]) == (name == "fused")
+        for _ in range(5):
+            optimizer_step(opt, ((w - target) ** 4).sum())
+        runs[name] = w.detach()
+    torch.testing.assert_close(runs["fused"], runs["default"])
+    torch.testing.assert_close(runs["fused"], runs["foreach"])
+
+
+def test_adam_keeps_the_default_kernel_where_fused_cannot_run():
+    from posterity.infer.train import make_optimizer
+
+    lazy = torch.nn.LazyLinear(2)
+    opt, _ = make_optimizer(lazy.parameters(), "adam")
+    assert not opt.param_groups[0]["fused"]
+
+
 def cosine_vi() -> tuple[AmortizedVI, list[float]]:
     """A VI engine whose cosine length comes from ``fit``, and the learning rate of
     every update it takes."""
