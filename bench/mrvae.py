@@ -37,6 +37,29 @@ decoder inputs (``layers.gated.stagger_gates``, thresholds from u = -0.5 since
 2026-12-04), the gate slopes at ``gate_lr_multiplier=30`` with the gate biases at the
 base rate, stratified β):
 
+* 2026-12-04, what limits the small β (``full``, 20 epochs, the MR-VAE alone against
+  the 20-epoch β-VAEs, seed 0 unless said). Seed 1 of the defaults: +19.2 / +0.9 / -1.5
+  / -0.1 / -0.8 (seed 0 +18.2 / +0.3 / -1.3 / +0.1 / -0.4): about a point between
+  seeds. The 11 latent units inactive at β = 0.01 (the lowest thresholds) keep their
+  encoder gates open there (1.0-2.0), but the decoder's input gates closed them at
+  every β (0.03-0.25 at β = 0.01, their slopes gone from -3 to about 0). With those
+  input gates frozen at their staggered start all 50 units stay active at 0.01, and
+  the excess is the same: +18.9 / +0.9 / -0.7 / +0.1 / -1.1 (rate 97.6 nats at 0.01;
+  without input gates +24.8 / +4.0 / -0.9 / +0.4 / +0.6). Dead units are a symptom:
+  what falls short at small β is the rate that the units carry. More draws at the
+  bottom of the range trade the bottom against the top: log β standardized over
+  [0.001, 10], draws on [0.01, 10]: +15.2 / -1.1 / -1.0 / +0.1 / -0.8; with 10 % of
+  the draws on [0.001, 0.01]: +10.5 / -3.1 / -0.8 / +0.9 / -0.3; 20 %: +7.4 / -4.6 /
+  -0.5 / +1.7 / +0.9; log β arcsine-distributed over the range (more draws at both
+  ends) on [0.01, 10]: +13.7 / -0.9 / +1.4 / +1.1 / -2.0, on [0.001, 10]: +6.4 / -3.0 /
+  +2.3 / +2.3 / -1.9; standardized over [1e-4, 10], draws on [0.01, 10]: +18.8 / +1.2 /
+  -0.9 / -0.2 / -0.2.
+  After **200 epochs** (against the β-VAEs of 2026-11-22): arcsine on [0.01, 10] +22.4 /
+  +2.3 / +0.5 / +0.2 / -1.6; 20 % of the draws on [0.001, 0.01] +12.1 / -3.0 / +0.3 /
+  +1.8 / +0.9; ``beta_range=(1e-3, 10)`` +13.1 / -2.3 / +0.7 / +2.2 / +0.5 (42 units
+  active at 0.01); ``beta_range=(1e-4, 10)`` +1.4 / -7.7 / +2.7 / +4.6 / +2.0 (50
+  units; the earlier defaults gave +1.5 / -7.6 / +1.9 / +4.3 / +2.6). None is within
+  1 % at every β; the smallest worst case is (1e-4, 10)'s +4.6 % at β = 3.
 * 2026-12-04, staggered thresholds from u = -0.5 instead of the bottom of the range
   (the units whose gates started closing just above the smallest β had died; they are
   the 20 lowest-threshold units, inactive at every β): full, **200 epochs**, seed 0,
