@@ -59,7 +59,10 @@ base rate, stratified β):
   +1.8 / +0.9; ``beta_range=(1e-3, 10)`` +13.1 / -2.3 / +0.7 / +2.2 / +0.5 (42 units
   active at 0.01); ``beta_range=(1e-4, 10)`` +1.4 / -7.7 / +2.7 / +4.6 / +2.0 (50
   units; the earlier defaults gave +1.5 / -7.6 / +1.9 / +4.3 / +2.6). None is within
-  1 % at every β; the smallest worst case is (1e-4, 10)'s +4.6 % at β = 3.
+  1 % at every β. Between the last two, log β standardized over [1e-4, 10] with 25 %
+  of the draws on [1e-4, 0.01] and the rest on [0.01, 10]: +4.2 / -6.2 / +1.2 / +2.6 /
+  +1.3; with 32 %: +3.2 / -6.8 / +1.9 / +3.5 / +1.4, the smallest worst case measured
+  (+3.5 % at β = 3; log-uniform on [1e-4, 10] puts 40 % there).
 * 2026-12-04, staggered thresholds from u = -0.5 instead of the bottom of the range
   (the units whose gates started closing just above the smallest β had died; they are
   the 20 lowest-threshold units, inactive at every β): full, **200 epochs**, seed 0,
