@@ -56,6 +56,7 @@ __all__ = [
     "broadcast",
     "broadcast_object",
     "check_divisible",
+    "GradientOrder",
     "gradient_weight",
     "init_process_group",
     "is_initialized",
@@ -313,20 +314,29 @@ BUCKET_BYTES = 25 * 2**20
 default ``bucket_cap_mb=25``: every collective pays a latency, so a model of a few MB is
 reduced in one call, and only larger ones start buckets while ``backward`` runs."""
 
+FIRST_BUCKET_BYTES = 2**20
+"""The first bucket's size once :class:`GradientOrder` knows the order in which
+``backward`` produces the gradients, as ``DistributedDataParallel``'s (1 MiB): small,
+so that its all-reduce starts while the rest is computed."""
+
 
 class _GradientBuckets:
-    """Parameters cut into buckets of about ``bucket_bytes`` (one dtype and device per
-    bucket, in the order given), each reduced by one flattened all-reduce of its
-    weighted gradients. Buckets are launched in index order only, so every rank issues
-    the same collectives in the same order whatever order its gradients arrive in."""
+    """Parameters cut into buckets (one dtype and device per bucket, in the order given;
+    a bucket closes once it holds ``bucket_bytes``, the first once it holds
+    ``first_bytes``), each reduced by one flattened all-reduce of its weighted
+    gradients. Buckets are launched in index order only, so every rank issues the same
+    collectives in the same order whatever order its gradients arrive in."""
 
-    def __init__(self, params: list[Tensor], weight: float, bucket_bytes: int) -> None:
+    def __init__(self, params: list[Tensor], weight: float, bucket_bytes: int,
+                 first_bytes: int | None = None) -> None:
         self.weight, self.buckets, self.launched = weight, [], []
         filled = 0  # bytes in the last bucket
         for p in params:
             last = self.buckets[-1] if self.buckets else None
+            cap = first_bytes if first_bytes is not None and len(self.buckets) == 1 \
+                else bucket_bytes
             if (last is None or last[0].dtype != p.dtype or last[0].device != p.device
-                    or filled >= bucket_bytes):
+                    or filled >= cap):
                 self.buckets.append([p])
                 filled = 0
             else:
@@ -354,6 +364,42 @@ class _GradientBuckets:
                 offset += n
 
 
+class GradientOrder:
+    """The order in which ``backward`` produces the gradients of one list of
+    parameters, learned from one update, as
+    :class:`~torch.nn.parallel.DistributedDataParallel` rebuilds its buckets after its
+    first iteration.
+
+    Pass one object to every :func:`reduce_gradients` call of the same parameters
+    (:func:`~posterity.infer.optim.optimizer_step` keeps one per optimizer): the first
+    call records the order in which the gradients arrived and sends rank 0's to every
+    rank (so that all ranks cut the same buckets); later calls cut the buckets in that
+    order with a first bucket of :data:`FIRST_BUCKET_BYTES`, whose all-reduce starts
+    while ``backward`` is still computing the rest. The parameters' own order (that of
+    ``model.parameters()``, say) often differs from backward's: a VAE's decoder
+    gradients arrive first although its parameters may be listed after the encoder's.
+    A different list of parameters starts learning again.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[int, ...] | None = None
+        self._order: list[int] = []
+
+    def known(self, params: list[Tensor]) -> list[Tensor] | None:
+        """``params`` in the learned order, or ``None`` before it is known for them."""
+        if self._key != tuple(id(p) for p in params):
+            return None
+        return [params[i] for i in self._order]
+
+    def learn(self, params: list[Tensor], arrivals: list[int]) -> None:
+        """Keep rank 0's ``arrivals`` (indices into ``params``), then the parameters
+        that received no gradient, last to first: a collective, every rank calls it."""
+        arrivals = broadcast_object(arrivals)
+        seen = set(arrivals)
+        self._order = arrivals + [i for i in reversed(range(len(params))) if i not in seen]
+        self._key = tuple(id(p) for p in params)
+
+
 def average_gradients(parameters: Iterable[Tensor], weight: float | None = None) -> None:
     """Replace each parameter's ``.grad`` by its weighted sum over ranks (flattened
     all-reduces of about :data:`BUCKET_BYTES` each).
@@ -372,16 +418,18 @@ def average_gradients(parameters: Iterable[Tensor], weight: float | None = None)
 
 @contextlib.contextmanager
 def reduce_gradients(parameters: Iterable[Tensor], weight: float | None = None,
-                     bucket_bytes: int = BUCKET_BYTES) -> Iterator[None]:
+                     bucket_bytes: int = BUCKET_BYTES, *,
+                     order: GradientOrder | None = None) -> Iterator[None]:
     """Run one ``backward()`` inside the block: on leaving it, every parameter's
     ``.grad`` is its weighted sum over ranks, as after :func:`average_gradients`, but
     each bucket's all-reduce starts while ``backward`` is still computing the
-    gradients of earlier layers, as :class:`torch.nn.parallel.DistributedDataParallel`
+    gradients of other layers, as :class:`torch.nn.parallel.DistributedDataParallel`
     does, so that communication overlaps computation.
 
     Buckets follow the reverse of the parameters' order (the order ``backward`` tends
-    to reach them) and start in that order only. Outside a process group the block
-    runs as it is.
+    to reach them) or, with an ``order`` that has learned it from an earlier call, the
+    order in which ``backward`` produced them, with a small first bucket; they start
+    in that order only. Outside a process group the block runs as it is.
 
     Example:
         >>> import torch
@@ -394,10 +442,17 @@ def reduce_gradients(parameters: Iterable[Tensor], weight: float | None = None,
     if not is_initialized():
         yield
         return
-    params = list(dict.fromkeys(p for p in parameters if p.requires_grad))[::-1]
-    buckets = _GradientBuckets(params, _resolve_weight(weight), bucket_bytes)
+    params = list(dict.fromkeys(p for p in parameters if p.requires_grad))
+    learned = order.known(params) if order is not None else None
+    if learned is None:
+        buckets = _GradientBuckets(params[::-1], _resolve_weight(weight), bucket_bytes)
+    else:
+        buckets = _GradientBuckets(learned, _resolve_weight(weight), bucket_bytes,
+                                   min(FIRST_BUCKET_BYTES, bucket_bytes))
     index = {id(p): i for i, bucket in enumerate(buckets.buckets) for p in bucket}
+    position = {id(p): i for i, p in enumerate(params)}
     waiting = [len(bucket) for bucket in buckets.buckets]
+    arrivals: list[int] = []
     done: set[int] = set()
 
     def arrived(p: Tensor) -> None:
@@ -405,6 +460,7 @@ def reduce_gradients(parameters: Iterable[Tensor], weight: float | None = None,
             raise RuntimeError("reduce_gradients: a parameter received a second gradient; "
                                "run exactly one backward() inside the block")
         done.add(id(p))
+        arrivals.append(position[id(p)])
         waiting[index[id(p)]] -= 1
         buckets.launch_ready(lambda i: waiting[i] == 0)
 
@@ -415,6 +471,8 @@ def reduce_gradients(parameters: Iterable[Tensor], weight: float | None = None,
         for handle in handles:
             handle.remove()
     buckets.finish()
+    if order is not None and learned is None:
+        order.learn(params, arrivals)
 
 
 # --- running a group of local processes (tests, notebooks) -------------------------------

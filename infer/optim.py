@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -148,6 +149,17 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, scheduler: SchedulerSpec,
                     f"got {type(scheduler).__name__} {scheduler!r}")
 
 
+_GRADIENT_ORDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _gradient_order(optimizer: torch.optim.Optimizer) -> distributed.GradientOrder | None:
+    """The order in which ``backward`` produces this optimizer's gradients, kept with it
+    (under a process group only)."""
+    if not distributed.is_initialized():
+        return None
+    return _GRADIENT_ORDERS.setdefault(optimizer, distributed.GradientOrder())
+
+
 def optimizer_step(
     optimizer: torch.optim.Optimizer,
     loss: Tensor,
@@ -188,7 +200,7 @@ def optimizer_step(
         raise ValueError(f"loss must be a scalar tensor, got shape {tuple(loss.shape)}")
     optimizer.zero_grad(set_to_none=True)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    with distributed.reduce_gradients(params):
+    with distributed.reduce_gradients(params, order=_gradient_order(optimizer)):
         loss.backward()
     if clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)

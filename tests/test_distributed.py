@@ -50,6 +50,7 @@ def collectives():
         "share": distributed.share(5),
         "seed": distributed.rank_seed(3),
         "gradients": reduced_gradients(),
+        "order": learned_gradient_order(),
     }
 
 
@@ -75,6 +76,41 @@ def reduced_gradients():
     except RuntimeError as error:
         twice = str(error)
     return {**reduced, "twice": twice}
+
+
+def learned_gradient_order():
+    """Three updates of two parameters listed against backward's order, through one
+    GradientOrder; backward reaches them in opposite orders on the two ranks."""
+    r = distributed.rank()
+    first, second = (torch.nn.Parameter(torch.full((2,), 1.0 + i)) for i in range(2))
+    order = distributed.GradientOrder()
+    before = order.known([first, second])
+    seen, grads = [], []
+    for update in range(3):
+        inner, outer = (first, second) if r == 0 else (second, first)
+        with distributed.reduce_gradients([first, second], weight=0.5, bucket_bytes=8,
+                                          order=order):
+            (outer * (inner * (update + 1.0)).sum()).sum().backward()
+        known = order.known([first, second])
+        seen.append(None if known is None else
+                    ["first" if p is first else "second" for p in known])
+        grads.append([first.grad.tolist(), second.grad.tolist()])
+        first.grad = second.grad = None
+    return {"before": before, "seen": seen, "grads": grads,
+            "other_list": order.known([second, first])}
+
+
+def test_buckets_follow_the_order_backward_produced_on_rank_0(two_ranks):
+    # rank 0's backward reaches `second` (the outer factor) first, rank 1's `first`
+    for r in (rank["order"] for rank in two_ranks):
+        assert r["before"] is None and r["other_list"] is None
+        assert r["seen"] == [["second", "first"]] * 3
+    # on both ranks the loss is c * sum(first) * sum(second), first = 1, second = 2:
+    # d/d first = c * 4, d/d second = c * 2, and the weights 0.5 + 0.5 keep them
+    for rank in two_ranks:
+        for update, grads in enumerate(rank["order"]["grads"]):
+            c = update + 1.0
+            assert grads == [[4 * c] * 2, [2 * c] * 2]
 
 
 def test_gradients_reduced_during_backward_are_the_weighted_sum_over_ranks(two_ranks):

@@ -108,9 +108,9 @@ def train_with_draws(family: str, kind: str, replay=None, local: list | None = N
     reduce = distributed.reduce_gradients
     if local is not None:  # also keep each rank's gradient before the all-reduce
         @contextlib.contextmanager
-        def recording(parameters, weight=None):
+        def recording(parameters, weight=None, **options):
             parameters = list(parameters)
-            with reduce(parameters, weight):
+            with reduce(parameters, weight, **options):
                 yield  # backward; the reduced sums are written back on leaving
                 local.append([p.grad.detach().clone() for p in parameters])
         distributed.reduce_gradients = recording
