@@ -4,6 +4,7 @@ identity, a launch without torchrun's environment says how to launch, and
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -51,6 +52,7 @@ def collectives():
         "seed": distributed.rank_seed(3),
         "gradients": reduced_gradients(),
         "order": learned_gradient_order(),
+        "busy_waits": distributed.busy_waits(),
     }
 
 
@@ -161,6 +163,38 @@ def test_a_rank_that_never_finishes_is_killed_at_the_timeout():
     started = time.monotonic()
     with pytest.raises(TimeoutError, match="1 of 2 ranks did not finish within 20 s"):
         distributed.run_local(hanging_on_rank_1, 2, timeout=20)
+    assert time.monotonic() - started < 60
+
+
+def summing_how_it_waits():
+    return distributed.busy_waits(), distributed.all_reduce_sum(torch.ones(2)).tolist()
+
+
+def test_ranks_poll_gloo_collectives_when_each_has_a_core_unless_told(two_ranks,
+                                                                        monkeypatch):
+    cores = len(os.sched_getaffinity(0))  # the ranks run one thread each
+    assert [r["busy_waits"] for r in two_ranks] == [2 <= cores] * 2
+    for setting, polls in (("0", False), ("1", True)):
+        monkeypatch.setenv("POSTERITY_BUSY_WAIT", setting)
+        assert distributed.run_local(summing_how_it_waits, 2) == [(polls, [2.0, 2.0])] * 2
+
+
+def summing_with_a_rank_that_never_comes():
+    import datetime
+
+    import torch.distributed as dist
+
+    group = dist.new_group([0, 1], timeout=datetime.timedelta(seconds=3))
+    if distributed.rank() == 1:
+        time.sleep(600)
+    distributed.wait(dist.all_reduce(torch.ones(1), group=group, async_op=True))
+
+
+def test_a_polling_rank_fails_at_the_timeout_when_a_peer_never_comes(monkeypatch):
+    monkeypatch.setenv("POSTERITY_BUSY_WAIT", "1")
+    started = time.monotonic()
+    with pytest.raises(distributed.DistributedError, match="rank 0 failed.*Timed out"):
+        distributed.run_local(summing_with_a_rank_that_never_comes, 2, timeout=100)
     assert time.monotonic() - started < 60
 
 
