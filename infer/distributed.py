@@ -38,6 +38,7 @@ import datetime
 import os
 import pickle
 import socket
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -116,7 +117,8 @@ def init_process_group(backend: str | None = None, *, timeout: float | None = No
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
-    _BUSY_WAIT[0] = busy_wait
+    if busy_wait is not None:
+        _BUSY_WAIT[0] = busy_wait
     if dist.is_initialized():
         if dist.get_backend() != backend:
             raise DistributedError(f"a process group with backend {dist.get_backend()!r} "
@@ -227,14 +229,17 @@ def all_reduce_sum_async(tensor: Tensor) -> Any:
 def busy_waits() -> bool:
     """Whether :func:`wait` polls: on a gloo group, as ``init_process_group``'s
     ``busy_wait`` or ``POSTERITY_BUSY_WAIT`` (``0`` or ``1``) say, else when this node's
-    ranks have a core for each of their threads (``LOCAL_WORLD_SIZE`` times
+    ranks have a core each for their intra-op threads (``LOCAL_WORLD_SIZE`` times
     ``torch.get_num_threads()`` at most the cores this process may use): a polling rank
     would take CPU from the others on a node with more threads than cores."""
     if not is_initialized() or dist.get_backend() != "gloo":
         return False
     chosen = _BUSY_WAIT[0]
     if chosen is None and "POSTERITY_BUSY_WAIT" in os.environ:
-        chosen = os.environ["POSTERITY_BUSY_WAIT"] != "0"
+        setting = os.environ["POSTERITY_BUSY_WAIT"]
+        if setting not in ("0", "1"):
+            raise ValueError(f"POSTERITY_BUSY_WAIT must be 0 or 1, got {setting!r}")
+        chosen = setting == "1"
     if chosen is None:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
         chosen = local * torch.get_num_threads() <= _cores()
@@ -247,9 +252,10 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
-def wait(work: Any) -> None:
-    """Block until a collective started with ``async_op=True`` (by an ``*_async``
-    function, or by every collective of this module) has finished; raise its error.
+def wait(work: dist.Work) -> None:
+    """Block until a collective of the default group started with ``async_op=True``
+    (by an ``*_async`` function, or by every tensor collective of this module) has
+    finished; raise its error.
 
     On gloo the rank polls the collective, yielding its CPU to any other runnable
     thread between polls, as MPI and NCCL wait by default, instead of sleeping until
@@ -266,7 +272,7 @@ def wait(work: Any) -> None:
     work.wait()
 
 
-_yield = getattr(os, "sched_yield", lambda: None)
+_yield: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
 
 
 def all_reduce_max(tensor: Tensor) -> Tensor:
@@ -429,16 +435,19 @@ class GradientOrder:
     while ``backward`` is still computing the rest. The parameters' own order (that of
     ``model.parameters()``, say) often differs from backward's: a VAE's decoder
     gradients arrive first although its parameters may be listed after the encoder's.
-    A different list of parameters starts learning again.
+    A different list of parameters starts learning again (one more broadcast), so
+    pass each list its own object: one that alternates between lists relearns every
+    time and never uses what it learned.
     """
 
     def __init__(self) -> None:
-        self._key: tuple[int, ...] | None = None
+        self._params: list[weakref.ref[Tensor]] = []
         self._order: list[int] = []
 
     def known(self, params: list[Tensor]) -> list[Tensor] | None:
         """``params`` in the learned order, or ``None`` before it is known for them."""
-        if self._key != tuple(id(p) for p in params):
+        if len(params) != len(self._params) or any(
+                ref() is not p for ref, p in zip(self._params, params)):
             return None
         return [params[i] for i in self._order]
 
@@ -448,7 +457,7 @@ class GradientOrder:
         arrivals = broadcast_object(arrivals)
         seen = set(arrivals)
         self._order = arrivals + [i for i in reversed(range(len(params))) if i not in seen]
-        self._key = tuple(id(p) for p in params)
+        self._params = [weakref.ref(p) for p in params]
 
 
 def average_gradients(parameters: Iterable[Tensor], weight: float | None = None) -> None:
@@ -480,7 +489,9 @@ def reduce_gradients(parameters: Iterable[Tensor], weight: float | None = None,
     Buckets follow the reverse of the parameters' order (the order ``backward`` tends
     to reach them) or, with an ``order`` that has learned it from an earlier call, the
     order in which ``backward`` produced them, with a small first bucket; they start
-    in that order only. Outside a process group the block runs as it is.
+    in that order only. As for :func:`average_gradients`, the ranks must agree on
+    which parameters receive a gradient. Outside a process group the block runs as it
+    is.
 
     Example:
         >>> import torch

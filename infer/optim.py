@@ -149,7 +149,8 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, scheduler: SchedulerSpec,
                     f"got {type(scheduler).__name__} {scheduler!r}")
 
 
-_GRADIENT_ORDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_GRADIENT_ORDERS: weakref.WeakKeyDictionary[torch.optim.Optimizer, distributed.GradientOrder] = \
+    weakref.WeakKeyDictionary()
 
 
 def _gradient_order(optimizer: torch.optim.Optimizer) -> distributed.GradientOrder | None:
@@ -177,8 +178,11 @@ def optimizer_step(
     start while ``backward`` runs) with the weight that
     :func:`~posterity.infer.train.fit` set for this rank's share of the global
     minibatch, so clipping, ``before_step`` and the step see the
-    gradient of the global minibatch and every rank takes the same step. Every rank
-    must call it for every update. Outside a group nothing is exchanged.
+    gradient of the global minibatch and every rank takes the same step; the buckets
+    follow the order in which ``backward`` produced this optimizer's gradients on its
+    first update (:class:`~posterity.infer.distributed.GradientOrder`, learned with one
+    broadcast). Every rank must call it for every update. Outside a group nothing is
+    exchanged.
 
     Args:
         optimizer: from :func:`make_optimizer` (or any ``torch.optim.Optimizer``).

@@ -81,38 +81,101 @@ def reduced_gradients():
 
 
 def learned_gradient_order():
-    """Three updates of two parameters listed against backward's order, through one
-    GradientOrder; backward reaches them in opposite orders on the two ranks."""
+    """Three updates of two parameters, through one GradientOrder; backward reaches
+    them in the order they are listed on rank 0 and in the other order on rank 1. Returns
+    the learned order after each update, the reduced gradients and the sizes of the
+    all-reduces in the order they started."""
+    import torch.distributed as dist
+
     r = distributed.rank()
-    first, second = (torch.nn.Parameter(torch.full((2,), 1.0 + i)) for i in range(2))
+    first, second = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.full((3,), 2.0))
     order = distributed.GradientOrder()
     before = order.known([first, second])
-    seen, grads = [], []
-    for update in range(3):
-        inner, outer = (first, second) if r == 0 else (second, first)
-        with distributed.reduce_gradients([first, second], weight=0.5, bucket_bytes=8,
-                                          order=order):
-            (outer * (inner * (update + 1.0)).sum()).sum().backward()
-        known = order.known([first, second])
-        seen.append(None if known is None else
-                    ["first" if p is first else "second" for p in known])
-        grads.append([first.grad.tolist(), second.grad.tolist()])
-        first.grad = second.grad = None
-    return {"before": before, "seen": seen, "grads": grads,
+    seen, grads, started = [], [], []
+    all_reduce = dist.all_reduce
+
+    def recorded(tensor, *args, **kwargs):
+        started[-1].append(tensor.numel())
+        return all_reduce(tensor, *args, **kwargs)
+
+    arrived = []  # this rank's own order, which rank 1 does not keep
+    hooks = [p.register_post_accumulate_grad_hook(
+        lambda p: arrived.append("first" if p is first else "second")) for p in (first, second)]
+    dist.all_reduce = recorded
+    try:
+        for update in range(3):
+            inner, outer = (first, second) if r == 0 else (second, first)
+            started.append([])
+            with distributed.reduce_gradients([first, second], weight=0.5, bucket_bytes=8,
+                                              order=order):
+                (outer.sum() * (inner * (update + 1.0)).sum()).backward()
+            known = order.known([first, second])
+            seen.append(None if known is None else
+                        ["first" if p is first else "second" for p in known])
+            grads.append([first.grad.tolist(), second.grad.tolist()])
+            first.grad = second.grad = None
+    finally:
+        dist.all_reduce = all_reduce
+        for hook in hooks:
+            hook.remove()
+    return {"before": before, "seen": seen, "grads": grads, "started": started,
+            "arrived": arrived[:2],
             "other_list": order.known([second, first])}
 
 
 def test_buckets_follow_the_order_backward_produced_on_rank_0(two_ranks):
-    # rank 0's backward reaches `second` (the outer factor) first, rank 1's `first`
+    # backward reaches the inner factor first: `first` on rank 0, `second` on rank 1
+    assert [rank["order"]["arrived"] for rank in two_ranks] == [["first", "second"],
+                                                                ["second", "first"]]
     for r in (rank["order"] for rank in two_ranks):
         assert r["before"] is None and r["other_list"] is None
-        assert r["seen"] == [["second", "first"]] * 3
+        assert r["seen"] == [["first", "second"]] * 3
+        # first update: the reverse of the list (second, 3 numbers, then first, 2);
+        # then rank 0's order of arrival on every rank
+        assert r["started"] == [[3, 2], [2, 3], [2, 3]]
     # on both ranks the loss is c * sum(first) * sum(second), first = 1, second = 2:
-    # d/d first = c * 4, d/d second = c * 2, and the weights 0.5 + 0.5 keep them
+    # d/d first = c * 6, d/d second = c * 2, and the weights 0.5 + 0.5 keep them
     for rank in two_ranks:
         for update, grads in enumerate(rank["order"]["grads"]):
             c = update + 1.0
-            assert grads == [[4 * c] * 2, [2 * c] * 2]
+            assert grads == [[6 * c] * 2, [2 * c] * 3]
+
+
+def test_a_learned_order_is_forgotten_with_its_parameters():
+    order, params = distributed.GradientOrder(), [torch.ones(2), torch.ones(3)]
+    order.learn(params, [1])  # one process: its own arrivals; the rest last to first
+    assert order.known(params) == [params[1], params[0]]
+    del params
+    assert order.known([torch.ones(3), torch.ones(2)]) is None
+
+
+def test_the_first_bucket_closes_at_its_own_size():
+    params = [torch.nn.Parameter(torch.ones(n)) for n in (1, 1, 1, 1, 1)]  # 4 bytes each
+    buckets = distributed._GradientBuckets(params, 1.0, bucket_bytes=12, first_bytes=4)
+    assert [len(b) for b in buckets.buckets] == [1, 3, 1]
+    assert [len(b) for b in distributed._GradientBuckets(params, 1.0, 12).buckets] == [3, 2]
+
+
+class _Work:
+    def __init__(self, polls_left: int) -> None:
+        self.polls, self.polls_left, self.waited = 0, polls_left, False
+
+    def is_completed(self) -> bool:
+        self.polls += 1
+        self.polls_left -= 1
+        return self.polls_left < 0
+
+    def wait(self) -> None:
+        self.waited = True
+
+
+@pytest.mark.parametrize("polls", [True, False])
+def test_wait_polls_until_the_collective_is_done_then_waits_for_its_result(
+        polls, monkeypatch):
+    monkeypatch.setattr(distributed, "busy_waits", lambda: polls)
+    work = _Work(polls_left=2)
+    distributed.wait(work)
+    assert work.waited and work.polls == (3 if polls else 0)
 
 
 def test_gradients_reduced_during_backward_are_the_weighted_sum_over_ranks(two_ranks):
@@ -173,7 +236,8 @@ def summing_how_it_waits():
 def test_ranks_poll_gloo_collectives_when_each_has_a_core_unless_told(two_ranks,
                                                                         monkeypatch):
     cores = len(os.sched_getaffinity(0))  # the ranks run one thread each
-    assert [r["busy_waits"] for r in two_ranks] == [2 <= cores] * 2
+    expected = os.environ.get("POSTERITY_BUSY_WAIT", "1" if 2 <= cores else "0") == "1"
+    assert [r["busy_waits"] for r in two_ranks] == [expected] * 2
     for setting, polls in (("0", False), ("1", True)):
         monkeypatch.setenv("POSTERITY_BUSY_WAIT", setting)
         assert distributed.run_local(summing_how_it_waits, 2) == [(polls, [2.0, 2.0])] * 2

@@ -316,7 +316,9 @@ class AmortizedVI(AmortizedEngine):
         if self.beta_sampling == "batch":
             return distributed.broadcast(log_uniform(low, high, (1,), x)).expand(rows)
         if self.beta_sampling == "stratified" and distributed.is_initialized():
-            sizes = distributed.all_gather_objects(rows)
+            sizes = torch.zeros(distributed.world_size(), dtype=torch.int64, device=x.device)
+            sizes[distributed.rank()] = rows
+            sizes = distributed.all_reduce_sum(sizes).tolist()  # every rank's rows
             total, offset = sum(sizes), sum(sizes[: distributed.rank()])
             order = distributed.broadcast(torch.randperm(total, device=x.device))
             u = (order[offset: offset + rows].to(x.dtype)
