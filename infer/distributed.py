@@ -96,11 +96,12 @@ def init_process_group(backend: str | None = None, *, timeout: float | None = No
         timeout: seconds a collective may wait for the other ranks before it fails
             (default ``POSTERITY_DIST_TIMEOUT`` or 300), so a lost rank ends the run
             with an error instead of a hang.
-        busy_wait: on gloo, whether a rank waiting for a collective polls it (yielding
-            its CPU to any other runnable thread) instead of sleeping until woken; see
-            :func:`wait`. ``None``: ``POSTERITY_BUSY_WAIT`` if set, else when the node
-            has a core for every rank's threads (:func:`busy_waits`). NCCL never
-            polls: its collectives run on the GPU while the CPU goes on.
+        busy_wait: on gloo, whether a rank waiting for its gradient all-reduce polls
+            it (yielding its CPU to any other runnable thread) instead of sleeping
+            until woken; see :func:`wait`. ``None``: ``POSTERITY_BUSY_WAIT`` if set,
+            else when the node has a core for every rank's threads
+            (:func:`busy_waits`). NCCL never polls: its collectives run on the GPU
+            while the CPU goes on.
 
     Raises:
         DistributedError: torchrun's environment (``RANK``, ``WORLD_SIZE``,
@@ -163,7 +164,7 @@ def is_main() -> bool:
 def barrier() -> None:
     """Wait for every rank (a no-op in one process)."""
     if is_initialized():
-        wait(dist.barrier(async_op=True))
+        dist.barrier()
 
 
 def rank_seed(seed: int | None, rank_: int | None = None) -> int | None:
@@ -215,7 +216,7 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     if not is_initialized():
         return tensor
     out = tensor.detach().clone()
-    wait(dist.all_reduce(out, op=dist.ReduceOp.SUM, async_op=True))
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
 
 
@@ -254,17 +255,19 @@ def _cores() -> int:
 
 def wait(work: dist.Work) -> None:
     """Block until a collective of the default group started with ``async_op=True``
-    (by an ``*_async`` function, or by every tensor collective of this module) has
-    finished; raise its error.
+    (by :func:`all_reduce_sum_async`, or by the gradient buckets of
+    :func:`reduce_gradients`) has finished; raise its error.
 
-    On gloo the rank polls the collective, yielding its CPU to any other runnable
-    thread between polls, as MPI and NCCL wait by default, instead of sleeping until
-    gloo's thread wakes it: on a virtual machine a CPU left idle by a sleeping rank
-    takes milliseconds to wake (measured on the project's 2-vCPU machine: the
-    gradient all-reduce of a VI update waited 2.0 ms sleeping, 1.0 ms polling). The
-    price is CPU time: a waiting rank shows as busy. :func:`busy_waits` says when it
-    polls; ``busy_wait=False`` in :func:`init_process_group` (or
-    ``POSTERITY_BUSY_WAIT=0``) sleeps instead.
+    On gloo, when :func:`busy_waits`, the rank polls the collective, yielding its CPU
+    to any other runnable thread between polls (as MPI and NCCL wait by default),
+    instead of sleeping until gloo's thread wakes it: on a virtual machine a CPU left
+    idle by a sleeping rank takes milliseconds to wake. Measured on the project's
+    2-vCPU machine, the gradient all-reduce of a VI update waited 2.0 ms sleeping and
+    1.0 ms polling, but polling did not help the particle filter's all-gather, whose
+    wait is the slower rank's lag (the polling rank then takes CPU from its
+    neighbour), so the other collectives of this module block in torch. The price is
+    CPU time: a waiting rank shows as busy. ``busy_wait=False`` in
+    :func:`init_process_group` (or ``POSTERITY_BUSY_WAIT=0``) sleeps instead.
     """
     if busy_waits():
         while not work.is_completed():
@@ -280,7 +283,7 @@ def all_reduce_max(tensor: Tensor) -> Tensor:
     if not is_initialized():
         return tensor
     out = tensor.detach().clone()
-    wait(dist.all_reduce(out, op=dist.ReduceOp.MAX, async_op=True))
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return out
 
 
@@ -309,7 +312,7 @@ def all_gather(tensor: Tensor, dim: int = 0) -> Tensor:
         pad_shape[dim] = largest - tensor.shape[dim]
         tensor = torch.cat([tensor, tensor.new_zeros(pad_shape)], dim=dim)
     pieces = [torch.empty_like(tensor) for _ in range(world_size())]
-    wait(dist.all_gather(pieces, tensor, async_op=True))
+    dist.all_gather(pieces, tensor)
     return torch.cat([piece.narrow(dim, 0, n) for piece, n in zip(pieces, sizes)], dim=dim)
 
 
@@ -325,7 +328,7 @@ def all_gather_objects(obj: Any) -> list[Any]:
 def broadcast(tensor: Tensor, src: int = 0) -> Tensor:
     """Rank ``src``'s ``tensor`` on every rank (in place, also returned)."""
     if is_initialized():
-        wait(dist.broadcast(tensor, src=src, async_op=True))
+        dist.broadcast(tensor, src=src)
     return tensor
 
 

@@ -256,7 +256,7 @@ def _exchange(outgoing: list[Tensor], counts: Tensor, size: int | Tensor) -> lis
     padded = table.new_zeros(int(send.max()), table.shape[1])
     padded[:table.shape[0]] = table
     pieces = [torch.empty_like(padded) for _ in range(counts.shape[0])]
-    distributed.wait(dist.all_gather(pieces, padded, async_op=True))
+    dist.all_gather(pieces, padded)
     sent = torch.cat([piece[:int(s)] for piece, s in zip(pieces, send)])
     start = int(offsets[me])
     return _from_bytes(sent[start:start + int(receive[me])], outgoing)
@@ -484,7 +484,7 @@ def _all_gather_stacked(tensor: Tensor) -> Tensor:
     if not distributed.is_initialized():
         return tensor.unsqueeze(0)
     pieces = [torch.empty_like(tensor) for _ in range(distributed.world_size())]
-    distributed.wait(dist.all_gather(pieces, tensor.contiguous(), async_op=True))
+    dist.all_gather(pieces, tensor.contiguous())
     return torch.stack(pieces)
 
 
@@ -642,7 +642,7 @@ class _GatherRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         grad = grad.contiguous().clone()
-        distributed.wait(dist.all_reduce(grad, op=dist.ReduceOp.SUM, async_op=True))
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = distributed.rank() * ctx.rows
         return grad[start:start + ctx.rows]
 
