@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from posterity.layers.gated import (
     DEFAULT_BETA_RANGE,
+    DEFAULT_RESPONSE_RANK,
     GatedMLP,
     MultiRateMixin,
     stagger_gates,
@@ -45,6 +46,8 @@ class GaussianEncoder(MultiRateMixin, PyroModule):
             (:func:`~posterity.layers.gated.stagger_gates`); the program then takes
             ``beta=`` (``None``: β = 1).
         beta_range: the β range that ``log β`` is standardized over.
+        response_rank: the rank of each gated layer's β-dependent weights
+            (:class:`~posterity.layers.gated.GatedLinear`; 0: gates only).
 
     Example:
         >>> guide = GaussianEncoder(x_dim=784, z_dim=50, hidden=(200, 200))
@@ -63,13 +66,15 @@ class GaussianEncoder(MultiRateMixin, PyroModule):
         min_scale: float = 1e-5,
         multi_rate: bool = False,
         beta_range: tuple[float, float] = DEFAULT_BETA_RANGE,
+        response_rank: int = DEFAULT_RESPONSE_RANK,
     ) -> None:
         super().__init__()
         self.x_dim, self.z_dim, self.latent_name = x_dim, z_dim, latent_name
         self.min_scale = min_scale
         self._init_multi_rate(multi_rate, beta_range)
         if self.multi_rate:
-            self.net = GatedMLP(x_dim, hidden, 2 * z_dim, "encoder", activation)
+            self.net = GatedMLP(x_dim, hidden, 2 * z_dim, "two_sigmoid", activation,
+                                rank=response_rank)
             stagger_gates(self.net.layers[-1], repeats=2)  # mean and log σ share them
         else:
             self.net = mlp(x_dim, hidden, 2 * z_dim, activation)

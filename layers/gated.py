@@ -2,38 +2,42 @@
 
 Each linear layer's pre-activations are multiplied, unit by unit, by
 ``gate(w * u + b)``, where ``u`` is the standardized ``log β`` and ``(w, b)`` are two
-parameters per unit. The encoder gate is twice the sigmoid; the decoder gate is
-``sqrt(relu(1 - exp(x)))``, the form of the linear β-VAE's optimal decoder scales
-``sqrt(1 - β σ² / λ)`` (the paper's linear analysis; ``log β`` enters linearly).
+parameters per unit. Three gate shapes (``GATES``), each 1 at its starting ``b``:
 
-The encoder gate is ``2 sigmoid(x)``, starting at 1 (b = 0), not the paper's sigmoid
-(Bae et al. 2023, section 4.2), which can only attenuate: the shared weights are pulled
-towards the rates that suit the average β, and a gate below 1 cannot give the small β
-more. With the sigmoid, the MR-VAE's rate at β = 0.01 stayed near 43 nats where the
-β-VAE reached 89 (784-200-20) and 44 against 162 (784-200-200-50, 20 epochs; excess
-objective +56 %); with ``2 sigmoid`` the excess over five β-VAEs in
-``bench/mrvae.py --protocol short`` went from -7.5 / +1.1 / +2.6 / -1.2 / +4.0 % to
--14.3 / -6.1 / -3.3 / -5.3 / +2.8 % at β = 0.01 / 0.1 / 1 / 3 / 10.
+* ``"two_sigmoid"``, ``2 sigmoid(x)``: the encoder's gates and the decoder's gate on
+  each latent dimension. The paper's encoder gate is the sigmoid (section 4.2), which
+  can only attenuate: the shared weights settle at the rates that suit the average β,
+  and a gate below 1 cannot give the small β more. With the sigmoid, the MR-VAE's rate at
+  β = 0.01 stayed near 43 nats where the β-VAE reached 89 (784-200-20); with
+  ``2 sigmoid`` the excess objective over five β-VAEs in ``bench/mrvae.py --protocol
+  short`` went from -7.5 / +1.1 / +2.6 / -1.2 / +4.0 % to -14.3 / -6.1 / -3.3 / -5.3 /
+  +2.8 % at β = 0.01 / 0.1 / 1 / 3 / 10. On the decoder input (:class:`GatedScale`) it
+  lets each latent direction get its own factor, as the linear analysis's optimal
+  decoder ``sqrt(1 - β σ² / λ_i)`` does.
+* ``"softplus"``, ``softplus(x) / log 2``: the decoder's hidden units and outputs. It
+  has no ceiling, so a decoder unit can be amplified at small β as far as it needs (a
+  sharper decoder for more precise codes), and a closed unit never reaches 0 exactly,
+  so it can reopen.
+  Against the paper's ``"sqrt_relu"`` gates on the hidden units and ``2 sigmoid`` on the
+  outputs, in ``bench/mrvae.py --protocol full`` (784-200-200-50, 20 epochs) the excess
+  went from +19.9 / +0.6 / -1.5 / -0.1 / -0.6 % to +16.3 / -2.6 / -0.8 / -0.2 / -1.2 %.
+* ``"sqrt_relu"``, ``sqrt(relu(1 - exp(x)))``: the paper's decoder gate, the form of the
+  linear β-VAE's optimal decoder scales. It is kept as an option: a unit whose gate
+  reaches 0 gets no gradient and stays off at every β (an output unit switched off
+  early froze its pixel's logit at 0 and cost 0.23 nats at β = 0.01 in the linear check
+  of ``tests/test_multirate.py``).
 
-The decoder also gates its input, one sigmoid-type gate per latent dimension
-(:class:`GatedScale`, two parameters per latent): in the linear analysis the optimal
-decoder scales each latent direction by its own factor ``sqrt(1 - β σ² / λ_i)``, and
-behind a hidden layer the per-unit gates cannot switch one latent dimension off without
-the others. In ``bench/mrvae.py --protocol short`` it lowered the excess objective over
-the β-VAEs at β = 10 from 4.9 and 5.6 % to 4.0 and 4.2 % (two seeds) and was no worse at
-any other β. It is the encoder's gate, not the sqrt-ReLU one: a latent dimension whose
-sqrt-ReLU gate reached zero would never come back.
-
-The decoder's output layer gets the encoder's gate, ``2 sigmoid``, one per output unit:
-it scales each pixel's logit (or mean) with β, confident reconstructions at small β and
-cautious ones at large β. It is not the sqrt-ReLU gate: a sqrt-ReLU gate that
-reaches zero has zero gradient, so an output unit that switched off early in training
-stayed off, its pixel's logit frozen at 0 for every β (0.23 nats lost at β = 0.01 in the
-linear check, ``tests/test_multirate.py``). In ``bench/mrvae.py --protocol full``
-(784-200-200-50, 20 epochs) the ``2 sigmoid`` output gate lowered the excess objective
-over the β-VAEs at every β of the grid: from +29.1 / +6.2 / -1.3 / -0.2 / +1.2 % (an
-ungated output layer) to +24.5 / +3.3 / -1.3 / -0.8 / +0.4 % at β = 0.01 / 0.1 / 1 / 3 /
-10.
+With ``rank > 0`` a :class:`GatedLinear` also has β-dependent weights ``u M_out M_in``
+of that rank, so that β can turn the directions a layer reads as well as scale its
+units: the best-response form of self-tuning networks (MacKay et al., ICLR 2019), whose
+hypernetwork is the source of the MR-VAE's gates, kept to a few directions. The
+multi-rate modules use rank 16 in every gated layer (``response_rank``); in
+``bench/mrvae.py --protocol full`` (20 epochs, softplus decoder gates) it moved the
+excess from +16.3 / -2.6 / -0.8 / -0.2 / -1.2 % to +14.0 / -4.1 / -0.3 / -0.4 / -1.7 %
+(seed 1: +12.9 / -4.6 / -0.2 / -0.2 / -1.4 %), the gain coming from the encoder's
+layers (encoder alone: +14.7 / -3.5 / -0.6 / -0.1 / -0.7 %; decoder alone: +17.0 %
+at β = 0.01); rank 64 did no better (+14.6 %), and the same extra weights on a fast
+learning rate diverged.
 
 The gate biases train at the base learning rate and only the slopes get the faster one
 (:func:`gate_parameters`, ``slopes_only``); a fast bias closed most latent units at
@@ -48,23 +52,34 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .networks import activation_module, check_layer_sizes
 
 DEFAULT_BETA_RANGE = (0.01, 10.0)
 
 
-def encoder_gate(x: Tensor) -> Tensor:
+def two_sigmoid_gate(x: Tensor) -> Tensor:
     # 2 sigmoid: 1 at x = 0, so a gate can amplify as well as attenuate (module docstring)
     return 2 * torch.sigmoid(x)
 
 
-def decoder_gate(x: Tensor) -> Tensor:
+def sqrt_relu_gate(x: Tensor) -> Tensor:
     # clamp: the gradient of sqrt at 0 is infinite; relu already zeroes those units
     return torch.relu(-torch.expm1(x)).clamp(min=1e-12).sqrt()
 
 
-GATES = {"encoder": (encoder_gate, 0.0), "decoder": (decoder_gate, -2.0)}  # gate, initial b
+def softplus_gate(x: Tensor) -> Tensor:
+    # 1 at x = 0 and no ceiling: a unit can be amplified without bound at small β
+    return F.softplus(x) / math.log(2.0)
+
+
+GATES = {  # gate, initial b
+    "two_sigmoid": (two_sigmoid_gate, 0.0),
+    "sqrt_relu": (sqrt_relu_gate, -2.0),
+    "softplus": (softplus_gate, 0.0),
+}
+DEFAULT_RESPONSE_RANK = 16
 
 
 def check_beta_range(beta_range: Sequence[float]) -> tuple[float, float]:
@@ -90,20 +105,43 @@ class BetaStandardizer(nn.Module):
 
 
 class GatedLinear(nn.Module):
-    """``(W h + c) * gate(w u + b)`` with one ``(w, b)`` per output unit."""
+    """``((W + u M_out M_in) h + c) * gate(w u + b)``: one gate ``(w, b)`` per output
+    unit and, with ``rank > 0``, a β-dependent low-rank term ``u M_out M_in`` in the
+    weights (``M_out``: ``[out, rank]``, starting at 0; ``M_in``: ``[rank, in]``).
 
-    def __init__(self, in_features: int, out_features: int, gate: str) -> None:
+    The gates only rescale a unit; the low-rank term lets β turn the directions a
+    layer reads, the form of the best-response weights of self-tuning networks
+    (MacKay et al., ICLR 2019, eq. 9: a hyperparameter-scaled second weight matrix),
+    kept to ``rank`` directions. See the module docstring for what it measured.
+
+    Example:
+        >>> layer = GatedLinear(4, 3, "two_sigmoid", rank=2)
+        >>> layer(torch.ones(5, 4), torch.zeros(5)).shape
+        torch.Size([5, 3])
+    """
+
+    def __init__(self, in_features: int, out_features: int, gate: str, rank: int = 0) -> None:
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"gate must be one of {sorted(GATES)}, got {gate!r}")
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
+            raise ValueError(f"rank must be an integer >= 0, got {rank!r}")
         self.gate, initial_bias = GATES[gate]
         self.linear = nn.Linear(in_features, out_features)
         self.gate_weight = nn.Parameter(torch.zeros(out_features))
         self.gate_bias = nn.Parameter(torch.full((out_features,), initial_bias))
+        self.rank = rank
+        if rank:
+            self.modulation_in = nn.Parameter(torch.randn(rank, in_features) / in_features**0.5)
+            self.modulation_out = nn.Parameter(torch.zeros(out_features, rank))
 
     def forward(self, h: Tensor, u: Tensor) -> Tensor:
         """``h``: ``[..., B, in]``; ``u``: ``[B]`` (one standardized log β per row)."""
-        return self.linear(h) * self.gate(u.unsqueeze(-1) * self.gate_weight + self.gate_bias)
+        u = u.unsqueeze(-1)
+        pre = self.linear(h)
+        if self.rank:
+            pre = pre + (u * (h @ self.modulation_in.T)) @ self.modulation_out.T
+        return pre * self.gate(u * self.gate_weight + self.gate_bias)
 
 
 class GatedScale(nn.Module):
@@ -111,7 +149,7 @@ class GatedScale(nn.Module):
     (the multi-rate decoder's gate on each latent dimension, see the module docstring).
 
     Example:
-        >>> scale = GatedScale(3, "encoder")  # 2 sigmoid(w u + b) gates, initially 1
+        >>> scale = GatedScale(3, "two_sigmoid")  # 2 sigmoid(w u + b) gates, initially 1
         >>> scale(torch.ones(2, 3), torch.zeros(2)).shape
         torch.Size([2, 3])
     """
@@ -177,15 +215,15 @@ def stagger_gates(layer: GatedLinear | GatedScale, repeats: int = 1,
     -7.5 / -7.2 / -0.2 % (``short``, seeds 0 and 1).
 
     Example:
-        >>> layer = GatedLinear(4, 6, "encoder")
+        >>> layer = GatedLinear(4, 6, "two_sigmoid")
         >>> stagger_gates(layer, repeats=2)
         >>> u = torch.tensor([-3.0, 3.0])  # below and above every threshold
-        >>> gates = encoder_gate(u[:, None] * layer.gate_weight + layer.gate_bias)
+        >>> gates = two_sigmoid_gate(u[:, None] * layer.gate_weight + layer.gate_bias)
         >>> bool((gates[0] > 1.9).all() and (gates[1] < 1).all())
         True
     """
-    if layer.gate is not encoder_gate:
-        raise ValueError("stagger_gates needs 2 sigmoid gates (gate='encoder')")
+    if layer.gate is not two_sigmoid_gate:
+        raise ValueError("stagger_gates needs 2 sigmoid gates (gate='two_sigmoid')")
     n = layer.gate_weight.shape[0]
     if repeats < 1 or n % repeats:
         raise ValueError(f"repeats must divide the {n} gated units, got {repeats}")
@@ -200,9 +238,10 @@ def gate_parameters(*modules: nn.Module, slopes_only: bool = False) -> list[nn.P
     """The gate parameters ``(w, b)`` of every :class:`GatedLinear` and
     :class:`GatedScale` inside ``modules``; with ``slopes_only`` only the slopes ``w``.
 
-    The slopes are the only parameters through which the networks depend on β, and at
-    the base learning rate they lag behind the weights, so the multi-rate engines give
-    them their own optimizer group (``gate_lr_multiplier`` of
+    The slopes (with the low-rank β-dependent weights of :class:`GatedLinear`, which
+    train at the base rate) are the parameters through which the networks depend on
+    β, and at the base learning rate they lag behind the weights, so the multi-rate
+    engines give them their own optimizer group (``gate_lr_multiplier`` of
     :class:`posterity.infer.AmortizedVI`). The biases ``b`` stay at the base rate: a
     gate's bias scales its unit at every β alike, which the weights can do too, and a
     fast bias follows the β-average of the gradient, which the large β dominate. In
@@ -214,9 +253,9 @@ def gate_parameters(*modules: nn.Module, slopes_only: bool = False) -> list[nn.P
     β = 0.01 / 0.1 / 1 / 3 / 10 (before: +57.7 / +25.5 / +1.1 / -3.0 / -0.1).
 
     Example:
-        >>> len(gate_parameters(GatedMLP(4, (3,), 2, "encoder")))
+        >>> len(gate_parameters(GatedMLP(4, (3,), 2, "two_sigmoid")))
         4
-        >>> len(gate_parameters(GatedMLP(4, (3,), 2, "encoder"), slopes_only=True))
+        >>> len(gate_parameters(GatedMLP(4, (3,), 2, "two_sigmoid"), slopes_only=True))
         2
     """
     seen: dict[int, nn.Parameter] = {}
@@ -232,13 +271,14 @@ def gate_parameters(*modules: nn.Module, slopes_only: bool = False) -> list[nn.P
 class GatedMLP(nn.Module):
     """An MLP of :class:`GatedLinear` layers: ``forward(h, u)``.
 
-    ``gate_output`` is ``True`` (the last layer is gated like the others), a gate name
-    (the last layer gets that gate instead: the decoder's ``"encoder"``, see the module
-    docstring) or ``False`` (a plain ``nn.Linear``; that needs at least one hidden
-    layer). With
-    ``input_gate`` (a gate name) the input is first scaled feature by feature,
-    ``h * gate(w u + b)`` (:class:`GatedScale`): the decoder's choice, so that it can
-    switch each latent dimension off as β grows (see the module docstring).
+    ``gate`` names the gate of the hidden layers (``GATES``). ``gate_output`` is
+    ``True`` (the last layer is gated like the others), a gate name (the last layer gets
+    that gate instead) or ``False`` (a plain ``nn.Linear``; that needs at least one
+    hidden layer). With ``input_gate`` (a gate name) the input is first scaled feature
+    by feature, ``h * gate(w u + b)`` (:class:`GatedScale`): the decoder's choice, so
+    that it can switch each latent dimension off as β grows (see the module docstring).
+    ``rank`` gives every gated layer its β-dependent low-rank weights
+    (:class:`GatedLinear`).
     """
 
     def __init__(
@@ -250,6 +290,7 @@ class GatedMLP(nn.Module):
         activation: str = "tanh",
         gate_output: bool | str = True,
         input_gate: str | None = None,
+        rank: int = 0,
     ) -> None:
         super().__init__()
         sizes = (in_dim, *check_layer_sizes("hidden", hidden), out_dim)
@@ -260,13 +301,13 @@ class GatedMLP(nn.Module):
                 "(hidden=(...) must not be empty)"
             )
         layers: list[nn.Module] = [
-            GatedLinear(a, b, gate) for a, b in zip(sizes[:-2], sizes[1:-1])
+            GatedLinear(a, b, gate, rank) for a, b in zip(sizes[:-2], sizes[1:-1])
         ]
         if gate_output is False:
             layers.append(nn.Linear(sizes[-2], sizes[-1]))
         else:
             output_gate = gate if gate_output is True else gate_output
-            layers.append(GatedLinear(sizes[-2], sizes[-1], output_gate))
+            layers.append(GatedLinear(sizes[-2], sizes[-1], output_gate, rank))
         self.layers = nn.ModuleList(layers)
         self.activation = activation_module(activation)
 

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from posterity.layers.gated import (
     DEFAULT_BETA_RANGE,
+    DEFAULT_RESPONSE_RANK,
     GatedMLP,
     MultiRateMixin,
     stagger_gates,
@@ -52,6 +53,8 @@ class VAE(MultiRateMixin, PyroModule):
             :mod:`posterity.layers.gated` for the gate of each); the program then takes
             ``beta=`` (``None``: β = 1).
         beta_range: the β range that ``log β`` is standardized over.
+        response_rank: the rank of each gated layer's β-dependent weights
+            (:class:`~posterity.layers.gated.GatedLinear`; 0: gates only).
         scale: a fixed Gaussian observation scale (default: learned per feature).
 
     Example:
@@ -72,6 +75,7 @@ class VAE(MultiRateMixin, PyroModule):
         multi_rate: bool = False,
         beta_range: tuple[float, float] = DEFAULT_BETA_RANGE,
         scale: float | None = None,
+        response_rank: int = DEFAULT_RESPONSE_RANK,
     ) -> None:
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -80,8 +84,9 @@ class VAE(MultiRateMixin, PyroModule):
         self._init_multi_rate(multi_rate, beta_range)
         layers = tuple(reversed(tuple(hidden)))
         if self.multi_rate:
-            self.decoder = GatedMLP(z_dim, layers, x_dim, "decoder", activation,
-                                    gate_output="encoder", input_gate="encoder")
+            self.decoder = GatedMLP(z_dim, layers, x_dim, "softplus", activation,
+                                    gate_output="softplus", input_gate="two_sigmoid",
+                                    rank=response_rank)
             stagger_gates(self.decoder.input_gate)
         else:
             self.decoder = mlp(z_dim, layers, x_dim, activation)

@@ -54,6 +54,29 @@ def test_fit_multi_rate_writes_the_rate_distortion_curve(tmp_path):
     assert idata.rate_distortion["distortion"].sizes["beta"] == 6
 
 
+def test_fit_multi_rate_passes_its_flags_to_the_engine(tmp_path, monkeypatch):
+    from posterity.infer.amortized import command
+
+    seen = {}
+
+    class Spy(command.AmortizedVI):
+        def __init__(self, model, guide, **kwargs):
+            seen.update(kwargs, rank=model.decoder.layers[0].rank)
+            super().__init__(model, guide, **kwargs)
+
+    monkeypatch.setattr(command, "AmortizedVI", Spy)
+    code = main([
+        "fit", "vae", "--data", "digits", "--objective", "multi_rate", "--epochs", "1",
+        "--z-dim", "4", "--hidden", "16", "--eval-samples", "20", "--eval-points", "30",
+        "--diagnostic-points", "10", "--num-betas", "3", "--out", str(tmp_path / "mr"),
+        "--quiet", "--beta-distribution", "0.4,0.8", "--gate-lr-multiplier", "10",
+        "--response-rank", "2", "--scheduler", "cosine",
+    ])
+    assert code == 0
+    assert seen["beta_distribution"] == (0.4, 0.8) and seen["gate_lr_multiplier"] == 10
+    assert seen["scheduler"] == "cosine" and seen["rank"] == 2
+
+
 def test_fit_bnn_on_a_csv_writes_metrics_and_report(tmp_path):
     import numpy as np
 

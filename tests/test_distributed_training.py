@@ -69,11 +69,11 @@ class Draws(Messenger):
             msg["value"] = self._draw(dim, fn.sample)
         msg["done"] = True
 
-    def log_uniform(self, low, high, shape, like, stratified=False):  # AmortizedVI's β
+    def sample_betas(self, low, high, shape, like, stratified=False,
+                     distribution="log_uniform"):  # AmortizedVI's β
         assert not stratified  # beta_sampling="example"
         u = self._draw(0, lambda: torch.rand(shape, dtype=like.dtype))
-        return torch.exp(torch.log(like.new_tensor(low))
-                         + u * (torch.log(like.new_tensor(high)) - torch.log(like.new_tensor(low))))
+        return vi_module.beta_at(u, low, high, distribution)
 
 
 def make_engine(family: str, kind: str):
@@ -104,7 +104,7 @@ def train_with_draws(family: str, kind: str, replay=None, local: list | None = N
     engine.optimizer.register_step_pre_hook(
         lambda *_: seen.append([p.grad.detach().clone() for p in params]))
     draws = Draws(replay)
-    uniform, vi_module.log_uniform = vi_module.log_uniform, draws.log_uniform
+    uniform, vi_module.sample_betas = vi_module.sample_betas, draws.sample_betas
     reduce = distributed.reduce_gradients
     if local is not None:  # also keep each rank's gradient before the all-reduce
         @contextlib.contextmanager
@@ -118,7 +118,7 @@ def train_with_draws(family: str, kind: str, replay=None, local: list | None = N
         with draws:
             train.fit(engine, data, epochs=1, batch_size=BATCH, seed=5, progress=False)
     finally:
-        vi_module.log_uniform, distributed.reduce_gradients = uniform, reduce
+        vi_module.sample_betas, distributed.reduce_gradients = uniform, reduce
     return seen, draws.events
 
 
@@ -311,6 +311,7 @@ def fit_job(folder: str):
     share = data[:7][distributed.share(7)]  # 4 + 3 rows of a global minibatch of 7
     out["stratified_betas"] = distributed.all_gather(multi.draw_beta(share)).tolist()
     out["beta_range"] = multi.beta_range
+    out["beta_distribution"] = multi.beta_distribution
     return out
 
 
@@ -390,12 +391,15 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(fitted):
 
 
 def test_stratified_betas_cover_the_strata_of_the_global_minibatch(fitted):
-    """``beta_sampling="stratified"`` on two ranks: one β in each of the 7 slices of the
-    log range of the global minibatch of 7 rows (not 4 + 3 slices per rank)."""
+    """``beta_sampling="stratified"`` on two ranks: one β in each of the 7 slices of equal
+    probability of the global minibatch of 7 rows (not 4 + 3 slices per rank)."""
     import math
     low, high = fitted[0]["beta_range"]
+    distribution = fitted[0]["beta_distribution"]  # log-uniform is Kumaraswamy(1, 1)
+    a, b = (1.0, 1.0) if distribution == "log_uniform" else distribution
     for rank in fitted:
-        u = [(math.log(b) - math.log(low)) / (math.log(high) - math.log(low))
-             for b in rank["stratified_betas"]]
-        assert sorted(math.floor(v * 7) for v in u) == list(range(7))
+        t = [(math.log(beta) - math.log(low)) / (math.log(high) - math.log(low))
+             for beta in rank["stratified_betas"]]
+        probability = [1 - (1 - v**a) ** b for v in t]
+        assert sorted(math.floor(p * 7) for p in probability) == list(range(7))
     assert fitted[0]["stratified_betas"] == fitted[1]["stratified_betas"]

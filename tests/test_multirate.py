@@ -9,16 +9,17 @@ from torch import nn
 
 from posterity.guides import GaussianEncoder
 from posterity.infer import AmortizedVI, rate_distortion
-from posterity.infer.amortized.vi import log_uniform
+from posterity.infer.amortized.betas import beta_at, sample_betas
 from posterity.layers.gated import (
     BetaStandardizer,
     GatedLinear,
     GatedMLP,
     GatedScale,
-    decoder_gate,
-    encoder_gate,
     gate_parameters,
+    softplus_gate,
+    sqrt_relu_gate,
     stagger_gates,
+    two_sigmoid_gate,
 )
 from posterity.layers.networks import mlp
 from posterity.models import VAE
@@ -28,18 +29,29 @@ def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def test_gates_add_two_parameters_per_unit_and_nothing_more():
-    plain, gated = mlp(784, (200, 200), 100), GatedMLP(784, (200, 200), 100, "encoder")
+def test_gates_add_two_parameters_per_unit_and_a_low_rank_response_per_layer():
+    plain, gated = mlp(784, (200, 200), 100), GatedMLP(784, (200, 200), 100, "two_sigmoid")
     assert count(gated) - count(plain) == 2 * (200 + 200 + 100)
-    # the decoder gates its 50 latent inputs, hidden units and 784 outputs, the outputs
-    # with the encoder's 2 sigmoid (see posterity.layers.gated)
+    ranked = GatedMLP(784, (200, 200), 100, "two_sigmoid", rank=3)
+    assert count(ranked) - count(gated) == 3 * ((784 + 200) + (200 + 200) + (200 + 100))
+    # the decoder gates its 50 latent inputs, hidden units and 784 outputs (softplus
+    # gates on the hidden units and outputs, see posterity.layers.gated); each of its
+    # three layers has rank-16 β-dependent weights
     model = VAE(784, 50, (200, 200), multi_rate=True)
-    assert count(model) - count(VAE(784, 50, (200, 200))) == 2 * (50 + 200 + 200 + 784)
-    output = model.decoder.layers[-1]
-    assert isinstance(output, GatedLinear) and output.gate is encoder_gate
-    assert all(layer.gate is decoder_gate for layer in model.decoder.layers[:-1])
+    responses = 16 * ((50 + 200) + (200 + 200) + (200 + 784))
+    assert count(model) - count(VAE(784, 50, (200, 200))) == (
+        2 * (50 + 200 + 200 + 784) + responses)
+    assert all(layer.gate is softplus_gate and layer.rank == 16
+               for layer in model.decoder.layers)
+    assert model.decoder.input_gate.gate is two_sigmoid_gate
+    guide = GaussianEncoder(784, 50, (200, 200), multi_rate=True)
+    assert all(layer.gate is two_sigmoid_gate and layer.rank == 16 for layer in guide.net.layers)
+    bare = VAE(784, 50, (200, 200), multi_rate=True, response_rank=0)
+    assert count(model) - count(bare) == responses
     with pytest.raises(ValueError, match="gates its hidden layers"):
-        GatedMLP(50, (), 784, "decoder", gate_output=False)
+        GatedMLP(50, (), 784, "sqrt_relu", gate_output=False)
+    with pytest.raises(ValueError, match="rank must be an integer >= 0, got -1"):
+        GaussianEncoder(784, 50, (200,), multi_rate=True, response_rank=-1)
 
 
 def test_encoder_outputs_and_decoder_inputs_start_with_staggered_gates():
@@ -54,37 +66,56 @@ def test_encoder_outputs_and_decoder_inputs_start_with_staggered_gates():
         with torch.no_grad():
             thresholds = -layer.gate_bias / layer.gate_weight
             torch.testing.assert_close(thresholds, expected.repeat(repeats))
-            gates = encoder_gate(u[:, None] * layer.gate_weight + layer.gate_bias)
+            gates = two_sigmoid_gate(u[:, None] * layer.gate_weight + layer.gate_bias)
         assert (layer.gate_weight < 0).all()
         opened = (gates > 1 - 1e-6).sum(-1)
         assert opened[0] == 4 * repeats and (opened[1:] <= opened[:-1]).all()
-    # the other gates start flat: 1 (2 sigmoid) or sqrt(1 - e^-2) (sqrt-ReLU) at every β
-    assert all((layer.gate_weight == 0).all() for layer in guide.net.layers[:-1])
-    assert all((layer.gate_weight == 0).all() for layer in model.decoder.layers)
+    # the other gates start flat, at 1 for every β (2 sigmoid and softplus gates), and
+    # the β-dependent low-rank weights at 0
+    for layer in (*guide.net.layers[:-1], *model.decoder.layers):
+        assert (layer.gate_weight == 0).all() and (layer.gate_bias == 0).all()
+    for layer in (*guide.net.layers, *model.decoder.layers):
+        assert (layer.modulation_out == 0).all()
     with pytest.raises(ValueError, match="needs 2 sigmoid gates"):
-        stagger_gates(GatedLinear(3, 4, "decoder"))
+        stagger_gates(GatedLinear(3, 4, "sqrt_relu"))
     with pytest.raises(ValueError, match="repeats must divide the 4 gated units, got 3"):
-        stagger_gates(GatedLinear(3, 4, "encoder"), repeats=3)
+        stagger_gates(GatedLinear(3, 4, "two_sigmoid"), repeats=3)
 
 
 def test_gate_functions():
-    layer = GatedLinear(3, 2, "encoder")
+    layer = GatedLinear(3, 2, "two_sigmoid")
     h, u = torch.randn(5, 3), torch.randn(5)
     with torch.no_grad():
         layer.gate_weight.copy_(torch.tensor([0.5, -1.0]))
         layer.gate_bias.copy_(torch.tensor([0.1, 0.2]))
     expected = layer.linear(h) * 2 * torch.sigmoid(u[:, None] * layer.gate_weight + layer.gate_bias)
     torch.testing.assert_close(layer(h, u), expected)
-    scale = GatedScale(2, "decoder")
+    scale = GatedScale(2, "sqrt_relu")
     with torch.no_grad():
         scale.gate_weight.copy_(torch.tensor([1.0, -0.5]))
     h2 = torch.randn(5, 2)
     torch.testing.assert_close(
-        scale(h2, u), h2 * decoder_gate(u[:, None] * scale.gate_weight + scale.gate_bias))
+        scale(h2, u), h2 * sqrt_relu_gate(u[:, None] * scale.gate_weight + scale.gate_bias))
     x = torch.tensor([-3.0, -0.5, 0.0, 2.0])
     torch.testing.assert_close(
-        decoder_gate(x), torch.sqrt(torch.relu(1 - torch.exp(x))), atol=1e-6, rtol=0
+        sqrt_relu_gate(x), torch.sqrt(torch.relu(1 - torch.exp(x))), atol=1e-6, rtol=0
     )
+    torch.testing.assert_close(softplus_gate(x), torch.log1p(torch.exp(x)) / math.log(2))
+    assert softplus_gate(torch.tensor(0.0)) == 1
+
+
+def test_low_rank_weights_move_with_beta():
+    """``((W + u M_out M_in) h + c) * gate``, batched over particles ``[K, B, in]``."""
+    layer = GatedLinear(3, 2, "softplus", rank=2).double()
+    with torch.no_grad():
+        layer.modulation_out.normal_()
+    h, u = torch.randn(4, 5, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    weights = layer.linear.weight + u[:, None, None] * (layer.modulation_out @ layer.modulation_in)
+    pre = torch.einsum("boi,kbi->kbo", weights, h) + layer.linear.bias
+    torch.testing.assert_close(layer(h, u), pre * softplus_gate(layer.gate_bias))
+    # at u = 0 (the geometric middle of the range) the layer is the plain gated one
+    torch.testing.assert_close(layer(h, torch.zeros(5, dtype=torch.float64)),
+                               layer.linear(h) * softplus_gate(layer.gate_bias))
 
 
 def test_log_beta_is_standardized_over_the_range():
@@ -92,7 +123,7 @@ def test_log_beta_is_standardized_over_the_range():
     # log β uniform on [log a, log b]: the endpoints sit at ±sqrt(3) standard deviations
     torch.testing.assert_close(standardize(torch.tensor([0.01, 10.0])),
                                torch.tensor([-math.sqrt(3), math.sqrt(3)]))
-    beta = log_uniform(0.01, 10.0, (200_000,), torch.zeros(()))
+    beta = sample_betas(0.01, 10.0, (200_000,), torch.zeros(()))
     u = standardize(beta)
     assert beta.min() >= 0.01 and beta.max() <= 10.0
     assert abs(u.mean()) < 4 / math.sqrt(len(u))  # sd of u is 1
@@ -314,17 +345,57 @@ def test_beta_sampling_per_minibatch_draws_one_beta():
 
 def test_stratified_beta_puts_one_draw_in_each_slice_of_the_log_range():
     torch.manual_seed(0)
-    beta = log_uniform(0.01, 10.0, (50,), torch.zeros(()), stratified=True)
+    beta = sample_betas(0.01, 10.0, (50,), torch.zeros(()), stratified=True)
     position = (beta.log() - math.log(0.01)) / (math.log(10.0) - math.log(0.01))
     assert sorted((position * 50).floor().long().tolist()) == list(range(50))
     # random order: the slices are not handed out in sequence
     assert (position * 50).floor().long().tolist() != list(range(50))
 
 
+def kumaraswamy_cdf(t: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    return 1 - (1 - t**a) ** b
+
+
+def test_beta_distribution_places_log_beta_by_its_quantile_function():
+    """``(a, b)``: the fraction t of the way up the log range is Kumaraswamy(a, b); the
+    stratified draws of a minibatch fall one in each slice of equal probability."""
+    torch.manual_seed(0)
+    low, high = 0.01, 10.0
+    v = torch.linspace(0, 1, 11, dtype=torch.float64)
+    for a, b in ((0.4, 0.8), (2.0, 0.5)):
+        t = (torch.log(beta_at(v, low, high, (a, b))) - math.log(low)) / math.log(high / low)
+        torch.testing.assert_close(kumaraswamy_cdf(t, a, b), v)
+        beta = sample_betas(low, high, (40,), torch.zeros((), dtype=torch.float64),
+                            stratified=True, distribution=(a, b))
+        t = (beta.log() - math.log(low)) / math.log(high / low)
+        assert sorted((kumaraswamy_cdf(t, a, b) * 40).floor().long().tolist()) == list(range(40))
+    # (1, 1) is log-uniform
+    torch.testing.assert_close(beta_at(v, low, high, (1.0, 1.0)), beta_at(v, low, high))
+    # (0.4, 0.8): 56 % of the draws in the lowest third of the range (log-uniform: 33 %),
+    # 22 % in the top third
+    third = torch.tensor([1 / 3, 2 / 3], dtype=torch.float64)
+    below = kumaraswamy_cdf(third, 0.4, 0.8)
+    assert 0.55 < float(below[0]) < 0.57 and 0.21 < float(1 - below[1]) < 0.23
+
+
+def test_engine_draws_beta_from_its_distribution():
+    model, guide = VAE(10, 3, (8,), multi_rate=True), GaussianEncoder(10, 3, (8,), multi_rate=True)
+    vi = AmortizedVI(model, guide, objective="multi_rate", beta_distribution=(0.4, 0.8))
+    torch.manual_seed(0)
+    beta = vi.draw_beta(torch.zeros(1000, 10))
+    t = (beta.log() - math.log(0.01)) / math.log(1000.0)
+    positions = sorted((kumaraswamy_cdf(t.double(), 0.4, 0.8) * 1000).floor().long().tolist())
+    assert positions == list(range(1000))
+    assert vi.config()["beta_distribution"] == [0.4, 0.8]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"gate_lr_multiplier": 0.0}, "gate_lr_multiplier must be > 0"),
     ({"gate_lr_multiplier": "10"}, "gate_lr_multiplier must be a number"),
     ({"beta_sampling": "epoch"}, "beta_sampling must be one of"),
+    ({"beta_distribution": "arcsine"}, "beta_distribution must be 'log_uniform' or a pair"),
+    ({"beta_distribution": (0.5,)}, "beta_distribution must be 'log_uniform' or a pair"),
+    ({"beta_distribution": (0.0, 1.0)}, "beta_distribution exponents must be positive"),
     ({"scheduler": "linear"}, "scheduler must be one of"),
     ({"optimizer": "adagrad"}, "optimizer must be one of"),
     ({"total_steps": 0}, "total_steps must be >= 1"),

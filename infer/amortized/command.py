@@ -20,6 +20,7 @@ import torch
 
 from posterity.datasets import load_matrix
 from posterity.guides import GaussianEncoder
+from posterity.layers.gated import DEFAULT_RESPONSE_RANK
 from posterity.layers.networks import ACTIVATIONS
 from posterity.models import VAE
 
@@ -36,9 +37,29 @@ from ..command import (
     rounded,
 )
 from ..inference_data import to_inference_data
+from .betas import check_beta_distribution
 from .evaluate import log_likelihood, rate_distortion
 from .inference_data import rate_distortion_dataset
-from .vi import OBJECTIVES, AmortizedVI
+from .vi import (
+    DEFAULT_BETA_DISTRIBUTION,
+    DEFAULT_GATE_LR_MULTIPLIER,
+    OBJECTIVES,
+    AmortizedVI,
+)
+
+
+def beta_distribution(text: str) -> str | tuple[float, float]:
+    """An argparse ``type=`` for ``--beta-distribution``: ``log_uniform`` or ``A,B``.
+
+    Example:
+        >>> beta_distribution("0.4,0.8")
+        (0.4, 0.8)
+    """
+    try:
+        return check_beta_distribution(text if text == "log_uniform" else text.split(","))
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(
+            f"must be log_uniform or A,B (two positive numbers), got {text!r}") from error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,11 +73,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar=("LOW", "HIGH"), help="β range of --objective multi_rate")
     parser.add_argument("--num-betas", type=integer(2), default=20,
                         help="β grid of the rate-distortion curve (multi_rate)")
+    default = DEFAULT_BETA_DISTRIBUTION
+    shown = default if isinstance(default, str) else ",".join(f"{v:g}" for v in default)
+    parser.add_argument("--beta-distribution", type=beta_distribution,
+                        default=default, metavar="log_uniform|A,B",
+                        help="how multi_rate draws β over --beta-range: log-uniform, or the "
+                             f"position of log β Kumaraswamy(A, B) distributed (default {shown})")
+    parser.add_argument("--gate-lr-multiplier", type=real(0),
+                        default=DEFAULT_GATE_LR_MULTIPLIER,
+                        help="learning rate of the β-gate slopes over --lr (multi_rate)")
+    parser.add_argument("--response-rank", type=integer(0), default=DEFAULT_RESPONSE_RANK,
+                        help="rank of each gated layer's β-dependent weights (multi_rate)")
     parser.add_argument("--epochs", type=integer(1), default=10)
     parser.add_argument("--time-budget", type=real(0), default=None,
                         help="stop training after this many seconds of updates")
     parser.add_argument("--batch-size", type=integer(1), default=100)
     parser.add_argument("--lr", type=real(0), default=1e-3, help="learning rate (> 0)")
+    parser.add_argument("--scheduler", choices=("constant", "cosine"), default="constant",
+                        help="learning rate over the run: constant, or a cosine decay to 0")
     parser.add_argument("--z-dim", type=integer(1), default=50)
     parser.add_argument("--hidden", type=integer(1), nargs="*", default=[200, 200],
                         help="hidden widths of the decoder and encoder networks")
@@ -90,13 +124,18 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
     x_dim = train.shape[1]
     hidden = tuple(args.hidden)
     multi_rate = args.objective == "multi_rate"
-    rate_kwargs = {"multi_rate": True, "beta_range": tuple(args.beta_range)} if multi_rate else {}
+    rate_kwargs = ({"multi_rate": True, "beta_range": tuple(args.beta_range),
+                    "response_rank": args.response_rank} if multi_rate else {})
+    engine_kwargs = ({"beta_distribution": args.beta_distribution,
+                      "gate_lr_multiplier": args.gate_lr_multiplier} if multi_rate else {})
     model = VAE(x_dim, args.z_dim, hidden, likelihood=likelihood, activation=args.activation,
                 **rate_kwargs)
     guide = GaussianEncoder(x_dim, args.z_dim, hidden, activation=args.activation,
                             **rate_kwargs)
     vi = AmortizedVI(model, guide, objective=args.objective, num_particles=args.num_particles,
-                     lr=args.lr, beta=args.beta)
+                     lr=args.lr, beta=args.beta,
+                     scheduler=None if args.scheduler == "constant" else args.scheduler,
+                     **engine_kwargs)
     progress = False if args.quiet else None
     started = time.perf_counter()
     vi.fit(train, epochs=args.epochs, batch_size=args.batch_size, valid=valid,
@@ -150,7 +189,9 @@ COMMAND = Command(
     check=check,
     run=run,
     flags={"num_particles": "--num-particles", "beta_range": "--beta-range",
-           "z_dim": "--z-dim", "hidden": "--hidden"},
+           "z_dim": "--z-dim", "hidden": "--hidden",
+           "beta_distribution": "--beta-distribution",
+           "gate_lr_multiplier": "--gate-lr-multiplier", "response_rank": "--response-rank"},
     demo=["--data", "digits", "--objective", "iwae", "-k", "5", "--z-dim", "8", "--hidden",
           "128", "--epochs", "60", "--batch-size", "50", "--lr", "3e-3", "--eval-samples",
           "1000", "--diagnostic-points", "50"],
