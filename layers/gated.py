@@ -238,15 +238,16 @@ def gate_parameters(*modules: nn.Module, slopes_only: bool = False) -> list[nn.P
     """The gate parameters ``(w, b)`` of every :class:`GatedLinear` and
     :class:`GatedScale` inside ``modules``; with ``slopes_only`` only the slopes ``w``.
 
-    The slopes (with the low-rank β-dependent weights of :class:`GatedLinear`, which
-    train at the base rate) are the parameters through which the networks depend on
-    β, and at the base learning rate they lag behind the weights, so the multi-rate
-    engines give them their own optimizer group (``gate_lr_multiplier`` of
-    :class:`posterity.infer.AmortizedVI`). The biases ``b`` stay at the base rate: a
-    gate's bias scales its unit at every β alike, which the weights can do too, and a
-    fast bias follows the β-average of the gradient, which the large β dominate. In
-    ``bench/mrvae.py --protocol full`` (784-200-200-50, 20 epochs) fast biases closed
-    the gates of most latent units at every β within a few hundred updates: the
+    The slopes are, with the low-rank β-dependent weights of :class:`GatedLinear`, the
+    parameters through which the networks depend on β; at the base learning rate they
+    lag behind the weights, so the multi-rate engines give them their own optimizer
+    group (``gate_lr_multiplier`` of :class:`posterity.infer.AmortizedVI`; the low-rank
+    weights stay at the base rate, where they train, and diverged when fast). The
+    biases ``b`` stay at the base rate: a gate's bias scales its unit at every β alike,
+    which the weights can do too, and a fast bias follows the β-average of the
+    gradient, which the large β dominate. In ``bench/mrvae.py --protocol full``
+    (784-200-200-50, 20 epochs) fast biases closed the gates of most latent units at
+    every β within a few hundred updates: the
     MR-VAE kept 8 units at β = 0.01 after 3 epochs (the β-VAE: 50) and its rate there
     stayed at 45 nats (β-VAE 163; excess objective +57.7 %). With the slopes alone in
     the fast group: 25 units, 78 nats, excess +29.1 / +6.2 / -1.3 / -0.2 / +1.2 % at
