@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from posterity.layers.gated import (
+    DEFAULT_BETA_EXTENSION,
     DEFAULT_BETA_RANGE,
     DEFAULT_RESPONSE_RANK,
     GatedMLP,
@@ -45,7 +46,10 @@ class GaussianEncoder(MultiRateMixin, PyroModule):
             sigmoid), the output gates staggered over the β range at the start
             (:func:`~posterity.layers.gated.stagger_gates`); the program then takes
             ``beta=`` (``None``: β = 1).
-        beta_range: the β range that ``log β`` is standardized over.
+        beta_range: the β to serve (``beta=`` outside it is extrapolated).
+        beta_extension: decades of β below ``beta_range`` that training also draws
+            (``AmortizedVI`` takes it from here); ``log β`` is standardized over
+            the whole training range (:class:`~posterity.layers.gated.BetaStandardizer`).
         response_rank: the rank of each gated layer's β-dependent weights
             (:class:`~posterity.layers.gated.GatedLinear`; 0: gates only).
 
@@ -66,12 +70,13 @@ class GaussianEncoder(MultiRateMixin, PyroModule):
         min_scale: float = 1e-5,
         multi_rate: bool = False,
         beta_range: tuple[float, float] = DEFAULT_BETA_RANGE,
+        beta_extension: float = DEFAULT_BETA_EXTENSION,
         response_rank: int = DEFAULT_RESPONSE_RANK,
     ) -> None:
         super().__init__()
         self.x_dim, self.z_dim, self.latent_name = x_dim, z_dim, latent_name
         self.min_scale = min_scale
-        self._init_multi_rate(multi_rate, beta_range)
+        self._init_multi_rate(multi_rate, beta_range, beta_extension)
         if self.multi_rate:
             self.net = GatedMLP(x_dim, hidden, 2 * z_dim, "two_sigmoid", activation,
                                 rank=response_rank)

@@ -39,6 +39,11 @@ layers (encoder alone: +14.7 / -3.5 / -0.6 / -0.1 / -0.7 %; decoder alone: +17.0
 at β = 0.01); rank 64 did no better (+14.6 %), and the same extra weights on a fast
 learning rate diverged.
 
+The networks see ``u``, ``log β`` standardized by :class:`BetaStandardizer` over the
+range a run trains on: ``beta_range`` (the β to serve) and ``extension`` decades below
+it (``DEFAULT_BETA_EXTENSION = 2``, the default ``beta_extension`` of
+:class:`posterity.infer.AmortizedVI`, which draws β over that range).
+
 The gate biases train at the base learning rate and only the slopes get the faster one
 (:func:`gate_parameters`, ``slopes_only``); a fast bias closed most latent units at
 every β. The encoder's output gates and the decoder's latent input gates start
@@ -57,6 +62,9 @@ from torch.nn import functional as F
 from .networks import activation_module, check_layer_sizes
 
 DEFAULT_BETA_RANGE = (0.01, 10.0)
+# Decades of β below ``beta_range`` that a multi-rate run also trains on (see
+# BetaStandardizer and the beta_extension argument of posterity.infer.AmortizedVI).
+DEFAULT_BETA_EXTENSION = 2.0
 
 
 def two_sigmoid_gate(x: Tensor) -> Tensor:
@@ -89,16 +97,51 @@ def check_beta_range(beta_range: Sequence[float]) -> tuple[float, float]:
     return low, high
 
 
+def check_beta_extension(extension: float) -> float:
+    """Decades of β below the range to serve; a finite number >= 0."""
+    if isinstance(extension, bool) or not isinstance(extension, (int, float)):
+        raise TypeError(f"beta_extension must be a number of decades, got {extension!r}")
+    if not (math.isfinite(extension) and extension >= 0):
+        raise ValueError(f"beta_extension must be a finite number >= 0, got {extension!r}")
+    return float(extension)
+
+
+def training_beta_range(beta_range: Sequence[float], extension: float) -> tuple[float, float]:
+    """``(low / 10**extension, high)``: the range a multi-rate run draws β from.
+
+    Example:
+        >>> training_beta_range((0.01, 10.0), 2.0)
+        (0.0001, 10.0)
+    """
+    low, high = check_beta_range(beta_range)
+    return low / 10.0 ** check_beta_extension(extension), high
+
+
 class BetaStandardizer(nn.Module):
     """``u = (log β - m) / s``, with ``m`` and ``s`` the mean and standard deviation of
-    ``log β`` when β is log-uniform on ``beta_range``; ``u`` has mean 0 and variance 1."""
+    ``log β`` when β is log-uniform on the training range
+    ``(low / 10**extension, high)``, where ``beta_range = (low, high)`` is the range
+    to serve: the range :class:`posterity.infer.AmortizedVI` draws β from by default
+    (``beta_extension``), on which ``u`` has mean 0 and variance 1.
 
-    def __init__(self, beta_range: Sequence[float] = DEFAULT_BETA_RANGE) -> None:
+    Example:
+        >>> standardize = BetaStandardizer((0.01, 10.0), extension=1.0)
+        >>> standardize.training_range
+        (0.001, 10.0)
+        >>> standardize(torch.tensor([0.001, 10.0]))  # the ends of the training range
+        tensor([-1.7321,  1.7321])
+    """
+
+    def __init__(self, beta_range: Sequence[float] = DEFAULT_BETA_RANGE,
+                 extension: float = DEFAULT_BETA_EXTENSION) -> None:
         super().__init__()
         low, high = check_beta_range(beta_range)
         self.beta_range = (low, high)
-        self.register_buffer("center", torch.tensor(0.5 * (math.log(low) + math.log(high))))
-        self.register_buffer("spread", torch.tensor((math.log(high) - math.log(low)) / 12**0.5))
+        self.extension = check_beta_extension(extension)
+        self.training_range = training_beta_range(self.beta_range, self.extension)
+        log_low, log_high = (math.log(b) for b in self.training_range)
+        self.register_buffer("center", torch.tensor(0.5 * (log_low + log_high)))
+        self.register_buffer("spread", torch.tensor((log_high - log_low) / 12**0.5))
 
     def forward(self, beta: Tensor) -> Tensor:
         return (beta.log() - self.center) / self.spread
@@ -332,14 +375,17 @@ class MultiRateMixin:
 
     multi_rate: bool
     beta_range: tuple[float, float] | None
+    beta_extension: float | None
 
-    def _init_multi_rate(self, multi_rate: bool, beta_range) -> None:
+    def _init_multi_rate(self, multi_rate: bool, beta_range,
+                         beta_extension: float = DEFAULT_BETA_EXTENSION) -> None:
         self.multi_rate = bool(multi_rate)
         if self.multi_rate:
-            self.standardize = BetaStandardizer(beta_range)
+            self.standardize = BetaStandardizer(beta_range, beta_extension)
             self.beta_range = self.standardize.beta_range
+            self.beta_extension = self.standardize.extension
         else:
-            self.beta_range = None
+            self.beta_range = self.beta_extension = None
 
     def _standardized(self, beta, like: Tensor) -> Tensor | None:
         if not self.multi_rate:

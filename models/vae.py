@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from posterity.layers.gated import (
+    DEFAULT_BETA_EXTENSION,
     DEFAULT_BETA_RANGE,
     DEFAULT_RESPONSE_RANK,
     GatedMLP,
@@ -52,7 +53,10 @@ class VAE(MultiRateMixin, PyroModule):
             output layers by ``log β`` (Multi-Rate VAE, Bae et al. 2023; see
             :mod:`posterity.layers.gated` for the gate of each); the program then takes
             ``beta=`` (``None``: β = 1).
-        beta_range: the β range that ``log β`` is standardized over.
+        beta_range: the β to serve (``beta=`` outside it is extrapolated).
+        beta_extension: decades of β below ``beta_range`` that training also draws
+            (``AmortizedVI`` takes it from here); ``log β`` is standardized over
+            the whole training range (:class:`~posterity.layers.gated.BetaStandardizer`).
         response_rank: the rank of each gated layer's β-dependent weights
             (:class:`~posterity.layers.gated.GatedLinear`; 0: gates only).
         scale: a fixed Gaussian observation scale (default: learned per feature).
@@ -74,6 +78,7 @@ class VAE(MultiRateMixin, PyroModule):
         activation: str = "tanh",
         multi_rate: bool = False,
         beta_range: tuple[float, float] = DEFAULT_BETA_RANGE,
+        beta_extension: float = DEFAULT_BETA_EXTENSION,
         scale: float | None = None,
         response_rank: int = DEFAULT_RESPONSE_RANK,
     ) -> None:
@@ -81,7 +86,7 @@ class VAE(MultiRateMixin, PyroModule):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         self.x_dim, self.z_dim, self.likelihood = x_dim, z_dim, likelihood
-        self._init_multi_rate(multi_rate, beta_range)
+        self._init_multi_rate(multi_rate, beta_range, beta_extension)
         layers = tuple(reversed(tuple(hidden)))
         if self.multi_rate:
             self.decoder = GatedMLP(z_dim, layers, x_dim, "softplus", activation,

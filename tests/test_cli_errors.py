@@ -62,6 +62,7 @@ CASES = [
     ("vae", ["--beta-distribution", "0.5"], "--beta-distribution"),
     ("vae", ["--beta-distribution", "0,1"], "--beta-distribution"),
     ("vae", ["--gate-lr-multiplier", "0"], "--gate-lr-multiplier"),
+    ("vae", ["--beta-extension", "-1"], "--beta-extension"),
     ("vae", ["--response-rank", "-1"], "--response-rank"),
     ("vae", ["--scheduler", "linear"], "--scheduler"),
     ("vae", ["--eval-samples", "0"], "--eval-samples"),

@@ -310,7 +310,7 @@ def fit_job(folder: str):
     multi.beta_sampling = "stratified"
     share = data[:7][distributed.share(7)]  # 4 + 3 rows of a global minibatch of 7
     out["stratified_betas"] = distributed.all_gather(multi.draw_beta(share)).tolist()
-    out["beta_range"] = multi.beta_range
+    out["beta_range"] = multi.training_beta_range  # the range β is drawn from
     out["beta_distribution"] = multi.beta_distribution
     return out
 

@@ -13,6 +13,7 @@ from posterity.guides import GaussianEncoder
 from posterity.infer import AmortizedVI, rate_distortion
 from posterity.infer.amortized.betas import beta_at, sample_betas
 from posterity.layers.gated import (
+    DEFAULT_BETA_EXTENSION,
     BetaStandardizer,
     GatedLinear,
     GatedMLP,
@@ -120,14 +121,18 @@ def test_low_rank_weights_move_with_beta():
                                layer.linear(h) * softplus_gate(layer.gate_bias))
 
 
-def test_log_beta_is_standardized_over_the_range():
-    standardize = BetaStandardizer((0.01, 10.0))
+def test_log_beta_is_standardized_over_the_training_range():
+    standardize = BetaStandardizer((0.01, 10.0), extension=1.0)
+    assert standardize.beta_range == (0.01, 10.0)
+    assert standardize.training_range == pytest.approx((0.001, 10.0))
     # log β uniform on [log a, log b]: the endpoints sit at ±sqrt(3) standard deviations
-    torch.testing.assert_close(standardize(torch.tensor([0.01, 10.0])),
+    torch.testing.assert_close(standardize(torch.tensor([0.001, 10.0])),
                                torch.tensor([-math.sqrt(3), math.sqrt(3)]))
-    beta = sample_betas(0.01, 10.0, (200_000,), torch.zeros(()))
+    assert BetaStandardizer((0.01, 10.0)).training_range == pytest.approx(
+        (0.01 / 10**DEFAULT_BETA_EXTENSION, 10.0))
+    beta = sample_betas(0.001, 10.0, (200_000,), torch.zeros(()))
     u = standardize(beta)
-    assert beta.min() >= 0.01 and beta.max() <= 10.0
+    assert beta.min() >= 0.001 and beta.max() <= 10.0
     assert abs(u.mean()) < 4 / math.sqrt(len(u))  # sd of u is 1
     assert abs(u.var() - 1) < 4 * math.sqrt(0.8 / len(u))  # var of the sample variance
 
@@ -178,17 +183,18 @@ def test_one_run_gives_a_curve_whose_rate_falls_as_beta_grows():
 
 
 def test_beta_warmup_grows_the_range_from_its_low_end():
-    model = VAE(10, 3, (8,), multi_rate=True, beta_range=(0.1, 10.0))
-    guide = GaussianEncoder(10, 3, (8,), multi_rate=True, beta_range=(0.1, 10.0))
+    kwargs = {"multi_rate": True, "beta_range": (0.1, 10.0), "beta_extension": 1.0}
+    model, guide = VAE(10, 3, (8,), **kwargs), GaussianEncoder(10, 3, (8,), **kwargs)
     vi = AmortizedVI(model, guide, objective="multi_rate", beta_warmup=4)
     x = torch.bernoulli(torch.full((8, 10), 0.4))
-    highs = []
+    ranges = []
     for _ in range(6):
-        highs.append(vi.current_beta_range()[1])
+        ranges.append(vi.current_beta_range())
         vi.step(x)
-    torch.testing.assert_close(torch.tensor(highs),
-                               torch.tensor([0.1 * 100 ** 0.25, 1.0, 0.1 * 100 ** 0.75,
-                                             10.0, 10.0, 10.0]))
+    # from the low end of the training range, a decade below beta_range
+    torch.testing.assert_close(torch.tensor(ranges),
+                               torch.tensor([[0.01, 0.01 * 1000 ** (k / 4)] for k in (1, 2, 3)]
+                                            + [[0.01, 10.0]] * 3))
 
 
 # --- the linear check -----------------------------------------------------------------
@@ -439,14 +445,35 @@ def test_beta_distribution_places_log_beta_by_its_quantile_function():
 
 
 def test_engine_draws_beta_from_its_distribution():
-    model, guide = VAE(10, 3, (8,), multi_rate=True), GaussianEncoder(10, 3, (8,), multi_rate=True)
+    kwargs = {"multi_rate": True, "beta_extension": 1.0}
+    model, guide = VAE(10, 3, (8,), **kwargs), GaussianEncoder(10, 3, (8,), **kwargs)
     vi = AmortizedVI(model, guide, objective="multi_rate", beta_distribution=(0.4, 0.8))
+    assert vi.beta_extension == 1.0  # the modules'
+    assert vi.training_beta_range == pytest.approx((0.001, 10.0))
     torch.manual_seed(0)
-    beta = vi.draw_beta(torch.zeros(1000, 10))
-    t = (beta.log() - math.log(0.01)) / math.log(1000.0)
+    beta = vi.draw_beta(torch.zeros(1000, 10, dtype=torch.float64))  # exact slice edges
+    t = (beta.log() - math.log(0.001)) / math.log(10_000.0)
     positions = sorted((kumaraswamy_cdf(t.double(), 0.4, 0.8) * 1000).floor().long().tolist())
     assert positions == list(range(1000))
     assert vi.config()["beta_distribution"] == [0.4, 0.8]
+    assert vi.config()["beta_extension"] == 1.0
+    # beta_extension=0: the range to serve is the range trained on
+    kwargs["beta_extension"] = 0
+    model, guide = VAE(10, 3, (8,), **kwargs), GaussianEncoder(10, 3, (8,), **kwargs)
+    plain = AmortizedVI(model, guide, objective="multi_rate", beta_extension=0)
+    assert plain.training_beta_range == plain.beta_range == (0.01, 10.0)
+
+
+def test_beta_extension_must_agree_with_the_modules():
+    model, guide = VAE(10, 3, (8,), multi_rate=True), GaussianEncoder(10, 3, (8,), multi_rate=True)
+    assert model.beta_extension == guide.beta_extension == DEFAULT_BETA_EXTENSION
+    with pytest.raises(ValueError, match="pass beta_extension= to VAE and GaussianEncoder"):
+        AmortizedVI(model, guide, objective="multi_rate", beta_extension=1.0)
+    other = GaussianEncoder(10, 3, (8,), multi_rate=True, beta_extension=1.0)
+    with pytest.raises(ValueError, match="built with different beta_extension"):
+        AmortizedVI(model, other, objective="multi_rate")
+    with pytest.raises(ValueError, match="multi_rate' only"):
+        AmortizedVI(VAE(10, 3), GaussianEncoder(10, 3), beta_extension=1.0)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -456,6 +483,9 @@ def test_engine_draws_beta_from_its_distribution():
     ({"beta_distribution": "arcsine"}, "beta_distribution must be 'log_uniform' or a pair"),
     ({"beta_distribution": (0.5,)}, "beta_distribution must be 'log_uniform' or a pair"),
     ({"beta_distribution": (0.0, 1.0)}, "beta_distribution exponents must be positive"),
+    ({"beta_extension": -1.0}, "beta_extension must be a finite number >= 0"),
+    ({"beta_extension": float("inf")}, "beta_extension must be a finite number >= 0"),
+    ({"beta_extension": "2"}, "beta_extension must be a number of decades"),
     ({"scheduler": "linear"}, "scheduler must be one of"),
     ({"optimizer": "adagrad"}, "optimizer must be one of"),
     ({"total_steps": 0}, "total_steps must be >= 1"),

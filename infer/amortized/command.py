@@ -20,7 +20,7 @@ import torch
 
 from posterity.datasets import load_matrix
 from posterity.guides import GaussianEncoder
-from posterity.layers.gated import DEFAULT_RESPONSE_RANK
+from posterity.layers.gated import DEFAULT_BETA_EXTENSION, DEFAULT_RESPONSE_RANK
 from posterity.layers.networks import ACTIVATIONS
 from posterity.models import VAE
 
@@ -79,6 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=default, metavar="log_uniform|A,B",
                         help="how multi_rate draws β over --beta-range: log-uniform, or the "
                              f"position of log β Kumaraswamy(A, B) distributed (default {shown})")
+    parser.add_argument("--beta-extension", type=real(0, closed="low"),
+                        default=DEFAULT_BETA_EXTENSION,
+                        help="decades of β below --beta-range that multi_rate also trains on "
+                             f"(default {DEFAULT_BETA_EXTENSION:g})")
     parser.add_argument("--gate-lr-multiplier", type=real(0),
                         default=DEFAULT_GATE_LR_MULTIPLIER,
                         help="learning rate of the β-gate slopes over --lr (multi_rate)")
@@ -125,6 +129,7 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
     hidden = tuple(args.hidden)
     multi_rate = args.objective == "multi_rate"
     rate_kwargs = ({"multi_rate": True, "beta_range": tuple(args.beta_range),
+                    "beta_extension": args.beta_extension,
                     "response_rank": args.response_rank} if multi_rate else {})
     engine_kwargs = ({"beta_distribution": args.beta_distribution,
                       "gate_lr_multiplier": args.gate_lr_multiplier} if multi_rate else {})
@@ -190,7 +195,7 @@ COMMAND = Command(
     run=run,
     flags={"num_particles": "--num-particles", "beta_range": "--beta-range",
            "z_dim": "--z-dim", "hidden": "--hidden",
-           "beta_distribution": "--beta-distribution",
+           "beta_distribution": "--beta-distribution", "beta_extension": "--beta-extension",
            "gate_lr_multiplier": "--gate-lr-multiplier", "response_rank": "--response-rank"},
     demo=["--data", "digits", "--objective", "iwae", "-k", "5", "--z-dim", "8", "--hidden",
           "128", "--epochs", "60", "--batch-size", "50", "--lr", "3e-3", "--eval-samples",
