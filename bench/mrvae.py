@@ -53,7 +53,8 @@ Measured (5000 test images x 8 draws; excess objective per β of 0.01 / 0.1 / 1 
   +0.5 / -1.4; ``response_rank=32`` +0.8 / -5.8 / +1.9 / +0.3 / -1.1;
   ``gate_lr_multiplier=10`` +1.0 / -6.0 / +1.5 / -0.1 / -1.6 (seed 1: +0.0 / -6.7 /
   +1.2 / -0.1 / -1.8: better than the default's 30 on both seeds, still short at β = 1;
-  not yet checked in ``short`` or the default suite); ``(1, 0.6)`` +2.3 / -5.2 / +1.8 /
+  ``short`` -13.4 / -3.4 / -2.9 / -7.4 / -4.7 and -12.7 / -5.7 / -5.3 / -7.7 / -2.5,
+  spans 62.3 / 62.8; not yet run through the default suite); ``(1, 0.6)`` +2.3 / -5.2 / +1.8 /
   -0.1 / -2.0.
   ``tuned`` (cosine for every model), 200 epochs: β-VAEs D + βR 37.46 / 54.14 / 92.95
   / 129.17 / 183.13; MR-VAE +2.4 / -7.7 / +2.7 / +1.0 / -1.0 with the defaults,
