@@ -80,8 +80,7 @@ class GaussianEncoder(MultiRateMixin, PyroModule):
         if self.multi_rate:
             self.net = GatedMLP(x_dim, hidden, 2 * z_dim, "two_sigmoid", activation,
                                 rank=response_rank)
-            # mean and log σ share the thresholds
-            stagger_gates(self.net.layers[-1], repeats=2, standardizer=self.standardize)
+            stagger_gates(self.net.layers[-1], repeats=2)  # mean and log σ share them
         else:
             self.net = mlp(x_dim, hidden, 2 * z_dim, activation)
 

@@ -41,7 +41,7 @@ learning rate diverged.
 
 The networks see ``u``, ``log β`` standardized by :class:`BetaStandardizer` over the
 range a run trains on: ``beta_range`` (the β to serve) and ``extension`` decades below
-it (``DEFAULT_BETA_EXTENSION = 1.5``, the default ``beta_extension`` of
+it (``DEFAULT_BETA_EXTENSION = 2``, the default ``beta_extension`` of
 :class:`posterity.infer.AmortizedVI`, which draws β over that range).
 
 The gate biases train at the base learning rate and only the slopes get the faster one
@@ -64,7 +64,7 @@ from .networks import activation_module, check_layer_sizes
 DEFAULT_BETA_RANGE = (0.01, 10.0)
 # Decades of β below ``beta_range`` that a multi-rate run also trains on (see
 # BetaStandardizer and the beta_extension argument of posterity.infer.AmortizedVI).
-DEFAULT_BETA_EXTENSION = 1.5
+DEFAULT_BETA_EXTENSION = 2.0
 
 
 def two_sigmoid_gate(x: Tensor) -> Tensor:
@@ -210,8 +210,7 @@ class GatedScale(nn.Module):
         return h * self.gate(u.unsqueeze(-1) * self.gate_weight + self.gate_bias)
 
 
-# Staggered initial gates (stagger_gates): slope and the span of thresholds, in the u
-# of the range to serve.
+# Staggered initial gates (stagger_gates): slope and the span of thresholds, in u.
 STAGGER_SLOPE = -3.0
 STAGGER_SPAN = (-0.5, 2.5)
 
@@ -219,34 +218,18 @@ STAGGER_SPAN = (-0.5, 2.5)
 @torch.no_grad()
 def stagger_gates(layer: GatedLinear | GatedScale, repeats: int = 1,
                   slope: float = STAGGER_SLOPE,
-                  span: tuple[float, float] = STAGGER_SPAN,
-                  standardizer: BetaStandardizer | None = None) -> None:
+                  span: tuple[float, float] = STAGGER_SPAN) -> None:
     """Initialize ``2 sigmoid`` gates with staggered thresholds, in place.
 
-    Unit ``j`` of ``n`` gets ``2 sigmoid(slope (v - t_j))``: 1 at its threshold ``t_j``,
+    Unit ``j`` of ``n`` gets ``2 sigmoid(slope (u - t_j))``: 1 at its threshold ``t_j``,
     open (towards 2) below it and closing above it, with the ``t_j`` evenly spaced over
-    ``span``. ``v`` is ``log β`` standardized over the range to serve (``beta_range``),
-    which runs from ``-sqrt(3)`` to ``sqrt(3)``: -0.5 is about a third of the way up in
-    log β, and 2.5 lies above the top. At the start every unit is then open at the
-    smallest β and fewer stay open as β grows, the way the β-VAEs along the range use
-    fewer latent units; the weights of a unit are trained by the β below its threshold,
-    not by an average over the whole range. ``repeats`` blocks of outputs share the
-    thresholds (the encoder's mean and log-scale halves).
-
-    The layer sees ``u``, standardized over the training range of ``standardizer``
-    (``None``: no extension, ``u = v``); slope and thresholds are mapped to that ``u``,
-    so that the staggered start in β does not depend on ``beta_extension``. Left in the
-    training range's ``u`` when the extension of two decades came in, the thresholds
-    moved from β = 0.12-46 to 0.006-130 and the slope per decade of β fell from -3.5
-    to -2.1; restoring them (``bench/mrvae.py --protocol full``, 20 epochs, seed 0)
-    moved the excess objective over the β-VAEs at β = 0.01 / 0.1 / 1 / 3 / 10 from
-    +5.3 / -3.1 / +1.8 / +0.6 / -1.7 % to +1.9 / -4.8 / +1.9 / +0.6 / -2.2 %; after
-    200 epochs (``gate_lr_multiplier=10``) from +1.0 / -6.0 / +1.5 / -0.1 / -1.6 % to
-    +0.1 / -6.5 / +1.8 / +0.3 / -1.7 % (it trades β = 1 for β = 0.01, as the
-    extension does). With one decade of extension, the restored start and multiplier
-    10 gave +2.3 / -6.3 / +0.8 / -0.7 / -2.2 %, against +6.6 / -4.5 / +1.1 / -0.4 /
-    -1.6 % with the start in the training range and multiplier 30; the default
-    extension came down to 1.5 decades between the two.
+    ``span`` (in standardized ``u``, where the β range runs from ``-sqrt(3)`` to
+    ``sqrt(3)``: -0.5 is about a third of the way up in log β, and 2.5 lies above the
+    top). At the start every unit is then open at the smallest β and fewer stay open as
+    β grows, the way the β-VAEs along the range use fewer latent units; the weights of a
+    unit are trained by the β below its threshold, not by an average over the whole
+    range. ``repeats`` blocks of outputs share the thresholds (the encoder's mean and
+    log-scale halves).
 
     The span starts at -0.5, not at the bottom of the range: a unit whose gate closes
     just above the smallest β is trained by few draws, and such units died. With the
@@ -265,6 +248,17 @@ def stagger_gates(layer: GatedLinear | GatedScale, repeats: int = 1,
     at β = 10 in ``short``), a slope of -1.5 (+23.4 at 0.01), and the gates frozen at
     their staggered start (+24.0 at 0.01 with the slopes frozen, +42.0 with every gate
     parameter frozen).
+
+    The thresholds and slope are in the ``u`` the layer sees, standardized over the
+    training range: the default extension of two decades puts them at β = 0.006-130
+    with a slope of -2.1 per decade (0.12-46 and -3.5 without it). Placing them back
+    over the range to serve (2026-12-07) helped at 20 epochs (β = 0.01: +1.9 against
+    +5.3 % at ``gate_lr_multiplier=30``, +4.2 against +6.2 % at 10) but not after 200
+    (multiplier 10, seed 0): +0.1 / -6.5 / +1.8 / +0.3 / -1.7 against +1.0 / -6.0 /
+    +1.5 / -0.1 / -1.6 %. With 1.5 decades of extension it gave +0.8 / -6.6 / +1.0 /
+    -0.3 / -1.9 and +1.7 / -6.1 / +1.0 / -0.5 / -2.1 % (seeds 0 / 1); averaged over two
+    seeds of each side, +1.46 / +0.64 % at β = 0.01 / 1, against +0.68 / +1.02 % for
+    the kept start with two decades.
 
     The multi-rate encoder staggers its output gates and the decoder its latent input
     gates. Against gates that start flat (``w = 0, b = 0``), in ``bench/mrvae.py``: the
@@ -287,14 +281,8 @@ def stagger_gates(layer: GatedLinear | GatedScale, repeats: int = 1,
     n = layer.gate_weight.shape[0]
     if repeats < 1 or n % repeats:
         raise ValueError(f"repeats must divide the {n} gated units, got {repeats}")
-    low, high = span
-    if standardizer is not None:
-        serving = BetaStandardizer(standardizer.beta_range, extension=0.0)
-        ratio = float(serving.spread / standardizer.spread)
-        shift = float((serving.center - standardizer.center) / standardizer.spread)
-        low, high, slope = low * ratio + shift, high * ratio + shift, slope / ratio
     weight = layer.gate_weight
-    thresholds = torch.linspace(low, high, n // repeats, dtype=weight.dtype,
+    thresholds = torch.linspace(span[0], span[1], n // repeats, dtype=weight.dtype,
                                 device=weight.device).repeat(repeats)
     weight.fill_(slope)
     layer.gate_bias.copy_(-slope * thresholds)

@@ -92,7 +92,7 @@ class VAE(MultiRateMixin, PyroModule):
             self.decoder = GatedMLP(z_dim, layers, x_dim, "softplus", activation,
                                     gate_output="softplus", input_gate="two_sigmoid",
                                     rank=response_rank)
-            stagger_gates(self.decoder.input_gate, standardizer=self.standardize)
+            stagger_gates(self.decoder.input_gate)
         else:
             self.decoder = mlp(z_dim, layers, x_dim, activation)
         if likelihood == "gaussian":

@@ -57,28 +57,21 @@ def test_gates_add_two_parameters_per_unit_and_a_low_rank_response_per_layer():
         GaussianEncoder(784, 50, (200,), multi_rate=True, response_rank=-1)
 
 
-@pytest.mark.parametrize("extension", [0.0, 2.0])
-def test_encoder_outputs_and_decoder_inputs_start_with_staggered_gates(extension):
-    """Unit j's gate starts as 2 sigmoid(-3 (v - t_j)), where v is log β standardized over
-    the range to serve (from -sqrt(3) to sqrt(3)): 1 at its threshold t_j, with the
-    thresholds evenly spaced from v = -0.5 (a third of the way up the range) to v = 2.5;
-    the encoder's mean and log-scale halves share them. So fewer latent units are open
-    as β grows, and all are open at the smallest β, whatever the beta_extension."""
-    model = VAE(10, 4, (8,), multi_rate=True, beta_extension=extension)
-    guide = GaussianEncoder(10, 4, (8,), multi_rate=True, beta_extension=extension)
-    low, high = model.beta_range
-    v = torch.linspace(-math.sqrt(3), math.sqrt(3), 9, dtype=torch.float64)
-    beta = torch.exp(0.5 * math.log(low * high) + v * math.log(high / low) / math.sqrt(12))
-    thresholds = torch.linspace(-0.5, 2.5, 4, dtype=torch.float64)
-    for module, layer, repeats in ((guide, guide.net.layers[-1], 2),
-                                   (model, model.decoder.input_gate, 1)):
+def test_encoder_outputs_and_decoder_inputs_start_with_staggered_gates():
+    """Unit j's gate starts as 2 sigmoid(-3 (u - t_j)): 1 at its threshold t_j, with the
+    thresholds evenly spaced from u = -0.5 (a third of the way up the range, which runs
+    from -sqrt(3) to sqrt(3)) to u = 2.5; the encoder's mean and log-scale halves share
+    them. So fewer latent units are open as β grows, and all are open at the smallest β."""
+    model, guide = VAE(10, 4, (8,), multi_rate=True), GaussianEncoder(10, 4, (8,), multi_rate=True)
+    expected = torch.linspace(-0.5, 2.5, 4)
+    u = torch.linspace(-math.sqrt(3), math.sqrt(3), 9)
+    for layer, repeats in ((guide.net.layers[-1], 2), (model.decoder.input_gate, 1)):
         with torch.no_grad():
-            u = module.standardize(beta)[:, None]
-            gates = two_sigmoid_gate(u * layer.gate_weight + layer.gate_bias)
-        expected = two_sigmoid_gate(-3 * (v[:, None] - thresholds.repeat(repeats)))
-        torch.testing.assert_close(gates, expected, atol=1e-5, rtol=0)
+            thresholds = -layer.gate_bias / layer.gate_weight
+            torch.testing.assert_close(thresholds, expected.repeat(repeats))
+            gates = two_sigmoid_gate(u[:, None] * layer.gate_weight + layer.gate_bias)
         assert (layer.gate_weight < 0).all()
-        opened = (gates > 1).sum(-1)
+        opened = (gates > 1 - 1e-6).sum(-1)
         assert opened[0] == 4 * repeats and (opened[1:] <= opened[:-1]).all()
     # the other gates start flat, at 1 for every β (2 sigmoid and softplus gates), and
     # the β-dependent low-rank weights at 0
