@@ -102,12 +102,14 @@ class AmortizedVI(AmortizedEngine):
             networks set to β = 0.02 (41.81 against 42.03 nats). With the draws
             reaching two decades lower, 0.01 is an inner point of the response and the
             distortion there fell to 35.8 nats. Excess objective over five β-VAEs at
-            β = 0.01 / 0.1 / 1 / 3 / 10 (200 epochs, constant learning rate):
-            ``beta_extension=0`` with the former ``beta_distribution=(0.7, 0.9)``
-            +15.9 / -3.5 / +0.3 / +0.2 / -0.5 %, the defaults (2 decades, ``(1,
-            0.7)``) +0.7 / -6.1 / +1.7 / +0.4 / -1.3 %, one decade +6.6 / -4.5 / +1.1
-            / -0.4 / -1.6 %; with log β standardized over ``beta_range`` only (the
-            draws still 2 decades below) +2.2 / -6.0 / +2.3 / +0.5 / -1.4 %. With
+            β = 0.01 / 0.1 / 1 / 3 / 10 (200 epochs, constant learning rate,
+            ``gate_lr_multiplier=30``): ``beta_extension=0`` with the former
+            ``beta_distribution=(0.7, 0.9)`` +15.9 / -3.5 / +0.3 / +0.2 / -0.5 %, 2
+            decades with ``(1, 0.7)`` +0.7 / -6.1 / +1.7 / +0.4 / -1.3 % (at the
+            default multiplier 10: +1.0 / -6.0 / +1.5 / -0.1 / -1.6 %), one decade
+            +6.6 / -4.5 / +1.1 / -0.4 / -1.6 %; with log β standardized over
+            ``beta_range`` only (the draws still 2 decades below) +2.2 / -6.0 / +2.3 /
+            +0.5 / -1.4 %. With
             ``gate_lr_multiplier=10`` (the default since) and the staggered gates
             placed over the range to serve, 1.5 decades gave +0.8 / -6.6 / +1.0 / -0.3
             / -1.9 and +1.7 / -6.1 / +1.0 / -0.5 / -2.1 % (seeds 0 / 1), 1 decade +2.3 /
