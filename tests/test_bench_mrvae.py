@@ -1,0 +1,110 @@
+"""The Multi-Rate VAE benchmark judges its 1 % target on the mean over seeds.
+
+``bench/mrvae.py --summarize`` reads the results of several seeds and reports, per β, the
+excess objective of the MR-VAEs' mean over the β-VAEs' mean and its standard error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "mrvae.py"
+
+
+@pytest.fixture(scope="module")
+def mrvae():
+    spec = importlib.util.spec_from_file_location("bench_mrvae", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(seed, mr, ref, betas=(0.01, 1.0), epochs=200):
+    """What bench/mrvae.py writes for one seed, reduced to the fields the summary reads."""
+    table = [{"beta": b, "mr_vae_objective": m, "beta_vae_objective": r}
+             for b, m, r in zip(betas, mr, ref)]
+    return {"seed": seed, "protocol": "full", "epochs": epochs,
+            "configs": {"default": {"table": table}}}
+
+
+def test_the_summary_compares_the_means_and_adds_their_standard_errors(mrvae):
+    runs = [run(0, (39.0, 97.0), (38.0, 96.0)), run(1, (41.0, 97.4), (40.0, 96.6)),
+            run(2, (40.0, 97.2), (39.0, 96.3))]
+    low, one = mrvae.seed_summary(runs)
+    assert low["beta"] == 0.01 and low["seeds"] == [0, 1, 2]
+    assert low["excess_percent"] == pytest.approx(100 * (40.0 / 39.0 - 1))
+    # each side's sample variance over three seeds is 1: sqrt(1/3 + 1/3) nats
+    assert low["standard_error_percent"] == pytest.approx(100 * math.sqrt(2 / 3) / 39.0)
+    mr_var, ref_var = 0.04, 0.09
+    assert one["excess_percent"] == pytest.approx(100 * (97.2 / 96.3 - 1))
+    assert one["standard_error_percent"] == pytest.approx(
+        100 * math.sqrt(mr_var / 3 + ref_var / 3) / 96.3)
+
+
+def test_one_seed_has_no_standard_error(mrvae):
+    row, _ = mrvae.seed_summary([run(0, (39.0, 97.0), (38.0, 96.0))])
+    assert row["excess_percent"] == pytest.approx(100 / 38)
+    assert math.isnan(row["standard_error_percent"])
+
+
+@pytest.mark.parametrize("runs, message", [
+    ([], "at least one run"),
+    ([run(0, (1, 1), (1, 1)), run(1, (1, 1), (1, 1), epochs=20)], "different protocols or epochs"),
+    ([run(0, (1, 1), (1, 1)), run(0, (1, 1), (1, 1))], "the same seed twice"),
+    ([run(0, (1, 1), (1, 1)), run(1, (1, 1), (1, 1), betas=(0.1, 1.0))], "different grids"),
+])
+def test_runs_that_cannot_be_averaged_are_refused(mrvae, runs, message):
+    with pytest.raises(ValueError, match=message):
+        mrvae.seed_summary(runs)
+
+
+def test_the_command_prints_the_summary_of_result_files(tmp_path):
+    paths = []
+    for seed, (mr, ref) in enumerate([((39.0, 97.0), (38.0, 96.0)),
+                                      ((41.0, 97.4), (40.0, 96.6))]):
+        path = tmp_path / f"mrvae_full_seed{seed}.json"
+        path.write_text(json.dumps(run(seed, mr, ref)))
+        paths.append(str(path))
+    done = subprocess.run([sys.executable, str(BENCH), "--summarize", *paths],
+                          capture_output=True, text=True, timeout=120, check=True)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[1].startswith("default/beta_1/mean_of_2_seeds: MR-VAE 97.20 beta-VAE 96.30")
+    assert f"excess {100 * (97.2 / 96.3 - 1):+.2f} %" in lines[1]
+
+
+def test_several_seeds_run_one_after_another_then_print_their_mean(mrvae, monkeypatch, tmp_path,
+                                                                     capsys):
+    def fake_run_config(name, config, data, test, protocol, epochs, lr, num_samples, seed):
+        return {"table": [{"beta": 1.0, "mr_vae_objective": 97.0 + seed,
+                           "beta_vae_objective": 96.0 + seed}]}
+
+    monkeypatch.setattr(mrvae, "run_config", fake_run_config)
+    monkeypatch.setattr(mrvae, "load", lambda n: (torch.zeros(4, 3), torch.zeros(2, 3), "toy"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["mrvae.py", "--seed", "0", "1", "--configs", "default"])
+    mrvae.main()
+    files = sorted(p.name for p in (tmp_path / "bench_out").iterdir())
+    assert files == ["mrvae_short.json", "mrvae_short_seed1.json"]
+    assert json.loads((tmp_path / "bench_out" / files[1]).read_text())["seed"] == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("default/beta_1/mean_of_2_seeds: MR-VAE 97.50 beta-VAE 96.50")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "0", "0"], "names a seed twice"),
+    (["--seed", "0", "1", "--out", "x.json"], "one seed"),
+])
+def test_seed_lists_that_cannot_be_run_are_refused(mrvae, monkeypatch, capsys, argv, message):
+    monkeypatch.setattr(sys, "argv", ["mrvae.py", *argv])
+    with pytest.raises(SystemExit):
+        mrvae.main()
+    assert message in capsys.readouterr().err
