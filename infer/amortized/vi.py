@@ -178,9 +178,11 @@ class AmortizedVI(AmortizedEngine):
             +0.7 / -6.1 / +1.7 / +0.4 / -1.3 and +0.5 / -6.0 / +2.1 / +0.4 / -1.1 %;
             averaged over two seeds of the β-VAEs too, its worst β is +1.02 % (β = 1;
             30: +1.57 %), hence the default 10. Over four seeds of each side: +0.99
-            / -6.30 / +1.08 / -1.26 / -1.74 % (standard errors 0.17-0.62 %). 5, with 1.5 decades of
-            ``beta_extension``, gave +1.4 / -6.2 / +0.8 / -0.6 / -1.9 and +1.1 / -6.5 /
-            +1.0 / -0.5 / -2.1 %.
+            / -6.30 / +1.08 / -1.26 / -1.74 % (standard errors 0.17-0.62 %). 5 gave,
+            over three seeds, +1.18 / -6.23 / +0.94 / -1.30 / -1.63 % (10 on the same
+            seeds: +0.88 / -6.32 / +0.97 / -1.39 / -1.63 %); with 1.5 decades of
+            ``beta_extension`` +1.4 / -6.2 / +0.8 / -0.6 / -1.9 and +1.1 / -6.5 / +1.0
+            / -0.5 / -2.1 %.
         optimizer: ``"adam"``, ``"adamw"``, ``"sgd"``, a ``torch.optim`` class or a
             ``params -> Optimizer`` factory (:func:`posterity.infer.optim.make_optimizer`).
         scheduler: ``None``; ``"cosine"``, a cosine decay of every group's learning rate
