@@ -391,9 +391,10 @@ def seed_summary(runs: Sequence[dict[str, Any]], config: str = "default") -> lis
     """
     if not runs:
         raise ValueError("seed_summary needs at least one run")
-    keys = {(run["protocol"], run["epochs"]) for run in runs}
+    keys = {(run["protocol"], run["epochs"], run.get("architecture"), run.get("lr"))
+            for run in runs}
     if len(keys) > 1:
-        raise ValueError(f"runs of different protocols or epochs: {sorted(keys)}")
+        raise ValueError(f"runs of different protocols or epochs: {sorted(keys, key=str)}")
     seeds = [run["seed"] for run in runs]
     if len(set(seeds)) < len(seeds):
         raise ValueError(f"the same seed twice: {seeds}")
@@ -422,9 +423,10 @@ def seed_summary(runs: Sequence[dict[str, Any]], config: str = "default") -> lis
 
 def print_seed_summary(runs: Sequence[dict[str, Any]], configs: Sequence[str]) -> None:
     """Print :func:`seed_summary` for each of ``configs`` that every run has."""
-    for config in configs:
-        if not all(config in run["configs"] for run in runs):
-            continue
+    shared = [c for c in configs if all(c in run["configs"] for run in runs)]
+    if not shared:
+        raise SystemExit(f"no configuration of {list(configs)} is in every results file")
+    for config in shared:
         for row in seed_summary(runs, config):
             print(f"{config}/beta_{row['beta']:g}/mean_of_{len(runs)}_seeds: MR-VAE "
                   f"{row['mr_vae_objective']:.2f} beta-VAE {row['beta_vae_objective']:.2f} | "

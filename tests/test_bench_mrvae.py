@@ -108,3 +108,11 @@ def test_seed_lists_that_cannot_be_run_are_refused(mrvae, monkeypatch, capsys, a
     with pytest.raises(SystemExit):
         mrvae.main()
     assert message in capsys.readouterr().err
+
+
+def test_summarizing_files_without_the_configuration_asked_for_fails(tmp_path):
+    path = tmp_path / "mrvae_full.json"
+    path.write_text(json.dumps(run(0, (39.0, 97.0), (38.0, 96.0))))
+    done = subprocess.run([sys.executable, str(BENCH), "--summarize", str(path),
+                           "--configs", "tuned"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "no configuration of ['tuned']" in done.stderr

@@ -109,11 +109,10 @@ class AmortizedVI(AmortizedEngine):
             default multiplier 10: +1.0 / -6.0 / +1.5 / -0.1 / -1.6 %), one decade
             +6.6 / -4.5 / +1.1 / -0.4 / -1.6 %; with log β standardized over
             ``beta_range`` only (the draws still 2 decades below) +2.2 / -6.0 / +2.3 /
-            +0.5 / -1.4 %. With
-            ``gate_lr_multiplier=10`` (the default since) and the staggered gates
-            placed over the range to serve, 1.5 decades gave +0.8 / -6.6 / +1.0 / -0.3
-            / -1.9 and +1.7 / -6.1 / +1.0 / -0.5 / -2.1 % (seeds 0 / 1), 1 decade +2.3 /
-            -6.3 / +0.8 / -0.7 / -2.2 %.
+            +0.5 / -1.4 %. With ``gate_lr_multiplier=10`` (the default since) and the
+            staggered gates placed over the range to serve, 1.5 decades gave +0.8 / -6.6
+            / +1.0 / -0.3 / -1.9 and +1.7 / -6.1 / +1.0 / -0.5 / -2.1 % (seeds 0 / 1), 1
+            decade +2.3 / -6.3 / +0.8 / -0.7 / -2.2 %.
         beta_warmup: for ``"multi_rate"``, the number of updates over which the upper
             end of the sampled β range grows log-linearly from ``low`` to ``high``. Units
             that only pay off at small β are then recruited before large β can switch
