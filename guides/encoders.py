@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from posterity.layers.gated import (
     DEFAULT_BETA_EXTENSION,
     DEFAULT_BETA_RANGE,
+    DEFAULT_RESPONSE_DEGREE,
     DEFAULT_RESPONSE_RANK,
     GatedMLP,
     MultiRateMixin,
@@ -52,6 +53,10 @@ class GaussianEncoder(MultiRateMixin, PyroModule):
             the whole training range (:class:`~posterity.layers.gated.BetaStandardizer`).
         response_rank: the rank of each gated layer's β-dependent weights
             (:class:`~posterity.layers.gated.GatedLinear`; 0: gates only).
+        response_degree: the degree in standardized ``log β`` of those weights (1:
+            linear; 2: a second block of that rank with coefficient ``u**2 - 1``,
+            slightly better after long runs but less stable at larger learning rates;
+            see :mod:`posterity.layers.gated`).
 
     Example:
         >>> guide = GaussianEncoder(x_dim=784, z_dim=50, hidden=(200, 200))
@@ -72,6 +77,7 @@ class GaussianEncoder(MultiRateMixin, PyroModule):
         beta_range: tuple[float, float] = DEFAULT_BETA_RANGE,
         beta_extension: float = DEFAULT_BETA_EXTENSION,
         response_rank: int = DEFAULT_RESPONSE_RANK,
+        response_degree: int = DEFAULT_RESPONSE_DEGREE,
     ) -> None:
         super().__init__()
         self.x_dim, self.z_dim, self.latent_name = x_dim, z_dim, latent_name
@@ -79,7 +85,7 @@ class GaussianEncoder(MultiRateMixin, PyroModule):
         self._init_multi_rate(multi_rate, beta_range, beta_extension)
         if self.multi_rate:
             self.net = GatedMLP(x_dim, hidden, 2 * z_dim, "two_sigmoid", activation,
-                                rank=response_rank)
+                                rank=response_rank, degree=response_degree)
             stagger_gates(self.net.layers[-1], repeats=2)  # mean and log σ share them
         else:
             self.net = mlp(x_dim, hidden, 2 * z_dim, activation)

@@ -10,6 +10,7 @@ from .gated import (
     MultiRateMixin,
     check_beta_range,
     gate_parameters,
+    hermite_features,
     stagger_gates,
 )
 from .networks import activation_module, check_layer_sizes, mlp
@@ -31,6 +32,7 @@ __all__ = [
     "check_width",
     "data_plate",
     "gate_parameters",
+    "hermite_features",
     "latent_site",
     "mlp",
     "stagger_gates",

@@ -39,6 +39,19 @@ layers (encoder alone: +14.7 / -3.5 / -0.6 / -0.1 / -0.7 %; decoder alone: +17.0
 at β = 0.01); rank 64 did no better (+14.6 %), and the same extra weights on a fast
 learning rate diverged.
 
+``degree=2`` (``response_degree=2`` of the multi-rate modules) adds a second block of
+that rank whose coefficient is ``u**2 - 1`` (:func:`hermite_features`), so that the
+weights can turn faster over part of the β range than over the rest. After 200 epochs of
+``bench/mrvae.py --protocol full`` it moved the excess of the mean of four seeds over
+the β-VAEs' from +0.99 / -6.30 / +1.08 / -1.26 / -1.74 % to +0.92 / -6.80 / +1.01 /
+-1.17 / -1.64 % at a constant rate, and with a cosine schedule (two seeds) from +2.22 /
+-7.51 / +2.54 / +0.50 / -1.15 % to +1.79 / -8.19 / +2.37 / +0.30 / -1.64 %, for 12 %
+more parameters. It is not the default because it is less stable: at lr 3e-3 it was
+behind degree 1 at every β after 3 epochs of the same protocol (17 % at β = 0.01), at
+lr 1e-2 its loss became infinite in the second epoch where degree 1 trains, and the
+linear check of ``tests/test_multirate.py`` (lr 3e-2) diverges with it, with or without
+the β warm-up.
+
 The networks see ``u``, ``log β`` standardized by :class:`BetaStandardizer` over the
 range a run trains on: ``beta_range`` (the β to serve) and ``extension`` decades below
 it (``DEFAULT_BETA_EXTENSION = 2``, the default ``beta_extension`` of
@@ -88,6 +101,21 @@ GATES = {  # gate, initial b
     "softplus": (softplus_gate, 0.0),
 }
 DEFAULT_RESPONSE_RANK = 16
+RESPONSE_DEGREES = (1, 2)
+DEFAULT_RESPONSE_DEGREE = 1
+
+
+def hermite_features(u: Tensor, degree: int) -> Tensor:
+    """``[He_1(u), ..., He_degree(u)]`` along a new last axis (``He_1 = u``,
+    ``He_2 = u**2 - 1``): orthogonal under N(0, 1), and uncorrelated with mean 0 for
+    the standardized ``u`` of a log-uniform β.
+
+    Example:
+        >>> hermite_features(torch.tensor([0.0, 2.0]), 2)
+        tensor([[ 0., -1.],
+                [ 2.,  3.]])
+    """
+    return torch.stack([u, u * u - 1][:degree], -1)
 
 
 def check_beta_range(beta_range: Sequence[float]) -> tuple[float, float]:
@@ -148,42 +176,57 @@ class BetaStandardizer(nn.Module):
 
 
 class GatedLinear(nn.Module):
-    """``((W + u M_out M_in) h + c) * gate(w u + b)``: one gate ``(w, b)`` per output
-    unit and, with ``rank > 0``, a β-dependent low-rank term ``u M_out M_in`` in the
-    weights (``M_out``: ``[out, rank]``, starting at 0; ``M_in``: ``[rank, in]``).
+    """``((W + sum_k He_k(u) M_out^(k) M_in^(k)) h + c) * gate(w u + b)``: one gate
+    ``(w, b)`` per output unit and, with ``rank > 0``, β-dependent low-rank weights
+    whose coefficients are the probabilists' Hermite polynomials of ``u`` up to
+    ``degree`` (``He_1 = u``, ``He_2 = u**2 - 1``; each ``M_out^(k)``: ``[out, rank]``,
+    starting at 0; ``M_in^(k)``: ``[rank, in]``).
 
-    The gates only rescale a unit; the low-rank term lets β turn the directions a
+    The gates only rescale a unit; the low-rank terms let β turn the directions a
     layer reads, the form of the best-response weights of self-tuning networks
     (MacKay et al., ICLR 2019, eq. 9: a hyperparameter-scaled second weight matrix),
-    kept to ``rank`` directions. See the module docstring for what it measured.
+    kept to ``rank`` directions per degree. With ``degree=2`` the change of the weights
+    along the β range need not be uniform: ``He_2`` is the same at both ends and lowest
+    in the middle, so the top decades can turn the weights faster than the bottom ones.
+    The ``degree`` blocks are stored stacked (``modulation_in``: ``[degree * rank,
+    in]``, ``modulation_out``: ``[out, degree * rank]``), so that degree 1 is the
+    earlier layer. See the module docstring for what each measured.
 
     Example:
-        >>> layer = GatedLinear(4, 3, "two_sigmoid", rank=2)
+        >>> layer = GatedLinear(4, 3, "two_sigmoid", rank=2, degree=2)
         >>> layer(torch.ones(5, 4), torch.zeros(5)).shape
         torch.Size([5, 3])
+        >>> tuple(layer.modulation_in.shape), tuple(layer.modulation_out.shape)
+        ((4, 4), (3, 4))
     """
 
-    def __init__(self, in_features: int, out_features: int, gate: str, rank: int = 0) -> None:
+    def __init__(self, in_features: int, out_features: int, gate: str, rank: int = 0,
+                 degree: int = 1) -> None:
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"gate must be one of {sorted(GATES)}, got {gate!r}")
         if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
             raise ValueError(f"rank must be an integer >= 0, got {rank!r}")
+        if degree not in RESPONSE_DEGREES:
+            raise ValueError(f"degree must be one of {RESPONSE_DEGREES}, got {degree!r}")
         self.gate, initial_bias = GATES[gate]
         self.linear = nn.Linear(in_features, out_features)
         self.gate_weight = nn.Parameter(torch.zeros(out_features))
         self.gate_bias = nn.Parameter(torch.full((out_features,), initial_bias))
-        self.rank = rank
+        self.rank, self.degree = rank, degree
         if rank:
-            self.modulation_in = nn.Parameter(torch.randn(rank, in_features) / in_features**0.5)
-            self.modulation_out = nn.Parameter(torch.zeros(out_features, rank))
+            first = torch.randn(rank, in_features)
+            more = [torch.randn(rank, in_features) for _ in range(degree - 1)]
+            self.modulation_in = nn.Parameter(torch.cat([first, *more]) / in_features**0.5)
+            self.modulation_out = nn.Parameter(torch.zeros(out_features, degree * rank))
 
     def forward(self, h: Tensor, u: Tensor) -> Tensor:
         """``h``: ``[..., B, in]``; ``u``: ``[B]`` (one standardized log β per row)."""
-        u = u.unsqueeze(-1)
         pre = self.linear(h)
         if self.rank:
-            pre = pre + (u * (h @ self.modulation_in.T)) @ self.modulation_out.T
+            coefficients = hermite_features(u, self.degree).repeat_interleave(self.rank, -1)
+            pre = pre + (coefficients * (h @ self.modulation_in.T)) @ self.modulation_out.T
+        u = u.unsqueeze(-1)
         return pre * self.gate(u * self.gate_weight + self.gate_bias)
 
 
@@ -332,7 +375,7 @@ class GatedMLP(nn.Module):
     hidden layer). With ``input_gate`` (a gate name) the input is first scaled feature
     by feature, ``h * gate(w u + b)`` (:class:`GatedScale`): the decoder's choice, so
     that it can switch each latent dimension off as β grows (see the module docstring).
-    ``rank`` gives every gated layer its β-dependent low-rank weights
+    ``rank`` and ``degree`` give every gated layer its β-dependent low-rank weights
     (:class:`GatedLinear`).
     """
 
@@ -346,6 +389,7 @@ class GatedMLP(nn.Module):
         gate_output: bool | str = True,
         input_gate: str | None = None,
         rank: int = 0,
+        degree: int = 1,
     ) -> None:
         super().__init__()
         sizes = (in_dim, *check_layer_sizes("hidden", hidden), out_dim)
@@ -356,13 +400,13 @@ class GatedMLP(nn.Module):
                 "(hidden=(...) must not be empty)"
             )
         layers: list[nn.Module] = [
-            GatedLinear(a, b, gate, rank) for a, b in zip(sizes[:-2], sizes[1:-1])
+            GatedLinear(a, b, gate, rank, degree) for a, b in zip(sizes[:-2], sizes[1:-1])
         ]
         if gate_output is False:
             layers.append(nn.Linear(sizes[-2], sizes[-1]))
         else:
             output_gate = gate if gate_output is True else gate_output
-            layers.append(GatedLinear(sizes[-2], sizes[-1], output_gate, rank))
+            layers.append(GatedLinear(sizes[-2], sizes[-1], output_gate, rank, degree))
         self.layers = nn.ModuleList(layers)
         self.activation = activation_module(activation)
 

@@ -62,6 +62,7 @@ def test_fit_multi_rate_passes_its_flags_to_the_engine(tmp_path, monkeypatch):
     class Spy(command.AmortizedVI):
         def __init__(self, model, guide, **kwargs):
             seen.update(kwargs, rank=model.decoder.layers[0].rank,
+                        degree=guide.net.layers[0].degree,
                         beta_extension=model.beta_extension)
             super().__init__(model, guide, **kwargs)
 
@@ -71,11 +72,12 @@ def test_fit_multi_rate_passes_its_flags_to_the_engine(tmp_path, monkeypatch):
         "--z-dim", "4", "--hidden", "16", "--eval-samples", "20", "--eval-points", "30",
         "--diagnostic-points", "10", "--num-betas", "3", "--out", str(tmp_path / "mr"),
         "--quiet", "--beta-distribution", "0.4,0.8", "--gate-lr-multiplier", "10",
-        "--response-rank", "2", "--scheduler", "cosine", "--beta-extension", "0.5",
+        "--response-rank", "2", "--response-degree", "2", "--scheduler", "cosine",
+        "--beta-extension", "0.5",
     ])
     assert code == 0
     assert seen["beta_distribution"] == (0.4, 0.8) and seen["gate_lr_multiplier"] == 10
-    assert seen["scheduler"] == "cosine" and seen["rank"] == 2
+    assert seen["scheduler"] == "cosine" and seen["rank"] == 2 and seen["degree"] == 2
     assert seen["beta_extension"] == 0.5
 
 

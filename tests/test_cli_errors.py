@@ -64,6 +64,7 @@ CASES = [
     ("vae", ["--gate-lr-multiplier", "0"], "--gate-lr-multiplier"),
     ("vae", ["--beta-extension", "-1"], "--beta-extension"),
     ("vae", ["--response-rank", "-1"], "--response-rank"),
+    ("vae", ["--response-degree", "3"], "--response-degree"),
     ("vae", ["--scheduler", "linear"], "--scheduler"),
     ("vae", ["--eval-samples", "0"], "--eval-samples"),
     ("vae", ["--diagnostic-points", "0"], "--diagnostic-points"),

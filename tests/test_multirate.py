@@ -44,17 +44,41 @@ def test_gates_add_two_parameters_per_unit_and_a_low_rank_response_per_layer():
     responses = 16 * ((50 + 200) + (200 + 200) + (200 + 784))
     assert count(model) - count(VAE(784, 50, (200, 200))) == (
         2 * (50 + 200 + 200 + 784) + responses)
-    assert all(layer.gate is softplus_gate and layer.rank == 16
+    assert all(layer.gate is softplus_gate and (layer.rank, layer.degree) == (16, 1)
                for layer in model.decoder.layers)
     assert model.decoder.input_gate.gate is two_sigmoid_gate
     guide = GaussianEncoder(784, 50, (200, 200), multi_rate=True)
-    assert all(layer.gate is two_sigmoid_gate and layer.rank == 16 for layer in guide.net.layers)
+    assert all(layer.gate is two_sigmoid_gate and (layer.rank, layer.degree) == (16, 1)
+               for layer in guide.net.layers)
     bare = VAE(784, 50, (200, 200), multi_rate=True, response_rank=0)
     assert count(model) - count(bare) == responses
     with pytest.raises(ValueError, match="gates its hidden layers"):
         GatedMLP(50, (), 784, "sqrt_relu", gate_output=False)
     with pytest.raises(ValueError, match="rank must be an integer >= 0, got -1"):
         GaussianEncoder(784, 50, (200,), multi_rate=True, response_rank=-1)
+
+
+def test_a_second_degree_response_adds_a_block_weighted_by_u_squared_minus_one():
+    """With degree 2 the β-dependent weights are u A + (u**2 - 1) C, two rank-r blocks:
+    at u = +-1 the second block vanishes, at u = 0 it enters with weight -1."""
+    torch.manual_seed(0)
+    layer = GatedLinear(5, 3, "two_sigmoid", rank=2, degree=2)
+    assert count(layer) - count(GatedLinear(5, 3, "two_sigmoid", rank=2)) == 2 * (5 + 3)
+    with torch.no_grad():
+        layer.modulation_out.normal_()
+        layer.gate_weight.normal_()
+    h = torch.randn(4, 5)
+    first, second = layer.modulation_in.split(2), layer.modulation_out.split(2, dim=1)
+
+    def expected(u: float) -> torch.Tensor:
+        response = u * (h @ first[0].T) @ second[0].T + (u * u - 1) * (h @ first[1].T) @ second[1].T
+        gate = two_sigmoid_gate(u * layer.gate_weight + layer.gate_bias)
+        return (layer.linear(h) + response) * gate
+
+    for u in (-1.0, 0.0, 1.0, 1.7):
+        torch.testing.assert_close(layer(h, torch.full((4,), u)), expected(u))
+    with pytest.raises(ValueError, match=r"degree must be one of \(1, 2\), got 3"):
+        VAE(784, 50, (200,), multi_rate=True, response_degree=3)
 
 
 def test_encoder_outputs_and_decoder_inputs_start_with_staggered_gates():

@@ -20,7 +20,12 @@ import torch
 
 from posterity.datasets import load_matrix
 from posterity.guides import GaussianEncoder
-from posterity.layers.gated import DEFAULT_BETA_EXTENSION, DEFAULT_RESPONSE_RANK
+from posterity.layers.gated import (
+    DEFAULT_BETA_EXTENSION,
+    DEFAULT_RESPONSE_DEGREE,
+    DEFAULT_RESPONSE_RANK,
+    RESPONSE_DEGREES,
+)
 from posterity.layers.networks import ACTIVATIONS
 from posterity.models import VAE
 
@@ -88,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="learning rate of the β-gate slopes over --lr (multi_rate)")
     parser.add_argument("--response-rank", type=integer(0), default=DEFAULT_RESPONSE_RANK,
                         help="rank of each gated layer's β-dependent weights (multi_rate)")
+    parser.add_argument("--response-degree", type=int, choices=RESPONSE_DEGREES,
+                        default=DEFAULT_RESPONSE_DEGREE,
+                        help="degree in log β of those weights (multi_rate)")
     parser.add_argument("--epochs", type=integer(1), default=10)
     parser.add_argument("--time-budget", type=real(0), default=None,
                         help="stop training after this many seconds of updates")
@@ -130,7 +138,8 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
     multi_rate = args.objective == "multi_rate"
     rate_kwargs = ({"multi_rate": True, "beta_range": tuple(args.beta_range),
                     "beta_extension": args.beta_extension,
-                    "response_rank": args.response_rank} if multi_rate else {})
+                    "response_rank": args.response_rank,
+                    "response_degree": args.response_degree} if multi_rate else {})
     engine_kwargs = ({"beta_distribution": args.beta_distribution,
                       "gate_lr_multiplier": args.gate_lr_multiplier} if multi_rate else {})
     model = VAE(x_dim, args.z_dim, hidden, likelihood=likelihood, activation=args.activation,
@@ -196,7 +205,8 @@ COMMAND = Command(
     flags={"num_particles": "--num-particles", "beta_range": "--beta-range",
            "z_dim": "--z-dim", "hidden": "--hidden",
            "beta_distribution": "--beta-distribution", "beta_extension": "--beta-extension",
-           "gate_lr_multiplier": "--gate-lr-multiplier", "response_rank": "--response-rank"},
+           "gate_lr_multiplier": "--gate-lr-multiplier", "response_rank": "--response-rank",
+           "response_degree": "--response-degree"},
     demo=["--data", "digits", "--objective", "iwae", "-k", "5", "--z-dim", "8", "--hidden",
           "128", "--epochs", "60", "--batch-size", "50", "--lr", "3e-3", "--eval-samples",
           "1000", "--diagnostic-points", "50"],
