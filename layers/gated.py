@@ -115,6 +115,8 @@ def hermite_features(u: Tensor, degree: int) -> Tensor:
         tensor([[ 0., -1.],
                 [ 2.,  3.]])
     """
+    if degree == 1:
+        return u.unsqueeze(-1)
     return torch.stack([u, u * u - 1][:degree], -1)
 
 
@@ -215,17 +217,17 @@ class GatedLinear(nn.Module):
         self.gate_bias = nn.Parameter(torch.full((out_features,), initial_bias))
         self.rank, self.degree = rank, degree
         if rank:
-            first = torch.randn(rank, in_features)
-            more = [torch.randn(rank, in_features) for _ in range(degree - 1)]
-            self.modulation_in = nn.Parameter(torch.cat([first, *more]) / in_features**0.5)
+            blocks = [torch.randn(rank, in_features) for _ in range(degree)]
+            self.modulation_in = nn.Parameter(torch.cat(blocks) / in_features**0.5)
             self.modulation_out = nn.Parameter(torch.zeros(out_features, degree * rank))
 
     def forward(self, h: Tensor, u: Tensor) -> Tensor:
         """``h``: ``[..., B, in]``; ``u``: ``[B]`` (one standardized log β per row)."""
         pre = self.linear(h)
         if self.rank:
-            coefficients = hermite_features(u, self.degree).repeat_interleave(self.rank, -1)
-            pre = pre + (coefficients * (h @ self.modulation_in.T)) @ self.modulation_out.T
+            blocks = (h @ self.modulation_in.T).unflatten(-1, (self.degree, self.rank))
+            blocks = blocks * hermite_features(u, self.degree).unsqueeze(-1)
+            pre = pre + blocks.flatten(-2) @ self.modulation_out.T
         u = u.unsqueeze(-1)
         return pre * self.gate(u * self.gate_weight + self.gate_bias)
 

@@ -62,12 +62,12 @@ def test_a_second_degree_response_adds_a_block_weighted_by_u_squared_minus_one()
     """With degree 2 the β-dependent weights are u A + (u**2 - 1) C, two rank-r blocks:
     at u = +-1 the second block vanishes, at u = 0 it enters with weight -1."""
     torch.manual_seed(0)
-    layer = GatedLinear(5, 3, "two_sigmoid", rank=2, degree=2)
+    layer = GatedLinear(5, 3, "two_sigmoid", rank=2, degree=2).double()
     assert count(layer) - count(GatedLinear(5, 3, "two_sigmoid", rank=2)) == 2 * (5 + 3)
     with torch.no_grad():
         layer.modulation_out.normal_()
         layer.gate_weight.normal_()
-    h = torch.randn(4, 5)
+    h = torch.randn(4, 5, dtype=torch.float64)
     first, second = layer.modulation_in.split(2), layer.modulation_out.split(2, dim=1)
 
     def expected(u: float) -> torch.Tensor:
@@ -76,7 +76,8 @@ def test_a_second_degree_response_adds_a_block_weighted_by_u_squared_minus_one()
         return (layer.linear(h) + response) * gate
 
     for u in (-1.0, 0.0, 1.0, 1.7):
-        torch.testing.assert_close(layer(h, torch.full((4,), u)), expected(u))
+        torch.testing.assert_close(layer(h, torch.full((4,), u, dtype=torch.float64)),
+                                   expected(u))
     with pytest.raises(ValueError, match=r"degree must be one of \(1, 2\), got 3"):
         VAE(784, 50, (200,), multi_rate=True, response_degree=3)
 
@@ -291,11 +292,11 @@ def test_linear_mr_vae_reaches_the_beta_vae_optimum_at_every_beta():
 class UserModel(PyroModule):
     """A multi-rate model written from docs/families/amortized.md, not a built-in."""
 
-    def __init__(self, beta_range=(0.01, 10.0)):
+    def __init__(self, beta_range=(0.01, 10.0), degree=1):
         super().__init__()
         self.beta_range = beta_range
         self.standardize = BetaStandardizer(beta_range)
-        self.net = GatedMLP(2, (16,), 6, "softplus", rank=2)
+        self.net = GatedMLP(2, (16,), 6, "softplus", rank=2, degree=degree)
 
     def forward(self, x, beta=None):
         u = self.standardize(torch.as_tensor(1.0 if beta is None else beta).to(x))
@@ -306,11 +307,11 @@ class UserModel(PyroModule):
 
 
 class UserGuide(PyroModule):
-    def __init__(self, beta_range=(0.01, 10.0)):
+    def __init__(self, beta_range=(0.01, 10.0), degree=1):
         super().__init__()
         self.beta_range = beta_range
         self.standardize = BetaStandardizer(beta_range)
-        self.net = GatedMLP(6, (16,), 4, "two_sigmoid", rank=2)
+        self.net = GatedMLP(6, (16,), 4, "two_sigmoid", rank=2, degree=degree)
 
     def forward(self, x, beta=None):
         u = self.standardize(torch.as_tensor(1.0 if beta is None else beta).to(x))
@@ -319,7 +320,8 @@ class UserGuide(PyroModule):
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
 
 
-def test_a_user_written_multi_rate_pair_trains_in_float64_with_the_defaults():
+@pytest.mark.parametrize("degree", [1, 2])
+def test_a_user_written_multi_rate_pair_trains_in_float64_with_the_defaults(degree):
     """Data with two directions of variance λ = 10 (9 signal + 1 noise) in 6 dimensions
     and unit noise: the linear optimum keeps a direction iff λ > β, with rate
     ½ log(λ / β), so 4.6 nats at β = 0.1 and none at β = 10. The rate must fall by more
@@ -331,7 +333,7 @@ def test_a_user_written_multi_rate_pair_trains_in_float64_with_the_defaults():
     mixing = torch.randn(2, 6, generator=generator, dtype=torch.float64)
     mixing = 3 * mixing / mixing.norm(dim=1, keepdim=True)
     x = z @ mixing + torch.randn(400, 6, generator=generator, dtype=torch.float64)
-    model, guide = UserModel().double(), UserGuide().double()
+    model, guide = UserModel(degree=degree).double(), UserGuide(degree=degree).double()
     vi = AmortizedVI(model, guide, objective="multi_rate", lr=1e-2)
     vi.fit(x, epochs=60, batch_size=100, progress=False, seed=0)
     from posterity.infer.importance import weighted_particles
