@@ -4,7 +4,7 @@ Protocol. Every model has the same architecture (a tanh MLP encoder and its mirr
 decoder; the MR-VAE adds two gate parameters per gated unit and rank-16 β-dependent
 weights per gated layer: 13 % more parameters in ``full``), the same optimizer (Adam,
 ``--lr``, the same learning-rate schedule), the same number of epochs and the same
-minibatches (batch 100, seed 0). The MR-VAE is trained once, to serve
+minibatches (batch 100, the same ``--seed``). The MR-VAE is trained once, to serve
 ``beta_range = [min β, max β]``, with β drawn over that range and, by the library's
 default, two decades below it (``beta_extension``, ``beta_distribution``;
 ``--beta-extension`` and ``--beta-distribution`` override them); one β-VAE is trained
@@ -275,8 +275,9 @@ base rate, stratified log-uniform β:
 * caveat: part of the short protocol's gain at small β is the multi-rate architecture,
   not one-run training: trained as a plain β-VAE at β = 0.01 (gates fixed at β = 1)
   it scored 135.0 against 150.8 for the plain β-VAE (earlier defaults).
-* compute: 0.200 of the five β-VAEs' updates; seconds are not comparable on a shared
-  machine.
+* compute: 0.200 of the five β-VAEs' updates; in time 0.31-0.37 on one CPU thread of
+  the shared machine (an MR-VAE update costs 1.65-1.85 β-VAE updates, interleaved
+  timing, 2026-12-07); seconds from runs in parallel processes are not comparable.
 
 Usage: ``python bench/mrvae.py --protocol short``,
 ``python bench/mrvae.py --protocol full --epochs 10`` or

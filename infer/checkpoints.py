@@ -53,12 +53,11 @@ except ImportError:  # not POSIX: runs are not locked
     fcntl = None
 
 SAFE_KEYS = frozenset({
-    "epochs", "time_budget", "patience", "valid_every", "checkpoint_every", "progress",
-    "quiet", "threads", "eval_samples", "eval_points", "diagnostic_points", "out", "fresh",
-    "debug", "restore_best", "world_size",
+    "epochs", "time_budget", "patience", "valid_every", "checkpoint_every", "threads",
+    "eval_samples", "eval_points", "diagnostic_points", "out", "restore_best", "world_size",
 })
-"""Settings that may differ on resume: they change how long or how visibly a run goes
-on, or what is evaluated afterwards, not what is trained (the number of processes keeps
+"""Settings that may differ on resume, reported by a warning: they change how long a run
+goes on, or what is evaluated afterwards, not what is trained (the number of processes keeps
 the global minibatches; only the ranks' draws differ from an uninterrupted run)."""
 
 _WAY_OUT = "pass resume=False (CLI: --fresh) to start over, or use another directory"
@@ -140,6 +139,11 @@ def _same(a: Any, b: Any) -> bool:
     )
 
 
+QUIET_KEYS = frozenset({"fresh", "progress", "quiet", "debug"})
+"""Settings that are not compared on resume: they say how a call starts or shows
+itself, not what it trains."""
+
+
 def compare_settings(
     path: os.PathLike | str,
     saved: Mapping[str, Any],
@@ -151,12 +155,14 @@ def compare_settings(
     Returns one ``"name new (was old)"`` note per safe difference; raises
     :class:`CheckpointMismatchError` naming every other difference with both values.
     A setting is safe when its name, or the last dotted part of it, is in
-    :data:`SAFE_KEYS` or ``safe_keys``.
+    :data:`SAFE_KEYS` or ``safe_keys``; :data:`QUIET_KEYS` are not compared.
     """
     safe = SAFE_KEYS | set(safe_keys)
     missing = object()
     notes, refused = [], []
     for name in sorted(set(saved) | set(current)):
+        if name.rsplit(".", 1)[-1] in QUIET_KEYS:
+            continue
         old, new = saved.get(name, missing), current.get(name, missing)
         if old is not missing and new is not missing and _same(old, new):
             continue

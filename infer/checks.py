@@ -104,7 +104,7 @@ def check_data(
     like: Iterable[Tensor] = (),
 ) -> Tensor:
     """A finite floating tensor ``[N, ...]`` (``[N, event_dim]`` when given) on the device
-    of ``like``'s tensors."""
+    of ``like``'s floating tensors (the modules' parameters) and of one of their dtypes."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -125,13 +125,20 @@ def check_data(
             raise ValueError(
                 f"{name} contains NaN or Inf ({int(bad.sum())} entries; first rows {rows})"
             )
-    for tensor in like:
-        if tensor.device != x.device:
-            raise ValueError(
-                f"{name} is on {x.device} but the model's parameters are on "
-                f"{tensor.device}; move one of them with .to(device)"
-            )
-        break
+    floating = [t for t in like if t.is_floating_point()]
+    if floating and floating[0].device != x.device:
+        raise ValueError(
+            f"{name} is on {x.device} but the model's parameters are on "
+            f"{floating[0].device}; move one of them with .to(device)"
+        )
+    dtypes = sorted({t.dtype for t in floating}, key=str)
+    if dtypes and x.dtype not in dtypes:
+        shown = ", ".join(map(str, dtypes))
+        raise ValueError(
+            f"{name} has dtype {x.dtype} but the modules' parameters have {shown}; convert "
+            f"the data ({name}.to({dtypes[0]})) or, before building the engine, the modules "
+            f"(model.to({x.dtype}), guide.to({x.dtype}))"
+        )
     return x
 
 

@@ -37,6 +37,26 @@ class History:
     def __contains__(self, name: str) -> bool:
         return name in self.epochs or name in self.steps
 
+    def __repr__(self) -> str:
+        """One line: the counts and the last epoch's values, not every logged number.
+
+        Example:
+            >>> history = History()
+            >>> history.log_step({"loss": 2.5})
+            >>> history.log_epoch({"epoch": 1, "train_loss": 2.5})
+            >>> history
+            History(epochs=1, steps=1, last epoch: epoch=1, train_loss=2.5)
+        """
+        # columns logged every epoch (validation may run every few)
+        last = ", ".join(f"{name}={values[-1]:.6g}" for name, values in self.epochs.items()
+                         if values and len(values) == self.num_epochs)
+        flags = [name for name in ("stopped_early", "out_of_time") if getattr(self, name)]
+        flags += [f"best_epoch={self.best_epoch}"] if self.best_epoch is not None else []
+        steps = len(next(iter(self.steps.values()), []))
+        return (f"History(epochs={self.num_epochs}, steps={steps}"
+                + (f", last epoch: {last}" if last else "")
+                + "".join(f", {flag}" for flag in flags) + ")")
+
     @property
     def num_epochs(self) -> int:
         return len(self.epochs.get("epoch", []))

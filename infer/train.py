@@ -31,6 +31,7 @@ import json
 import math
 import os
 import pickle
+import re
 import signal
 import threading
 import time
@@ -74,7 +75,9 @@ _T = TypeVar("_T")
 
 
 class NonFiniteError(FloatingPointError):
-    """Training produced NaN or Inf; the message names the step and the quantity."""
+    """Training produced NaN or Inf, or an update drove a distribution's argument out of
+    its support (NaN, Inf, an overflow or an underflow: a scale ``exp(s)`` that reached
+    0); the message names the step and the quantity."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -106,12 +109,35 @@ def _take(data: Tensor | tuple[Tensor, ...], index: Tensor) -> Any:
 
 
 def _guard(metrics: dict[str, float], epoch: int, step: int) -> None:
+    """``epoch``: 0-based, as the loop counts; messages count from 1, as the history."""
     for name, value in metrics.items():
         if not math.isfinite(value):
             raise NonFiniteError(
-                f"{name} became {value} at epoch {epoch}, step {step} (global update "
+                f"{name} became {value} at epoch {epoch + 1}, step {step} (global update "
                 f"count); lower the learning rate, clip gradients, or check the data"
             )
+
+
+def _diverged(error: ValueError, epoch: int, step: int) -> NonFiniteError | None:
+    """A ``NonFiniteError`` when, at an update after the first, PyTorch's argument
+    validation found a distribution's argument out of its support (it raises a
+    ``ValueError``), else ``None``: at the first update the same error is a bug of the
+    model, not a divergence. ``epoch``: 0-based."""
+    text = " ".join(str(error).split())
+    if step <= 1 or "found invalid values" not in text:
+        return None
+    family = re.search(r"of (?:the )?distribution (\w+)", text)
+    parameter = re.search(r"Expected parameter (\w+)", text)
+    what = (f"the {parameter.group(1)}" if parameter
+            else "a sampled or observed value" if "Expected value argument" in text
+            else "an argument")
+    what += f" of a {family.group(1)}" if family else " of a distribution"
+    constraint = re.search(r"constraint (.+?), but found", text)
+    where = f" {constraint.group(1)}" if constraint else " its support"
+    return NonFiniteError(
+        f"{what} left{where} at epoch {epoch + 1}, step {step} (global update count): NaN, "
+        "Inf, an overflow or an underflow; lower the learning rate, clip gradients, or "
+        "check the data")
 
 
 class _Signals:
@@ -330,7 +356,7 @@ def fit(
             process" below.
         valid: validation data; evaluated every ``valid_every`` epochs.
         patience: stop after this many validations without improvement of
-            ``engine.monitor``; ``None`` never stops early.
+            ``engine.monitor``; ``None`` never stops early. Needs ``valid``.
         restore_best: with early stopping, restore the best parameters at the end.
         checkpoint: file to save the full state to (modules, optimizer, RNG, shuffling
             generator, history, settings) every ``checkpoint_every`` epochs, and on
@@ -338,7 +364,9 @@ def fit(
             ``<checkpoint>.lock`` keeps a second run off it.
         resume: if ``checkpoint`` exists, continue from it exactly as an uninterrupted
             run would. ``False`` starts over and overwrites it.
-        seed: seeds Pyro/PyTorch and the shuffling at the start of a fresh run. Under a
+        seed: seeds Pyro/PyTorch and the shuffling at the start of a fresh run (a
+            resumed run restores its generators: ``None`` keeps the run's seed, and another
+            seed than the run's is refused). Under a
             process group the shuffling uses ``seed`` on every rank and Pyro/PyTorch
             :func:`~posterity.infer.distributed.rank_seed` (``seed`` itself on rank 0);
             ``None`` takes a seed drawn by rank 0.
@@ -434,6 +462,9 @@ def fit(
     check_int("checkpoint_every", checkpoint_every, 1)
     if patience is not None:
         check_int("patience", patience, 1)
+        if valid is None:
+            raise ValueError("patience stops a run whose validation stops improving: pass "
+                             "valid= data too (or patience=None)")
     if time_budget is not None:
         check_positive("time_budget", time_budget)
     num_rows = _num_rows(data)
@@ -520,17 +551,21 @@ class _Loop:
         except (TypeError, ValueError):
             raise CheckpointError(f"checkpoint {self.path} has unreadable settings; pass "
                                   "resume=False (CLI: --fresh) to start over") from None
+        if self.settings is not None and self.settings.get("seed") is None:
+            self.settings["seed"] = before.get("seed")  # no seed given: the run keeps its own
         notes = checkpoints.compare_settings(self.path, before, self.settings, safe_keys)
         if notes and distributed.is_main():
             warnings.warn(f"resuming {self.path} with " + ", ".join(notes), stacklevel=4)
         try:
             self.engine.load_state_dict(saved["engine"])
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else \
-                type(error).__name__
+            # load_state_dict puts the names and shapes on the lines after its first
+            reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            reason = reason or type(error).__name__
+            reason = reason if len(reason) <= 600 else reason[:600] + " ..."
             raise CheckpointMismatchError(
                 f"checkpoint {self.path} does not fit this {type(self.engine).__name__} "
-                f"({reason[:300]}); pass resume=False (CLI: --fresh) to start over, or use "
+                f"({reason}); pass resume=False (CLI: --fresh) to start over, or use "
                 "another directory") from error
         self.history = History.from_state_dict(saved["history"])
         self.history.out_of_time = False  # the budget belonged to the call that stopped
@@ -628,7 +663,13 @@ class _Loop:
                 agreement = _Agreement()
                 for index in range(first, steps_per_epoch):
                     begin = index * self.batch_size
-                    metrics, weight = self._step(order[begin: begin + self.batch_size])
+                    try:
+                        metrics, weight = self._step(order[begin: begin + self.batch_size])
+                    except ValueError as error:
+                        diverged = _diverged(error, epoch, total_step + 1)
+                        if diverged is None:
+                            raise
+                        raise diverged from error
                     total_step += 1
                     done = index + 1
                     out_of_time = time_budget is not None and \

@@ -11,6 +11,7 @@ from .gated import (
     check_beta_range,
     gate_parameters,
     hermite_features,
+    multi_rate_settings,
     stagger_gates,
 )
 from .networks import activation_module, check_layer_sizes, mlp
@@ -35,5 +36,6 @@ __all__ = [
     "hermite_features",
     "latent_site",
     "mlp",
+    "multi_rate_settings",
     "stagger_gates",
 ]

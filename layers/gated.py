@@ -2,7 +2,8 @@
 
 Each linear layer's pre-activations are multiplied, unit by unit, by
 ``gate(w * u + b)``, where ``u`` is the standardized ``log β`` and ``(w, b)`` are two
-parameters per unit. Three gate shapes (``GATES``), each 1 at its starting ``b``:
+parameters per unit. Three gate shapes (``GATES``), the first two 1 at their starting
+``b`` (``sqrt_relu`` starts at 0.93):
 
 * ``"two_sigmoid"``, ``2 sigmoid(x)``: the encoder's gates and the decoder's gate on
   each latent dimension. The paper's encoder gate is the sigmoid (section 4.2), which
@@ -45,12 +46,12 @@ weights can turn faster over part of the β range than over the rest. After 200 
 ``bench/mrvae.py --protocol full`` it moved the excess of the mean of four seeds over
 the β-VAEs' from +0.99 / -6.30 / +1.08 / -1.26 / -1.74 % to +0.92 / -6.80 / +1.01 /
 -1.17 / -1.64 % at a constant rate, and with a cosine schedule (two seeds) from +2.22 /
--7.51 / +2.54 / +0.50 / -1.15 % to +1.79 / -8.19 / +2.37 / +0.30 / -1.64 %, for 12 %
-more parameters. It is not the default because it is less stable: at lr 3e-3 it was
-behind degree 1 at every β after 3 epochs of the same protocol (17 % at β = 0.01), at
-lr 1e-2 its loss became infinite in the second epoch where degree 1 trains, and the
-linear check of ``tests/test_multirate.py`` (lr 3e-2) diverges with it, with or without
-the β warm-up.
+-7.51 / +2.54 / +0.50 / -1.15 % to +1.79 / -8.19 / +2.37 / +0.30 / -1.64 %, for 11 %
+more parameters than degree 1. It is not the default because it is less stable: at lr
+3e-3 it was behind degree 1 at every β after 3 epochs of the same protocol (17 % at
+β = 0.01), at lr 1e-2 its loss became infinite in the second epoch where degree 1
+trains, and the linear check of ``tests/test_multirate.py`` (lr 3e-2) diverges with it,
+with or without the β warm-up.
 
 The networks see ``u``, ``log β`` standardized by :class:`BetaStandardizer` over the
 range a run trains on: ``beta_range`` (the β to serve) and ``extension`` decades below
@@ -121,7 +122,12 @@ def hermite_features(u: Tensor, degree: int) -> Tensor:
 
 
 def check_beta_range(beta_range: Sequence[float]) -> tuple[float, float]:
-    low, high = (float(b) for b in beta_range)
+    """``(low, high)`` as floats, with ``0 < low < high``."""
+    try:
+        low, high = (float(b) for b in beta_range)
+    except (TypeError, ValueError):
+        raise TypeError(f"beta_range must be a pair (low, high) of numbers, got "
+                        f"{beta_range!r}") from None
     if not 0 < low < high:
         raise ValueError(f"beta_range must be (low, high) with 0 < low < high, got {beta_range}")
     return low, high
@@ -173,8 +179,54 @@ class BetaStandardizer(nn.Module):
         self.register_buffer("center", torch.tensor(0.5 * (log_low + log_high)))
         self.register_buffer("spread", torch.tensor((log_high - log_low) / 12**0.5))
 
-    def forward(self, beta: Tensor) -> Tensor:
+    def forward(self, beta: Tensor | float) -> Tensor:
+        """``beta``: a number or a tensor of positive finite values, any shape; ``u`` has
+        its shape."""
+        if not isinstance(beta, Tensor):
+            beta = self.center.new_tensor(beta)
+        bad = ~(torch.isfinite(beta) & (beta > 0))
+        if bad.any():
+            raise ValueError(f"beta must be positive and finite, got values such as "
+                             f"{beta[bad].flatten()[:3].tolist()}")
         return (beta.log() - self.center) / self.spread
+
+
+def multi_rate_settings(module: nn.Module) -> tuple[tuple[float, float] | None, float | None]:
+    """``(beta_range, beta_extension)`` of a multi-rate module, ``(None, None)`` for
+    one that takes no β.
+
+    Read from its ``beta_range`` and ``beta_extension`` attributes (the built-in
+    multi-rate modules set both) and from every :class:`BetaStandardizer` inside it (a
+    user-written module needs nothing else); they must agree. What one module does not
+    say is ``None``.
+
+    Example:
+        >>> net = nn.ModuleDict({"standardize": BetaStandardizer((0.1, 10.0), extension=1)})
+        >>> multi_rate_settings(net)
+        ((0.1, 10.0), 1.0)
+        >>> multi_rate_settings(nn.Linear(2, 2))
+        (None, None)
+    """
+    name = type(module).__name__
+    found: dict[str, dict] = {"beta_range": {}, "beta_extension": {}}
+    for attribute, check in (("beta_range", check_beta_range),
+                             ("beta_extension", check_beta_extension)):
+        value = getattr(module, attribute, None)
+        if value is not None:
+            try:
+                found[attribute][check(value)] = f"its {attribute} attribute"
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{name}.{attribute}: {error}") from None
+    for path, sub in module.named_modules():
+        if isinstance(sub, BetaStandardizer):
+            where = f"BetaStandardizer {path or name!r}"
+            found["beta_range"].setdefault(sub.beta_range, where)
+            found["beta_extension"].setdefault(sub.extension, where)
+    for attribute, values in found.items():
+        if len(values) > 1:
+            raise ValueError(f"{name} has different {attribute}: " + ", ".join(
+                f"{value} ({where})" for value, where in values.items()))
+    return (next(iter(found["beta_range"]), None), next(iter(found["beta_extension"]), None))
 
 
 class GatedLinear(nn.Module):
@@ -424,10 +476,16 @@ class GatedMLP(nn.Module):
 
 
 class MultiRateMixin:
-    """β handling shared by multi-rate models and guides (Bae et al. 2023).
+    """β handling shared by the built-in multi-rate modules (:class:`~posterity.models.VAE`
+    and :class:`~posterity.guides.GaussianEncoder` with ``multi_rate=True``; Bae et al.
+    2023): the ``multi_rate``, ``beta_range`` and ``beta_extension`` attributes and a
+    :class:`BetaStandardizer`.
 
     ``beta`` is ``None`` (the plain VAE, β = 1), a float, or a ``[B]`` tensor with one
-    β per data point; the gated networks see its standardized logarithm.
+    β per data point; the gated networks see its standardized logarithm. A module of
+    your own needs none of this: a :class:`BetaStandardizer` inside it is enough for
+    :class:`~posterity.infer.AmortizedVI` (see :func:`multi_rate_settings` and
+    ``docs/families/amortized.md``).
     """
 
     multi_rate: bool
@@ -452,6 +510,4 @@ class MultiRateMixin:
                 )
             return None
         beta = torch.as_tensor(1.0 if beta is None else beta, dtype=like.dtype, device=like.device)
-        if (beta <= 0).any():
-            raise ValueError("beta must be positive")
-        return self.standardize(beta)
+        return self.standardize(beta)  # which checks that β > 0

@@ -8,6 +8,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from posterity.layers import BetaStandardizer, GatedMLP
 from posterity.models import LinearGaussianVAE
 
 
@@ -96,3 +97,50 @@ class UserRecognitionNet(PyroModule):
     def forward(self, x):
         with pyro.plate("data", x.shape[0]):
             pyro.sample("h", dist.Bernoulli(logits=self.encoder(x)).to_event(1))
+
+
+# --- a multi-rate pair (Bae et al. 2023) --------------------------------------------
+class UserModel(PyroModule):
+    """A multi-rate model written by hand, not a built-in: the older form of
+    docs/families/amortized.md, with ``beta_range`` attributes, which the engine still
+    reads (the page's own pair is run by ``test_multirate.py``)."""
+
+    def __init__(self, beta_range=(0.01, 10.0), degree=1):
+        super().__init__()
+        self.beta_range = beta_range
+        self.standardize = BetaStandardizer(beta_range)
+        self.net = GatedMLP(2, (16,), 6, "softplus", rank=2, degree=degree)
+
+    def forward(self, x, beta=None):
+        u = self.standardize(torch.as_tensor(1.0 if beta is None else beta).to(x))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.net(z, u.expand(x.shape[:1])), 1.0).to_event(1),
+                        obs=x)
+
+
+class UserGuide(PyroModule):
+    """The guide of :class:`UserModel`: mean and log σ from one gated network."""
+
+    def __init__(self, beta_range=(0.01, 10.0), degree=1):
+        super().__init__()
+        self.beta_range = beta_range
+        self.standardize = BetaStandardizer(beta_range)
+        self.net = GatedMLP(6, (16,), 4, "two_sigmoid", rank=2, degree=degree)
+
+    def forward(self, x, beta=None):
+        u = self.standardize(torch.as_tensor(1.0 if beta is None else beta).to(x))
+        loc, log_scale = self.net(x, u.expand(x.shape[:1])).chunk(2, -1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+def two_direction_data(dtype: torch.dtype) -> torch.Tensor:
+    """400 points in 6 dimensions with two directions of variance λ = 10 (9 signal + 1
+    noise) and unit noise: the linear optimum keeps a direction iff λ > β, with rate
+    ½ log(λ / β), so 4.6 nats at β = 0.1 and none at β = 10."""
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(400, 2, generator=generator, dtype=dtype)
+    mixing = torch.randn(2, 6, generator=generator, dtype=dtype)
+    mixing = 3 * mixing / mixing.norm(dim=1, keepdim=True)
+    return z @ mixing + torch.randn(400, 6, generator=generator, dtype=dtype)

@@ -263,6 +263,26 @@ def test_a_checkpoint_that_does_not_fit_the_engine_is_refused_not_traced(trained
         run(make_vi(hidden=(5,)), trained, config=RUN)
 
 
+def test_a_checkpoint_of_other_layer_sizes_names_the_tensors_and_shapes(trained):
+    with pytest.raises(CheckpointMismatchError, match=r"size mismatch for decoder.0.weight: "
+                       r"copying a param with shape torch.Size\(\[8, 3\]\) from checkpoint, "
+                       r"the shape in current model is torch.Size\(\[5, 3\]\)"):
+        run(make_vi(hidden=(5,)), trained, config=RUN)
+
+
+def test_resuming_without_a_seed_keeps_the_runs_and_another_seed_is_refused(tmp_path):
+    path, data = tmp_path / "run.pt", make_data()
+    run(make_vi(), path)
+    resumed = make_vi()
+    with pytest.warns(UserWarning, match=r"with epochs 4 \(was 3\)$"):  # and not the seed
+        resumed.fit(data, epochs=EPOCHS + 1, batch_size=BATCH, valid=data[:40], progress=False,
+                    checkpoint=path)  # seed=None: the generators come from the checkpoint
+    assert resumed.history.epochs["epoch"] == [1, 2, 3, 4]
+    with pytest.raises(CheckpointMismatchError, match="seed 3 -> 4"):
+        make_vi().fit(data, epochs=EPOCHS + 2, batch_size=BATCH, valid=data[:40], seed=4,
+                      progress=False, checkpoint=path)
+
+
 def test_safe_settings_are_applied_and_reported(trained):
     with pytest.warns(UserWarning, match=r"with epochs 5 \(was 3\), patience 4 \(was None\), "
                       r"time_budget 100.0 \(was None\)"):

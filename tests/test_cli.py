@@ -2,6 +2,7 @@
 runs resume from their checkpoint, and `posterity demo` writes one report for all."""
 
 import json
+import warnings
 
 import arviz as az
 
@@ -168,7 +169,12 @@ def test_a_rerun_resumes_and_a_changed_model_setting_is_refused(tmp_path, capsys
     assert main([*VAE_SMALL, "--epochs", "2", "--out", out]) == 0  # epochs may change
     printed = capsys.readouterr().out
     assert "resumed from" in printed and "--fresh starts over" in printed
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 2
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["epochs"] == 2
+    # a rerun of the finished run trains nothing and reports the run's training time
+    assert main([*VAE_SMALL, "--epochs", "2", "--out", out]) == 0
+    again = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert again["train_seconds"] == metrics["train_seconds"] > 0
 
     assert main([*VAE_SMALL, "--epochs", "2", "--activation", "relu", "--out", out]) == 2
     error = capsys.readouterr().err
@@ -178,6 +184,12 @@ def test_a_rerun_resumes_and_a_changed_model_setting_is_refused(tmp_path, capsys
     code = main([*VAE_SMALL, "--epochs", "1", "--activation", "relu", "--fresh", "--out", out])
     assert code == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 1
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*VAE_SMALL, "--epochs", "1", "--activation", "relu", "--out", out]) == 0
+    notes = capsys.readouterr().err + " ".join(str(w.message) for w in caught)
+    assert "fresh" not in notes  # how a call starts is not a setting of the run
 
 
 def test_every_fit_command_takes_the_shared_flags():

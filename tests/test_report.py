@@ -197,7 +197,7 @@ def test_image_grid_tiles_square_images():
         image_grid(np.zeros((2, 5)))
 
 
-def test_amortized_groups_hold_rate_distortion_and_reconstructions():
+def test_amortized_groups_hold_the_rate_and_distortion_of_each_point_and_reconstructions():
     torch.manual_seed(0)
     model, guide = VAE(16, 2, (8,)), GaussianEncoder(16, 2, (8,))
     x = torch.bernoulli(torch.full((6, 16), 0.4))

@@ -6,6 +6,7 @@ import math
 import pyro
 import pytest
 import torch
+from programs import UserGuide, UserModel, two_direction_data
 
 from posterity.guides import GaussianEncoder
 from posterity.infer import AmortizedVI, NonFiniteError
@@ -79,8 +80,43 @@ def test_nan_stops_with_the_step_and_the_quantity(data):
     vi = make_vi()
     with torch.no_grad():
         vi.model.decoder[0].weight[0, 0] = float("nan")
-    with pytest.raises(NonFiniteError, match="loss became nan at epoch 0, step 1"):
+    with pytest.raises(NonFiniteError, match="loss became nan at epoch 1, step 1"):
         vi.fit(data, epochs=1, batch_size=40, progress=False)
+
+
+def test_a_distribution_given_inf_by_a_diverging_update_stops_with_the_step():
+    """PyTorch's argument validation reports a scale exp(s) that underflowed to 0 as a
+    ValueError; after a first update that succeeded, the loop names it a divergence."""
+    pyro.set_rng_seed(0)
+    vi = AmortizedVI(UserModel(), UserGuide(), objective="multi_rate", lr=1e3)
+    with pytest.raises(NonFiniteError, match=r"^the scale of a Normal left GreaterThan\("
+                                             r"lower_bound=0.0\) at epoch 1, step 2 \(global "
+                                             r"update count\): NaN, Inf, an overflow") as stop:
+        vi.fit(two_direction_data(torch.float32), epochs=2, batch_size=100, progress=False,
+               seed=0)
+    assert isinstance(stop.value.__cause__, ValueError)
+
+
+def test_only_invalid_values_after_a_first_good_update_are_a_divergence():
+    from posterity.infer.train import _diverged
+
+    invalid = ValueError("Expected parameter loc (Tensor of shape (2,)) of distribution "
+                         "Normal(loc: torch.Size([2])) to satisfy the constraint Real(), but "
+                         "found invalid values:\ntensor([nan, 1.])")
+    assert _diverged(invalid, epoch=0, step=1) is None  # the model's bug, not a divergence
+    assert str(_diverged(invalid, epoch=2, step=7)).startswith(
+        "the loc of a Normal left Real() at epoch 3, step 7")
+    assert _diverged(ValueError("data must be binary"), epoch=0, step=7) is None
+    observed = ValueError("Expected value argument (Tensor of shape (2,)) to be within the "
+                          "support (Boolean()) of the distribution Bernoulli(logits: "
+                          "torch.Size([2])), but found invalid values:\ntensor([0.5, 1.])")
+    assert str(_diverged(observed, epoch=0, step=7)).startswith(
+        "a sampled or observed value of a Bernoulli left its support at epoch 1, step 7")
+
+
+def test_patience_without_validation_data_is_refused(data):
+    with pytest.raises(ValueError, match="pass valid= data too"):
+        make_vi().fit(data, epochs=2, batch_size=40, patience=2, progress=False)
 
 
 def test_history_logs_every_quantity(data):

@@ -140,6 +140,24 @@ def test_integer_data_is_a_type_error(vae_vi):
         vae_vi.fit(binary(5, 20).long(), epochs=1, progress=False)
 
 
+def test_data_of_another_dtype_than_the_parameters_is_refused_with_the_fix():
+    from posterity.infer import log_likelihood
+
+    model, guide = VAE(20, 3, (8,)), GaussianEncoder(20, 3, (8,))
+    x = binary(16, 20).double()
+    message = (r"data has dtype torch.float64 but the modules' parameters have torch.float32; "
+               r"convert the data \(data.to\(torch.float32\)\) or, before building the "
+               r"engine, the modules")
+    with pytest.raises(ValueError, match=message):
+        AmortizedVI(model, guide).fit(x, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="x has dtype torch.float64"):
+        log_likelihood(model, guide, x, 4, progress=False)
+    model, guide = model.double(), guide.double()
+    AmortizedVI(model, guide).fit(x, epochs=1, progress=False)  # converted: it trains
+    with pytest.raises(ValueError, match="valid has dtype torch.float32"):
+        AmortizedVI(model, guide).fit(x, epochs=1, valid=x.float(), progress=False)
+
+
 def test_cuda_training_and_evaluation(cuda):
     from posterity.infer import log_likelihood
 

@@ -125,6 +125,14 @@ def test_direct_step_equals_the_explicit_solve_for_every_layer_shape(n_in, bias)
     torch.testing.assert_close(step, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_data_of_another_dtype_than_the_parameters_is_refused_with_the_fix():
+    model, guide = helmholtz_machine((6, 4, 3))
+    x = torch.bernoulli(torch.full((8, 6), 0.5)).double()
+    with pytest.raises(ValueError, match="data has dtype torch.float64 but the modules' "
+                                         "parameters have torch.float32; convert"):
+        WakeSleep(model, guide, algorithm="rws").fit(x, epochs=1, progress=False)
+
+
 def test_an_update_flushes_subnormals_and_restores_the_callers_mode():
     """Inside an update subnormal floats are flushed (they slow CPU arithmetic many
     times); afterwards the caller's mode is back, whichever it was."""

@@ -126,7 +126,8 @@ class AmortizedEngine:
                 f"(the first fit call); this call trains to update {total}, where "
                 "PyTorch's cosine rises again as in a warm restart. To decay over the whole "
                 "run, train all epochs in one call (or resume with the same epochs), or "
-                "pass scheduler=None", stacklevel=3)
+                "train without a schedule (scheduler=None; CLI: --scheduler constant)",
+                stacklevel=3)
             return
         scheduler.T_max = total
 

@@ -33,6 +33,7 @@ from posterity.layers.gated import (
     check_beta_extension,
     check_beta_range,
     gate_parameters,
+    multi_rate_settings,
     training_beta_range,
 )
 
@@ -116,12 +117,13 @@ class AmortizedVI(AmortizedEngine):
         beta_warmup: for ``"multi_rate"``, the number of updates over which the upper
             end of the sampled β range grows log-linearly from ``low`` to ``high``. Units
             that only pay off at small β are then recruited before large β can switch
-            them off: in the linear check (``tests/test_multirate.py``) training without
-            it left the two smallest principal directions unused (0.46 nats short of the
-            optimum at β = 0.1); with a third of the updates as warm-up it is within
-            0.01 nats at every β. On binarized MNIST it hurts: in ``bench/mrvae.py
-            --protocol full`` (20 epochs) a warm-up over 2000 of the 10 000 updates
-            left the excess objective at β = 0.01 at +45.4 % (+14.0 % without), and
+            them off: in the linear check (``tests/test_multirate.py``, lr 3e-2,
+            ``gate_lr_multiplier=3``) training without it missed the optimum by 1.2 nats
+            at β = 0.1 and by 7.6-35 nats at β >= 1.4; with a third of the updates as
+            warm-up it is within 0.018 nats at every β (2026-12-07). On binarized
+            MNIST it hurts: in ``bench/mrvae.py --protocol full`` (20 epochs) a warm-up
+            over 2000 of the 10 000 updates left the excess objective at β = 0.01 at
+            +45.4 % (+14.0 % without), and
             the reverse (the lower end coming down from ``high``) at +16.4 %.
         beta_sampling: for ``"multi_rate"``, how the β of a minibatch's ``B`` data
             points are drawn from ``beta_distribution``: ``"stratified"`` (the default),
@@ -129,10 +131,10 @@ class AmortizedVI(AmortizedEngine):
             probability (every minibatch covers the range evenly; each β still follows
             ``beta_distribution``, so the objective is the expectation over it);
             ``"example"``, independent draws per data point; or ``"batch"``, one β
-            per minibatch. In ``bench/mrvae.py --protocol short``
-            (two seeds) stratified draws lowered the excess objective over the β-VAEs
-            by 0.3 to 1.0 points of % at β = 0.1 and 1 against ``"example"``; one β
-            per minibatch shrank the rate span from 34 to 5 nats.
+            per minibatch. In ``bench/mrvae.py --protocol short`` (two seeds, with
+            the defaults of 2026-11-22) stratified draws lowered the excess objective
+            over the β-VAEs by 0.3 to 1.0 points of % at β = 0.1 and 1 against
+            ``"example"``; one β per minibatch shrank the rate span from 34 to 5 nats.
         beta_distribution: for ``"multi_rate"``, the distribution of β over
             ``training_beta_range``
             (:func:`~posterity.infer.amortized.betas.beta_at`): ``"log_uniform"`` (the
@@ -177,7 +179,7 @@ class AmortizedVI(AmortizedEngine):
             +0.7 / -6.1 / +1.7 / +0.4 / -1.3 and +0.5 / -6.0 / +2.1 / +0.4 / -1.1 %;
             averaged over two seeds of the β-VAEs too, its worst β is +1.02 % (β = 1;
             30: +1.57 %), hence the default 10. Over four seeds of each side: +0.99
-            / -6.30 / +1.08 / -1.26 / -1.74 % (standard errors 0.17-0.62 %). 5 gave,
+            / -6.30 / +1.08 / -1.26 / -1.74 % (standard errors 0.11-0.62 %). 5 gave,
             over three seeds, +1.18 / -6.23 / +0.94 / -1.30 / -1.63 % (10 on the same
             seeds: +0.88 / -6.32 / +0.97 / -1.39 / -1.63 %); with 1.5 decades of
             ``beta_extension`` +1.4 / -6.2 / +0.8 / -0.6 / -1.9 and +1.1 / -6.5 / +1.0
@@ -186,8 +188,11 @@ class AmortizedVI(AmortizedEngine):
             ``params -> Optimizer`` factory (:func:`posterity.infer.optim.make_optimizer`).
         scheduler: ``None``; ``"cosine"``, a cosine decay of every group's learning rate
             to 0 over ``total_steps`` updates (by default the updates of the first
-            :meth:`fit`: ``epochs * ceil(N / batch_size)``; a run resumed with more
-            epochs stretches the rest of the decay to its new end); or an
+            :meth:`fit`: ``epochs * ceil(N / batch_size)``; a run interrupted before
+            its last epoch and resumed with more epochs stretches the rest of the decay
+            to its new end, but
+            once the decay has ended a further call warns and PyTorch's cosine rises
+            again, as in a warm restart); or an
             ``optimizer -> LRScheduler`` factory, stepped after every update.
         total_steps: the length of the ``"cosine"`` schedule.
         grad_clip: clip the global gradient norm to this value (``None``: no clip).
@@ -233,8 +238,9 @@ class AmortizedVI(AmortizedEngine):
         self.beta = check_positive("beta", beta, allow_zero=True)
         self.lr = check_positive("lr", lr)
         self.grad_clip = None if grad_clip is None else check_positive("grad_clip", grad_clip)
-        self.beta_range = self._check_beta_range(beta_range)
-        self.beta_extension = self._check_beta_extension(beta_extension)
+        settings = self._module_settings() if self.objective == "multi_rate" else {}
+        self.beta_range = self._check_beta_range(beta_range, settings)
+        self.beta_extension = self._check_beta_extension(beta_extension, settings)
         self.training_beta_range = (None if self.beta_range is None
                                     else training_beta_range(self.beta_range, self.beta_extension))
         self.beta_warmup = check_int("beta_warmup", beta_warmup, 0)
@@ -284,20 +290,29 @@ class AmortizedVI(AmortizedEngine):
             "grad_clip": self.grad_clip,
         }
 
-    def _check_beta_range(self, beta_range) -> tuple[float, float] | None:
-        module_ranges = {getattr(m, "beta_range", None) for m in (self.model, self.guide)}
+    def _module_settings(self) -> dict[str, tuple[tuple[float, float] | None, float | None]]:
+        return {role: multi_rate_settings(module)
+                for role, module in (("model", self.model), ("guide", self.guide))}
+
+    def _check_beta_range(self, beta_range, settings) -> tuple[float, float] | None:
         if self.objective != "multi_rate":
             if beta_range is not None:
                 raise ValueError("beta_range applies to objective='multi_rate' only")
             return None
-        if None in module_ranges:
-            raise ValueError(
-                "objective='multi_rate' needs a multi-rate model and guide (built with "
-                "multi_rate=True, taking beta=)"
-            )
+        for role, (module_range, _) in settings.items():
+            if module_range is None:
+                module = getattr(self, role)
+                raise ValueError(
+                    "objective='multi_rate' needs a multi-rate model and guide, taking beta=: "
+                    f"the {role} ({type(module).__name__}) has no BetaStandardizer and no "
+                    "beta_range attribute. Build VAE and GaussianEncoder with "
+                    "multi_rate=True, or give your own modules a "
+                    "posterity.layers.BetaStandardizer(beta_range)"
+                )
+        module_ranges = {r for r, _ in settings.values()}
         if len(module_ranges) > 1:
-            raise ValueError(f"model and guide standardize β over different ranges: "
-                             f"{sorted(module_ranges)}")
+            raise ValueError("model and guide standardize β over different ranges: "
+                             f"model {settings['model'][0]}, guide {settings['guide'][0]}")
         (module_range,) = module_ranges
         if beta_range is None:
             return module_range
@@ -305,27 +320,29 @@ class AmortizedVI(AmortizedEngine):
         if beta_range != module_range:
             raise ValueError(
                 f"beta_range {beta_range} differs from the range {module_range} the modules "
-                "were built with; pass beta_range= to VAE and GaussianEncoder too"
+                "were built with; build them with that beta_range too (VAE and "
+                "GaussianEncoder: beta_range=; your own: BetaStandardizer(beta_range))"
             )
         return beta_range
 
-    def _check_beta_extension(self, beta_extension) -> float | None:
+    def _check_beta_extension(self, beta_extension, settings) -> float | None:
         if self.objective != "multi_rate":
             if beta_extension is not None:
                 raise ValueError("beta_extension applies to objective='multi_rate' only")
             return None
         if beta_extension is not None:
             beta_extension = check_beta_extension(beta_extension)
-        built = {getattr(m, "beta_extension", None) for m in (self.model, self.guide)} - {None}
+        built = {e for _, e in settings.values()} - {None}
         if len(built) > 1:
-            raise ValueError(f"model and guide were built with different beta_extension: "
-                             f"{sorted(built)}")
+            raise ValueError("model and guide were built with different beta_extension: "
+                             f"model {settings['model'][1]}, guide {settings['guide'][1]}")
         if beta_extension is None:  # the modules' own, else the standardizer's default
             return built.pop() if built else DEFAULT_BETA_EXTENSION
         if built and beta_extension not in built:
             raise ValueError(
                 f"beta_extension {beta_extension:g} differs from the {built.pop():g} the "
-                "modules were built with; pass beta_extension= to VAE and GaussianEncoder too"
+                "modules were built with; build them with it too (VAE and GaussianEncoder: "
+                "beta_extension=; your own: BetaStandardizer(beta_range, extension=))"
             )
         return beta_extension
 
