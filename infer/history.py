@@ -12,7 +12,10 @@ class History:
     """Every logged quantity: ``steps[name]`` per update, ``epochs[name]`` per epoch.
 
     ``out_of_time`` says that the latest :func:`fit` call stopped on its time budget;
-    it belongs to that call and is not carried into a resumed run.
+    it belongs to that call and is not carried into a resumed run. When that call
+    stopped inside an epoch, ``partial`` holds where (the loop's position and the names
+    the partial epoch's record logged): the record is kept for the caller, and the next
+    call on the same history drops it and finishes the epoch from there.
     """
 
     steps: dict[str, list[float]] = field(default_factory=dict)
@@ -20,6 +23,7 @@ class History:
     stopped_early: bool = False
     best_epoch: int | None = None
     out_of_time: bool = False
+    partial: dict[str, Any] | None = None
 
     def log_step(self, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():

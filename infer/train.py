@@ -374,8 +374,11 @@ def fit(
             :mod:`posterity.infer.progress` (shown on an interactive terminal only).
         history: a history to extend (the engine's own, across ``fit`` calls).
         time_budget: stop this call once its updates (not validation) have taken this
-            many seconds; the interrupted epoch is validated and logged. The budget
-            belongs to the call: a resumed run gets its own.
+            many seconds; an interrupted epoch is validated and logged (its validation
+            does not count for early stopping) and the checkpoint keeps the position
+            inside it, so that a resumed run, or a later call on the same history,
+            finishes that epoch as an uninterrupted run would. The budget belongs to the
+            call: a resumed run gets its own.
         config: the run's settings (e.g. the command line's), plain values. Stored in
             the checkpoint with the loop's own settings (``batch_size``, ``seed``, the
             number of rows, ...) and ``engine.config()``. On resume a difference in
@@ -515,6 +518,8 @@ def fit(
             loop.shuffle.manual_seed(seed)
         else:
             loop.shuffle.manual_seed(int(torch.randint(2**62, ()).item()))
+        if not found:
+            loop.continue_partial_epoch()
         loop.run(epochs=epochs, valid=valid, valid_every=valid_every, patience=patience,
                  restore_best=restore_best, checkpoint_every=checkpoint_every,
                  progress=progress if distributed.is_main() else False,
@@ -585,6 +590,17 @@ class _Loop:
                 pyro.set_rng_seed(distributed.rank_seed(seed))
                 return
         checkpoints.set_rng_state(states[distributed.rank()])
+
+    def continue_partial_epoch(self) -> None:
+        """A history whose last call stopped on its time budget inside an epoch (kept in
+        memory, not resumed from a checkpoint): drop that epoch's partial record and
+        start where it stopped. The budget belonged to that call."""
+        self.history.out_of_time = False
+        partial, self.history.partial = self.history.partial, None
+        if partial is not None:
+            for name in partial["logged"]:
+                self.history.epochs[name].pop()
+            self.position = partial["position"]
 
     def save(self, position: dict[str, Any] | None = None) -> None:
         """Write the checkpoint (rank 0) with every rank's generators (a collective)."""
@@ -659,7 +675,7 @@ class _Loop:
                     epoch_shuffle, first, sums, carried = self.shuffle.get_state(), 0, {}, 0.0
                 started = time.perf_counter()
                 order = torch.randperm(num_rows, generator=self.shuffle)
-                done = first
+                done, partial = first, None
                 agreement = _Agreement()
                 for index in range(first, steps_per_epoch):
                     begin = index * self.batch_size
@@ -681,6 +697,10 @@ class _Loop:
                         self._record(agreement.flush(), epoch, sums, bar, shown)
                     if out_of_time:
                         history.out_of_time = True
+                        if done < steps_per_epoch:
+                            partial = {"next_step": done, "shuffle": epoch_shuffle,
+                                       "sums": dict(sums),
+                                       "seconds": carried + time.perf_counter() - started}
                         break
                     if stop is not None and done < steps_per_epoch:
                         position = {"next_step": done, "shuffle": epoch_shuffle, "sums": sums,
@@ -693,6 +713,14 @@ class _Loop:
                 seconds, stop = _agree_epoch(carried + elapsed, signals.received)
                 record = {"epoch": epoch + 1, "seconds": seconds}
                 record.update({f"train_{k}": v / done for k, v in sums.items()})
+                if partial is not None:
+                    if self.path is not None:  # as an interrupt does, before the report
+                        self.save(partial)
+                    self._report_partial_epoch(record, partial, valid, epoch, total_step)
+                    if stop is not None:
+                        self._interrupt(stop, epoch, total_step, None,
+                                        saved=self.path is not None)
+                    break
                 if valid is not None and (epoch + 1) % valid_every == 0:
                     valid_metrics = self._validate(valid)
                     _guard(valid_metrics, epoch, total_step)
@@ -724,6 +752,20 @@ class _Loop:
             _, stop = _agree_epoch(0.0, signals.received)
             if stop is not None:  # arrived after the last check: still stop
                 self._interrupt(stop, history.num_epochs - 1, total_step, None, saved=True)
+
+    def _report_partial_epoch(self, record: dict[str, float], position: dict[str, Any],
+                              valid: Any, epoch: int, step: int) -> None:
+        """Log the epoch a time budget cut short, validated for the caller, without
+        touching what the rest of the run depends on: the generators (restored after
+        the validation) and early stopping."""
+        if valid is not None:
+            state = checkpoints.rng_state()
+            valid_metrics = self._validate(valid)
+            checkpoints.set_rng_state(state)
+            _guard(valid_metrics, epoch, step)
+            record.update(valid_metrics)
+        self.history.log_epoch(record)
+        self.history.partial = {"position": position, "logged": list(record)}
 
     def _record(self, agreed: list[_Agreed], epoch: int, sums: dict[str, float], bar: Any,
                 shown: dict[str, str]) -> tuple[bool, int | None]:

@@ -270,6 +270,23 @@ def test_a_checkpoint_of_other_layer_sizes_names_the_tensors_and_shapes(trained)
         run(make_vi(hidden=(5,)), trained, config=RUN)
 
 
+def test_a_run_stopped_by_its_time_budget_inside_an_epoch_resumes_exactly(straight, tmp_path):
+    path = tmp_path / "run.pt"
+    first = run(make_vi(), path, time_budget=1e-9)  # stops after the first update
+    assert first.num_steps == 1 and first.history.out_of_time
+    assert first.history.num_epochs == 1  # the cut epoch is logged for the caller
+    assert_same_run(run(make_vi(), path), straight)
+
+
+def test_a_later_call_on_the_same_engine_finishes_the_epoch_a_budget_cut(tmp_path):
+    vi = run(make_vi(), time_budget=1e-9)
+    assert vi.history.partial is not None and vi.history.num_epochs == 1
+    run(vi)  # no budget: the rest of epoch 1, then epochs 2 and 3
+    assert vi.num_steps == 3 * 5  # 120 rows in minibatches of 25: 5 updates per epoch
+    assert vi.history.epochs["epoch"] == [1, 2, 3] and vi.history.partial is None
+    assert len(vi.history.steps["loss"]) == vi.num_steps and not vi.history.out_of_time
+
+
 def test_resuming_without_a_seed_keeps_the_runs_and_another_seed_is_refused(tmp_path):
     path, data = tmp_path / "run.pt", make_data()
     run(make_vi(), path)
@@ -482,4 +499,4 @@ def test_a_time_budget_belongs_to_one_call_not_to_the_checkpoint(tmp_path):
     with pytest.warns(UserWarning, match=r"time_budget None \(was 0.1\)"):
         history = fit(later, data, epochs=3, batch_size=10, checkpoint=path, progress=False)
     assert not history.out_of_time and history.num_epochs == 3
-    assert int(later.updates) == int(engine.updates) + 20
+    assert int(later.updates) == 30  # the rest of the cut epoch, then two more

@@ -454,3 +454,34 @@ def test_targets_of_the_wrong_shape_are_refused():
     mcmc.run(X, y)
     with pytest.raises(ValueError, match=r"y must have shape \[N\] .* got \(10, 1\)"):
         to_inference_data(mcmc, X[:10], y[:10, None])
+
+
+def test_classification_metrics_read_a_bernoulli_models_probability_of_class_one():
+    """A Bernoulli model's predictive mean is P(y = 1), [C, D, N]; the same predictions
+    as two-class probabilities [C, D, N, 2] must give the same metrics."""
+    from posterity.infer.sgmcmc.predictive import classification_metrics
+
+    p = torch.rand(2, 5, 40, generator=torch.Generator().manual_seed(0))
+    y = (torch.rand(40, generator=torch.Generator().manual_seed(1)) < 0.5).long()
+    log_lik = torch.zeros(2, 5, 40)
+    binary = classification_metrics({"mean": p, "log_likelihood": log_lik}, y)
+    two_class = classification_metrics(
+        {"mean": torch.stack([1 - p, p], -1), "log_likelihood": log_lik}, y)
+    assert binary == pytest.approx(two_class)
+    assert binary["accuracy"] == pytest.approx(float(((p.mean((0, 1)) > 0.5) == y).float().mean()))
+
+
+def test_pointwise_predictive_names_what_a_model_without_subsample_needs():
+    import pyro.distributions as dist
+
+    from posterity.infer.sgmcmc.predictive import pointwise_predictive
+
+    def regression(X, y=None):  # written as docs/families/sgmcmc.md's example
+        w = pyro.sample("w", dist.Normal(X.new_zeros(X.shape[1]), 1.0).to_event(1))
+        with pyro.plate("data", X.shape[0], subsample_size=4) as idx:
+            pyro.sample("y", dist.Normal(X[idx] @ w, 1.0), obs=None if y is None else y[idx])
+
+    samples = {"w": torch.zeros(1, 3, 2)}
+    with pytest.raises(TypeError, match=r"calls model\(X, y, subsample=False\), which "
+                                        r"function does not take .*to_inference_data"):
+        pointwise_predictive(regression, samples, torch.zeros(8, 2))

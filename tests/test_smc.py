@@ -108,6 +108,22 @@ def test_filtering_means_match_kalman(dim, scheme):
     assert ((runs.mean(0) - exact).abs() < 5 * stderr).all()
 
 
+@torch.no_grad()
+def test_filtering_variances_match_kalman_for_a_state_far_from_zero():
+    """A state near 1000 with variance 0.006: E[x²] - E[x]² in float32 cancelled to 0.
+    The mean over 20 runs must be within 5 of its standard errors, plus the O(1/ESS)
+    bias of a weighted variance (ESS >= N/2 between resamplings), of Kalman's."""
+    ssm = LinearGaussianSSM(1, 1, A=1.0, Q=0.01, C=1.0, R=0.01, m0=1000.0, P0=1.0)
+    pyro.set_rng_seed(3)
+    ys = ssm.simulate(30).observations
+    exact = ssm.kalman_filter(ys)["cov"].diagonal(dim1=-2, dim2=-1)
+    N = 2000
+    runs = torch.stack([ParticleFilter(ssm, N, progress=False).run(ys).filter_var
+                        for _ in range(20)])
+    stderr = runs.std(0) / math.sqrt(runs.shape[0])
+    assert ((runs.mean(0) - exact).abs() < 5 * stderr + 2 * exact / N).all()
+
+
 @pytest.mark.parametrize("scheme", [multinomial, stratified, systematic, residual])
 def test_resampling_is_unbiased(scheme):
     weights = torch.tensor([0.05, 0.4, 0.15, 0.3, 0.1])

@@ -246,8 +246,8 @@ def test_a_resumed_run_with_more_epochs_stretches_the_rest_of_the_cosine(data, t
     resumed, rates = cosine_vi()
     with pytest.warns(UserWarning, match="resuming"):  # the loop notes the new epochs
         resumed.fit(data, epochs=4, batch_size=40, seed=0, checkpoint=tmp_path / "run")
-    # the budget's partial epoch counts as epoch 1: epochs 2-4 are 9 more updates
-    assert len(rates) == 9 and resumed.scheduler.T_max == 12
+    # the rest of the budget's partial epoch (2 updates), then epochs 2-4 (9 updates)
+    assert len(rates) == 11 and resumed.scheduler.T_max == 12
     assert all(b < a for a, b in zip(rates, rates[1:]))  # decays, never climbs again
     assert rates[-1] < 0.15 * rates[0]
 

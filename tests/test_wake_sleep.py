@@ -8,9 +8,11 @@ import itertools
 import math
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from programs import UserBeliefNet, UserRecognitionNet
+from pyro.nn import PyroModule
 from torch import nn
 
 from posterity.guides import SigmoidRecognitionNet
@@ -123,6 +125,53 @@ def test_direct_step_equals_the_explicit_solve_for_every_layer_shape(n_in, bias)
     factor.precondition_(weight_grad, bias_grad, 1.1)
     step = weight_grad if bias_grad is None else torch.cat([weight_grad, bias_grad[:, None]], -1)
     torch.testing.assert_close(step, expected, atol=1e-5, rtol=1e-5)
+
+
+class NormalRecognitionNet(UserRecognitionNet):
+    """A guide that proposes Gaussian values for the belief net's Bernoulli latents."""
+
+    def forward(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("h", dist.Normal(self.encoder(x), 1.0).to_event(1))
+
+
+class RawRecognitionNet(PyroModule):
+    """Bernoulli logits from a raw weight matrix: no nn.Linear to precondition."""
+
+    def __init__(self, x_dim: int = 12, h_dim: int = 4):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(x_dim, h_dim))
+
+    def forward(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("h", dist.Bernoulli(logits=x @ self.weight).to_event(1))
+
+
+@pytest.mark.parametrize("algorithm", ["rws", "nrws"])
+def test_a_guide_proposing_another_kind_of_value_than_the_model_scores_is_refused(algorithm):
+    x = torch.bernoulli(torch.full((8, 12), 0.5))
+    engine = WakeSleep(UserBeliefNet(), NormalRecognitionNet(), algorithm=algorithm)
+    with pytest.raises(ValueError, match="latent site 'h': the guide proposes a Normal "
+                                         r"\(Real values\) where the model has a Bernoulli "
+                                         r"\(Boolean\)"):
+        engine.fit(x, epochs=1, progress=False)
+
+
+def test_natural_algorithms_refuse_latents_that_are_not_bernoulli():
+    from programs import TwoLayerGuide, TwoLayerModel
+
+    x = torch.bernoulli(torch.full((8, 12), 0.5))
+    with pytest.raises(ValueError, match=r"algorithm='nrws' preconditions Bernoulli layers, "
+                                         r"but latent site 'z\d' is a Normal; use "
+                                         r"algorithm='rws'"):
+        WakeSleep(TwoLayerModel(), TwoLayerGuide(), algorithm="nrws").fit(x, epochs=1,
+                                                                          progress=False)
+
+
+def test_a_natural_algorithm_warns_when_a_program_has_no_linear_layer():
+    with pytest.warns(UserWarning, match="the guide has no nn.Linear layer"):
+        engine = WakeSleep(UserBeliefNet(), RawRecognitionNet(), algorithm="nrws")
+    assert engine.guide_layers == [] and len(engine.model_layers) == 1
 
 
 def test_data_of_another_dtype_than_the_parameters_is_refused_with_the_fix():

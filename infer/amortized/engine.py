@@ -79,6 +79,9 @@ class AmortizedEngine:
             valid: Tensor | None = None, **kwargs: Any) -> train.History:
         """Train on ``data`` (``[N, D]``); see :func:`posterity.infer.train.fit`.
 
+        ``epochs`` is the run's total over every call on this engine: a second call with
+        the same ``epochs`` trains nothing (pass more to continue).
+
         Keyword arguments (``patience``, ``checkpoint``, ``resume``, ``seed``,
         ``progress``, ``time_budget``, ``config``, ...) go to the shared training loop.
         On SIGINT/SIGTERM (:class:`~posterity.infer.train.Interrupted`) the history so
@@ -126,7 +129,7 @@ class AmortizedEngine:
                 f"(the first fit call); this call trains to update {total}, where "
                 "PyTorch's cosine rises again as in a warm restart. To decay over the whole "
                 "run, train all epochs in one call (or resume with the same epochs), or "
-                "train without a schedule (scheduler=None; CLI: --scheduler constant)",
+                "train without a schedule (scheduler=None)",
                 stacklevel=3)
             return
         scheduler.T_max = total

@@ -166,7 +166,11 @@ class SGHMC(SGMCMCKernel):
 
     Args:
         friction: ``α``, the friction rate; each update loses a fraction ``h α`` of
-            the momentum, so ``h α < 1`` is needed.
+            the momentum, so ``h α < 1`` is needed. The default 10 is the command
+            line's and the README's; with 0.1 (the default before 2026-12-07) the
+            minibatch gradient noise, which the friction has to absorb, left posterior
+            standard deviations of a logistic regression (300 points, minibatches of
+            32, h = 1e-2) 10-15 times NUTS's, against 1.1 times with 10.
         **kwargs: as :class:`SGMCMCKernel`; ``step_size`` is the time step ``h``.
 
     Example:
@@ -177,7 +181,7 @@ class SGHMC(SGMCMCKernel):
         0.1
     """
 
-    def __init__(self, model: Callable, step_size: StepSize, friction: float = 0.1,
+    def __init__(self, model: Callable, step_size: StepSize, friction: float = 10.0,
                  **kwargs: Any) -> None:
         super().__init__(model, step_size, **kwargs)
         self.friction = check_positive("friction", friction)

@@ -34,8 +34,12 @@ def pointwise_predictive(
 ) -> dict[str, Tensor]:
     """Per draw: predicted ``site`` values and, with ``y``, the pointwise log-likelihood.
 
+    For the built-in models and programs written like them; any other model is served by
+    ``to_inference_data(mcmc, X_test, y_test)``, which needs none of this.
+
     Args:
-        model: the Pyro program, called as ``model(X, y, subsample=False)``.
+        model: the Pyro program, called as ``model(X, y, subsample=False)``: it must
+            take ``subsample`` and then use every row (``subsample_size=None``).
         samples: constrained draws ``{name: [chains, draws, ...]}`` (as
             ``mcmc.get_samples(group_by_chain=True)``).
         X, y: the rows to predict (and score).
@@ -52,9 +56,23 @@ def pointwise_predictive(
     first = next(iter(samples.values()))
     chains, draws = first.shape[:2]
     flat = {k: v.reshape(chains * draws, *v.shape[2:]) for k, v in samples.items()}
-    predicted = Predictive(model, posterior_samples=flat, return_sites=[site])(
-        X, None, subsample=False
-    )[site]
+    try:
+        predicted = Predictive(model, posterior_samples=flat, return_sites=[site])(
+            X, None, subsample=False
+        )
+    except TypeError as error:
+        if "subsample" not in str(error):
+            raise
+        raise TypeError(
+            f"pointwise_predictive calls model(X, y, subsample=False), which "
+            f"{type(model).__name__} does not take ({error}); use "
+            "to_inference_data(mcmc, X, y) for its predictive and pointwise "
+            "log-likelihood, or give forward a subsample argument (subsample_size=None "
+            "when it is False)") from None
+    if site not in predicted:
+        raise KeyError(f"the model has no sample site {site!r}; pass site= the name of its "
+                       "observed site")
+    predicted = predicted[site]
     means, log_liks = [], []
     for i in range(chains * draws):
         values = {k: v[i] for k, v in flat.items()}
@@ -92,9 +110,23 @@ def regression_metrics(predictive: dict[str, Tensor], y: Tensor) -> dict[str, fl
 def classification_metrics(predictive: dict[str, Tensor], y: Tensor,
                            num_bins: int = 10) -> dict[str, float]:
     """Accuracy, NLL and expected calibration error (Guo et al. 2017) of the
-    posterior predictive class probabilities."""
+    posterior predictive class probabilities.
+
+    ``predictive["mean"]``: ``[C, D, N, classes]`` class probabilities (a categorical
+    model), or ``[C, D, N]``, the probability of class 1 (a Bernoulli model); ``y``:
+    ``[N]`` labels.
+
+    Example:
+        >>> p = torch.tensor([[[0.9, 0.2, 0.6]]])  # [C=1, D=1, N=3]: P(y = 1)
+        >>> predictive = {"mean": p, "log_likelihood": torch.zeros(1, 1, 3)}
+        >>> metrics = classification_metrics(predictive, torch.tensor([1, 0, 0]))
+        >>> round(metrics["accuracy"], 4)  # 0.9 -> 1 and 0.2 -> 0 right, 0.6 -> 1 wrong
+        0.6667
+    """
     probs = predictive["mean"]
-    probs = probs.reshape(-1, *probs.shape[2:]).mean(0)  # [N, classes]
+    probs = probs.reshape(-1, *probs.shape[2:]).mean(0)  # [N, classes], or [N]: P(y = 1)
+    if probs.shape == y.shape:
+        probs = torch.stack([1 - probs, probs], -1)
     confidence, predicted = probs.max(-1)
     correct = (predicted == y.long()).float()
     edges = torch.linspace(0, 1, num_bins + 1, device=probs.device)

@@ -532,7 +532,9 @@ def _summary(unnormalized: Tensor, kept: int, own: int, particles: Tensor | None
     parts = [shift.double().reshape(1), weights.sum(dtype=torch.float64).reshape(1),
              (weights @ weights).double().reshape(1)]  # no [n] temporary for the ESS
     if x is not None:
-        parts += [(weights @ x).double(), (weights @ x.square()).double()]
+        # in float64: E[x²] - E[x]² cancels badly for a mean large against the spread
+        weights, x = weights.double(), x.double()
+        parts += [weights @ x, weights @ x.square()]
     return torch.cat(parts), shift
 
 
@@ -552,8 +554,8 @@ def _combine(table: Tensor, dtype: torch.dtype, moved: Tensor | None = None,
         per_rank = per_rank.index_add(0, owners, weights)
         per_square = per_square.index_add(0, owners, weights.square())
         if moments is not None:
-            moments = moments + torch.cat([weights @ moved_states,
-                                           weights @ moved_states.square()])
+            states = moved_states.to(weights.dtype)
+            moments = moments + torch.cat([weights @ states, weights @ states.square()])
     total = per_rank.sum()
     log_normalizer = (total.log() + top).to(dtype)
     ess = float(total.square() / per_square.sum())

@@ -183,11 +183,16 @@ def _vanished_cause(increment: Tensor, y: Tensor) -> str:
 
 
 def _weighted_moments(steps: list[FilterStep]) -> Tensor:
-    """``[E[x], E[x²]]`` under each step's weights, ``[len(steps), 2 d]``."""
+    """``[E[x], Var[x]]`` under each step's weights, ``[len(steps), 2 d]``.
+
+    The variance is the weighted mean of squared deviations from the mean, not
+    ``E[x²] - E[x]²``, which cancels catastrophically when the mean is large against the
+    spread (a state near 1000 with variance 0.006 gave 0 in float32)."""
     weights = torch.stack([step.log_weights for step in steps]).exp_().unsqueeze(1)  # [k,1,N]
     particles = torch.stack([step.particles for step in steps])  # [k, N, d], a copy
-    first = (weights @ particles).squeeze(1)
-    return torch.cat([first, (weights @ particles.square_()).squeeze(1)], -1)
+    mean = weights @ particles  # [k, 1, d]
+    variance = weights @ particles.sub_(mean).square_()
+    return torch.cat([mean.squeeze(1), variance.squeeze(1)], -1)
 
 
 class ParticleFilter:
@@ -338,7 +343,8 @@ class ParticleFilter:
                 weights = log_w.exp()
                 ess = 1.0 / float(weights @ weights)
                 if moments:
-                    step_moments = torch.cat([weights @ x, weights @ x.square()])
+                    mean = weights @ x
+                    step_moments = torch.cat([mean, weights @ (x - mean).square()])
             monitor(ess, increment, ys[t], t)
             yield FilterStep(t, ys[t], x_prev, log_w_prev, x, log_w, ancestors,
                              step_log_evidence, ess, step_moments)
@@ -374,11 +380,14 @@ class ParticleFilter:
                 )
         if pending:
             moments.append(_weighted_moments(pending))
-        mean, second = torch.cat(moments).to(step.particles.dtype).chunk(2, -1)
+        mean, var = torch.cat(moments).chunk(2, -1)
+        if spread:  # the ranks' summed [E[x], E[x²]], accumulated in float64
+            var = (var - mean.square()).clamp_min(0)
+        mean, var = mean.to(step.particles.dtype), var.to(step.particles.dtype)
         return FilterResult(
             log_evidence=torch.stack(log_evidences).sum(),
             filter_mean=mean,
-            filter_var=(second - mean.square()).clamp_min(0),
+            filter_var=var,
             ess=torch.tensor(ess, dtype=mean.dtype),
             resampled=torch.tensor(resampled),
             particles=step.particles,

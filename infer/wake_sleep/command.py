@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="particles per data point (at least 2 except for --algorithm ws)")
     parser.add_argument("--damping", type=real(0, closed="low"), default=None,
                         help="Fisher damping of the natural algorithms (>= 0; default: the "
-                             "engine's, 0.03)")
+                             "engine's, 0.03 for nrws and 0.05 for nbihm)")
     parser.add_argument("--refresh-every", type=integer(1), default=None,
                         help="recompute the Fisher factorizations every this many updates "
                              "(default: the engine's, 10)")

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from .. import train
 from ..amortized.engine import AmortizedEngine
-from ..checks import check_choice, check_int, check_positive, prepare_pair
+from ..checks import check_choice, check_int, check_positive, prepare_pair, preserved_rng
 from ..floats import subnormals_flushed
 from ..handlers import densities_unaltered
 from ..importance import PARTICLE_PLATE, _per_data_point, sample_sites, weighted_particles
@@ -296,6 +296,13 @@ class WakeSleep(AmortizedEngine):
                     f"chose; the natural algorithms are meant for plain SGD (the default, "
                     f"optimizer='sgd', as in Várady et al. 2022)", UserWarning, stacklevel=2)
             self.model_layers, self.guide_layers = linear_layers(model), linear_layers(guide)
+            for role, layers in (("model", self.model_layers), ("guide", self.guide_layers)):
+                if not layers:
+                    warnings.warn(
+                        f"algorithm={self.algorithm!r}: the {role} has no nn.Linear layer, "
+                        "so its parameters get plain gradients; the natural algorithms "
+                        "precondition nn.Linear layers whose outputs are Bernoulli logits",
+                        UserWarning, stacklevel=2)
             self.preconditioner = BernoulliNaturalGradient(
                 self.model_layers + self.guide_layers, self.damping, refresh_every)
             self.recorder = LayerRecorder(self.model_layers + self.guide_layers)
@@ -343,8 +350,34 @@ class WakeSleep(AmortizedEngine):
 
     def prepare(self, x: Tensor, name: str = "data") -> Tensor:
         x, self._plate_nesting = prepare_pair(self.model, self.guide, x, name)
+        self._check_latents(x[:2])
         self._template = x[:1]  # the shape the sleep phase asks the model for
         return x
+
+    def _check_latents(self, probe: Tensor) -> None:
+        """Each latent site of the guide must propose values of the kind the model's
+        scores (a guide's Normal draws are not Bernoulli states), and the natural
+        algorithms, whose Fisher blocks are those of Bernoulli layers, need Bernoulli
+        latents in both programs."""
+        with preserved_rng(probe.device), poutine.block(), torch.no_grad():
+            guide_sites = sample_sites(poutine.trace(self.guide).get_trace(probe))
+            model_sites = sample_sites(poutine.trace(self.model).get_trace(probe))
+        for name, site in guide_sites.items():
+            if name not in model_sites or model_sites[name]["is_observed"]:
+                continue
+            guide_fn, model_fn = _base(site["fn"]), _base(model_sites[name]["fn"])
+            if _support(guide_fn) != _support(model_fn):
+                raise ValueError(
+                    f"latent site {name!r}: the guide proposes a {type(guide_fn).__name__} "
+                    f"({_support(guide_fn)} values) where the model has a "
+                    f"{type(model_fn).__name__} ({_support(model_fn)}); the guide must "
+                    "propose values the model can score (wake-sleep is for discrete, "
+                    "Bernoulli latents; AmortizedVI takes reparameterizable ones)")
+            if self.natural and not isinstance(model_fn, torch.distributions.Bernoulli):
+                raise ValueError(
+                    f"algorithm={self.algorithm!r} preconditions Bernoulli layers, but latent "
+                    f"site {name!r} is a {type(model_fn).__name__}; use "
+                    f"algorithm={self.algorithm[1:]!r}, which takes any discrete latents")
 
     # --- one update ----------------------------------------------------------------
     def losses(self, x: Tensor) -> dict[str, Tensor]:
@@ -560,3 +593,18 @@ class WakeSleep(AmortizedEngine):
                 {"x": (("sample", "feature"), samples)},
                 coords={"sample": np.arange(samples.shape[0])}))
         return idata
+
+
+def _base(fn: Any) -> Any:
+    """The distribution under ``Independent`` / ``.to_event`` wrappers."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn
+
+
+def _support(fn: Any) -> str:
+    """The kind of values ``fn`` puts mass on (``Boolean``, ``Real``, ...)."""
+    support = fn.support
+    while hasattr(support, "base_constraint"):
+        support = support.base_constraint
+    return type(support).__name__.lstrip("_")
