@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +26,19 @@ class DataError(ValueError):
     """A data set that cannot be used as asked; the message names the file."""
 
 
-def read_csv(path: str | Path, *, allow_missing: bool = False) -> np.ndarray:
+def read_csv(path: str | Path, *, allow_missing: bool = False,
+             columns: Sequence[int | str] | None = None) -> np.ndarray:
     """A comma-separated numeric table as a ``[rows, columns]`` float64 array.
 
     A first row that is not numeric is a header and is skipped; blank lines at the end are
     ignored. With ``allow_missing`` an empty cell or ``nan`` is NaN; otherwise it is an
-    error.
+    error. ``columns`` (indices, or names from the header) keeps those columns, in that
+    order, before any cell is read as a number: other columns (a date) may hold text.
 
     Raises:
         DataError: no data rows, a non-numeric cell, rows of different widths, or a
             missing value where none is allowed; the message gives the line number.
+        ValueError: a column that is not in the table.
 
     Example:
         >>> import tempfile, os
@@ -42,6 +46,9 @@ def read_csv(path: str | Path, *, allow_missing: bool = False) -> np.ndarray:
         >>> _ = open(path, "w").write("a,b\\n1,2\\n3,4\\n")
         >>> read_csv(path).tolist()
         [[1.0, 2.0], [3.0, 4.0]]
+        >>> _ = open(path, "w").write("date,ret\\n2020-01-02,0.5\\n2020-01-03,-0.1\\n")
+        >>> read_csv(path, columns=["ret"]).tolist()
+        [[0.5], [-0.1]]
     """
     path = Path(path)
     try:
@@ -53,31 +60,58 @@ def read_csv(path: str | Path, *, allow_missing: bool = False) -> np.ndarray:
     if not lines:
         raise DataError(f"{path} is empty")
 
-    def parse(line: str) -> list[float]:
-        return [float(cell) if cell.strip() else math.nan for cell in line.split(",")]
+    def parse(cells: list[str]) -> list[float]:
+        return [float(cell) if cell.strip() else math.nan for cell in cells]
 
+    header = [cell.strip() for cell in lines[0].split(",")]
     first = 0
     try:
-        parse(lines[0])
+        parse(header)
+        header = []
     except ValueError:  # a header
         first = 1
     if first == len(lines):
         raise DataError(f"{path} has a header but no data rows")
+    keep = None if columns is None else _column_indices(path, columns, header,
+                                                        len(lines[first].split(",")))
     rows, width = [], None
     for number, line in enumerate(lines[first:], start=first + 1):
-        try:
-            row = parse(line)
-        except ValueError as error:
-            raise DataError(f"{path} line {number}: not a number ({error})") from None
+        cells = line.split(",")
         if width is None:
-            width = len(row)
-        elif len(row) != width:
-            raise DataError(f"{path} line {number} has {len(row)} columns, line {first + 1} "
+            width = len(cells)
+        elif len(cells) != width:
+            raise DataError(f"{path} line {number} has {len(cells)} columns, line {first + 1} "
                             f"has {width}")
+        try:
+            row = parse(cells if keep is None else [cells[c] for c in keep])
+        except ValueError as error:
+            hint = "" if columns is not None else " (pick the numeric columns by index or name)"
+            raise DataError(f"{path} line {number}: not a number ({error}){hint}") from None
         if not allow_missing and any(math.isnan(v) for v in row):
             raise DataError(f"{path} line {number} has an empty or NaN cell")
         rows.append(row)
     return np.array(rows, dtype=np.float64)
+
+
+def _column_indices(path: Path, columns: Sequence[int | str], header: list[str],
+                    width: int) -> list[int]:
+    """``columns`` (indices, or names in ``header``) as indices into rows of ``width``."""
+    indices = []
+    for column in columns:
+        if isinstance(column, str) and not column.lstrip("-").isdigit():
+            if column not in header:
+                raise ValueError(f"columns must be indices or names in the header of {path}; "
+                                 f"it has no column {column!r}"
+                                 + (f" (header: {', '.join(header)})" if header
+                                    else " and no header"))
+            indices.append(header.index(column))
+            continue
+        index = int(column)
+        if not -width <= index < width:
+            raise ValueError(f"columns must be indices in [{-width}, {width - 1}] (the data "
+                             f"has {width}), got [{index}]")
+        indices.append(index % width)
+    return indices
 
 
 def _existing(spec: str, names: str) -> Path:
@@ -203,12 +237,13 @@ def load_table(spec: str, target: int = -1) -> tuple[Tensor, Tensor]:
     return table[:, keep], table[:, target]
 
 
-def load_series(spec: str, columns: list[int] | None = None) -> Tensor:
+def load_series(spec: str, columns: Sequence[int | str] | None = None) -> Tensor:
     """``[T, obs_dim]`` float32 observations for a ``--data`` value, NaN where missing.
 
     ``spec`` is ``gbp-usd`` (embedded, :func:`posterity.datasets.gbp_usd`: daily
     GBP/USD log-returns in percent) or a CSV file (header optional; empty cells and
-    ``nan`` are missing observations); ``columns`` picks the observed columns.
+    ``nan`` are missing observations); ``columns`` picks the observed columns, by index
+    or header name (the others may hold text, such as dates).
 
     Raises:
         DataError: an unreadable file, or a series (or column) with no observed value.
@@ -222,10 +257,12 @@ def load_series(spec: str, columns: list[int] | None = None) -> Tensor:
         ys, path = gbp_usd(), spec
     else:
         path = _existing(spec, "'gbp-usd'")
-        ys = torch.as_tensor(read_csv(path, allow_missing=True), dtype=torch.float32)
+        ys = torch.as_tensor(read_csv(path, allow_missing=True, columns=columns or None),
+                             dtype=torch.float32)
+        columns = None  # picked while reading
     if columns:
         width = ys.shape[1]
-        bad = [c for c in columns if not -width <= c < width]
+        bad = [c for c in columns if isinstance(c, str) or not -width <= c < width]
         if bad:
             raise ValueError(f"columns must be indices in [{-width}, {width - 1}] (the data has "
                              f"{width}), got {bad}")

@@ -105,7 +105,7 @@ def test_fit_bnn_on_a_csv_writes_metrics_and_report(tmp_path):
     assert idata.log_likelihood["obs"].shape == (2, 20, 8)
 
 
-def test_fit_ssm_on_a_csv_with_gaps(tmp_path):
+def test_fit_ssm_on_a_csv_with_gaps(tmp_path, capsys):
     """A CSV series with a header and an empty cell: the gap is a missing observation, the
     parameters are learned, and the report holds the filter, the paths and the traces."""
     import torch
@@ -125,6 +125,9 @@ def test_fit_ssm_on_a_csv_with_gaps(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["time_steps"] == 40 and metrics["missing_steps"] == 1
     assert torch.isfinite(torch.tensor(metrics["log_evidence"]))
+    printed = capsys.readouterr().out  # the parameters as the model reads them
+    assert "parameters: mu " in printed and ", phi " in printed and ", sigma " in printed
+    assert "phi_raw" not in printed and "log_sigma" not in printed
     idata = az.from_netcdf(str(out / "idata.nc"))
     assert idata.posterior["x"].shape == (2, 8, 40, 1)
     assert idata.training_history["step_objective"].shape == (5,)

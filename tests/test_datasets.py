@@ -158,3 +158,17 @@ def test_a_series_keeps_its_gaps_as_nan_and_refuses_one_with_no_value(tmp_path):
     with pytest.raises(DataError, match="every value is missing"):
         load_series(str(tmp_path / "n.csv"))
     assert torch.equal(load_series("gbp-usd"), gbp_usd())
+
+
+def test_a_series_picks_columns_by_name_and_skips_text_columns(tmp_path):
+    path = tmp_path / "dated.csv"
+    path.write_text("date,ret,vol\n2020-01-02,0.5,1\n2020-01-03,,2\n2020-01-06,-0.1,3\n")
+    ys = load_series(str(path), ["ret"])
+    assert ys.shape == (3, 1) and torch.isnan(ys[1, 0]) and float(ys[2, 0]) == pytest.approx(-0.1)
+    assert load_series(str(path), ["vol", 1]).tolist()[0] == [1.0, 0.5]
+    with pytest.raises(DataError, match=r"line 2: not a number .*pick the numeric columns"):
+        load_series(str(path))
+    with pytest.raises(ValueError, match=r"no column 'price' \(header: date, ret, vol\)"):
+        load_series(str(path), ["price"])
+    with pytest.raises(ValueError, match=r"columns must be indices in \[-3, 2\]"):
+        load_series(str(path), [3])

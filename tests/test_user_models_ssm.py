@@ -242,5 +242,20 @@ def test_check_model_lists_every_problem():
     assert not report.ok
     assert len(report.problems) >= 2  # the unbatched and the batched calls both fail
     assert all("transition" in p for p in report.problems)
+    assert all("index coordinates with x[..., i]" in p for p in report.problems)
     with pytest.raises(ValueError, match="does not meet the StateSpaceModel protocol"):
         report.raise_if_failed()
+
+
+class Misspelt(ColonIndexed):
+    """A transition with a typo: its NameError is named, without the indexing hint."""
+
+    def transition(self, x_prev, t):
+        return pyro.distributions.Normal(x_prev * rho, 0.3).to_event(1)  # noqa: F821 (typo)
+
+
+def test_check_model_gives_the_indexing_hint_only_to_shape_errors():
+    report = check_model(Misspelt())
+    assert report.problems and all("NameError: name 'rho' is not defined" in p
+                                   for p in report.problems)
+    assert not any("index coordinates" in p for p in report.problems)

@@ -5,8 +5,10 @@ learns the parameters by score ascent, runs a particle filter and particle Gibbs
 learned values, and leaves ``report.html``, ``idata.nc`` and ``metrics.json`` in
 ``--out``. ``--data`` takes ``gbp-usd`` (daily GBP/USD log-returns of 1997-99 in percent,
 shipped with the package: :func:`posterity.datasets.gbp_usd`) or a CSV file (header
-optional; ``--columns`` picks the observed columns, default all; empty cells and ``nan``
-are missing observations). ``--model`` takes ``sv`` (stochastic volatility, one column),
+optional; ``--columns`` picks the observed columns by index or header name, default all,
+and the others may hold text such as dates; empty cells and ``nan`` are missing
+observations). The learned parameters print as the model reads them (``phi``, not
+``phi_raw``). ``--model`` takes ``sv`` (stochastic volatility, one column),
 ``lgssm`` (a linear-Gaussian model with ``--state-dim`` states) or ``rnn`` (the chaotic
 recurrent network).
 """
@@ -53,10 +55,19 @@ def build_model(name: str, obs_dim: int, state_dim: int) -> StateSpaceModel:
     return ChaoticRNN(state_dim, obs_dim)
 
 
+def _column(text: str) -> int | str:
+    """A ``--columns`` entry: an index, or a name from the CSV's header."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="gbp-usd", help="gbp-usd | path to a CSV")
-    parser.add_argument("--columns", type=integer(), nargs="*", default=None,
-                        help="observed CSV columns (default all)")
+    parser.add_argument("--columns", type=_column, nargs="*", default=None,
+                        help="observed CSV columns, by index or header name (default all; "
+                             "the others may hold text, such as dates)")
     parser.add_argument("--model", choices=MODELS, default="sv")
     parser.add_argument("--state-dim", type=integer(1), default=1, help="lgssm and rnn only")
     parser.add_argument("--estimator", choices=("paris", "ppg"), default="ppg",
@@ -124,13 +135,34 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
     idata.posterior.attrs.update(model=args.model, data=args.data,
                                  log_evidence=metrics["log_evidence"])
     shown = ", ".join(f"{name} {' '.join(rounded(v, 3) for v in values)}"
-                      for name, values in parameters.items())
+                      for name, values in readable_parameters(ssm).items())
     lines = [f"log-evidence at the learned parameters: {metrics['log_evidence']:.2f} "
              f"(N = {args.filter_particles}); T = {ys.shape[0]}, "
              f"{metrics['missing_steps']} missing",
              f"parameters: {shown}" + (f" after {args.steps} score-ascent steps in "
                                        f"{rounded(learn_seconds, 3)} s" if args.steps else "")]
     return Outcome(idata, metrics, f"{args.model} on {args.data}", lines)
+
+
+def readable_parameters(ssm: torch.nn.Module) -> dict[str, list[float]]:
+    """The parameters as the model reads them: a raw ``phi_raw`` or ``log_sigma`` is
+    shown through the model's ``phi`` / ``sigma`` property when it has one.
+
+    Example:
+        >>> from posterity.models import StochasticVolatility
+        >>> sorted(readable_parameters(StochasticVolatility()))
+        ['mu', 'phi', 'sigma']
+    """
+    out = {}
+    for name, value in ssm.named_parameters():
+        for prefix, suffix in (("log_", ""), ("", "_raw")):
+            base = name[len(prefix): len(name) - len(suffix)]
+            if (name.startswith(prefix) and name.endswith(suffix) and base != name
+                    and isinstance(getattr(type(ssm), base, None), property)):
+                name, value = base, getattr(ssm, base)
+                break
+        out[name] = value.detach().flatten().tolist()
+    return out
 
 
 COMMAND = Command(

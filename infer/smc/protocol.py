@@ -68,6 +68,15 @@ class ModelCheck:
         self._errors.append(error)
 
 
+def _index_hint(error: Exception) -> str:
+    """The batch-indexing hint, for errors that look like a shape or index mistake (a
+    NameError or a NaN argument gets its own message, unhinted)."""
+    text = str(error).lower()
+    shapes = ("shape", "size", "dimension", "index", "broadcast", "mat1")
+    return (f" ({_INDEX_HINT})" if isinstance(error, IndexError) or any(w in text for w in shapes)
+            else "")
+
+
 def _shape(x) -> tuple:
     return tuple(x.shape) if isinstance(x, Tensor) else ()
 
@@ -80,8 +89,7 @@ def _law(check: ModelCheck, method: str, call, batch: tuple, dim: int | None,
         law = call(*args)
     except Exception as error:  # a user's method failing: name it, with the shapes
         check._add(type(error) if isinstance(error, (TypeError, ValueError)) else ValueError,
-                   f"{method} raised {type(error).__name__}: {error}"
-                   + (f" ({_INDEX_HINT})" if batch or isinstance(error, IndexError) else ""))
+                   f"{method} raised {type(error).__name__}: {error}" + _index_hint(error))
         return None
     if not hasattr(law, "event_shape") or not callable(getattr(law, "log_prob", None)):
         check._add(TypeError, f"{method} must return a pyro.distributions law, got "
@@ -108,7 +116,7 @@ def _tensor(check: ModelCheck, method: str, call, expected: tuple, dtype,
         value = call(*args)
     except Exception as error:
         check._add(type(error) if isinstance(error, (TypeError, ValueError)) else ValueError,
-                   f"{method} raised {type(error).__name__}: {error} ({_INDEX_HINT})")
+                   f"{method} raised {type(error).__name__}: {error}{_index_hint(error)}")
         return None
     if not isinstance(value, Tensor):
         check._add(TypeError, f"{method} must return a Tensor, got {type(value).__name__}")
