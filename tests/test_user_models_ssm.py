@@ -259,3 +259,17 @@ def test_check_model_gives_the_indexing_hint_only_to_shape_errors():
     assert report.problems and all("NameError: name 'rho' is not defined" in p
                                    for p in report.problems)
     assert not any("index coordinates" in p for p in report.problems)
+
+
+class BrokenEmission(ColonIndexed):
+    def transition(self, x_prev, t):
+        return pyro.distributions.Normal(x_prev, 0.3).to_event(1)
+
+    def emission(self, x, t):
+        return pyro.distributions.Normal(x[..., :1] * scale, 0.5).to_event(1)  # noqa: F821
+
+
+def test_check_model_with_observations_reports_a_failing_emission_instead_of_raising():
+    report = check_model(BrokenEmission(), torch.zeros(5, 1))
+    assert not report.ok and any(p.startswith("emission(x, t)") and "NameError" in p
+                                 for p in report.problems), report.problems

@@ -203,6 +203,8 @@ def _probe(ssm: StateSpaceModel, check: ModelCheck, reference: Tensor, ys) -> No
         except (TypeError, ValueError) as error:
             check._add(type(error), f"ys: {error}")
             ys = None
+        except Exception:  # noqa: BLE001 (obs_dim calls emission, whose failure the
+            ys = None      # emission probes below report with the method named)
     obs_dim = None
     bound = _bound(ssm, check)
     for batch in _BATCHES:
