@@ -75,7 +75,7 @@ _T = TypeVar("_T")
 
 
 class NonFiniteError(FloatingPointError):
-    """Training produced NaN or Inf, or an update drove a distribution's argument out of
+    """Training produced NaN or Inf, or an update drove a distribution's parameter out of
     its support (NaN, Inf, an overflow or an underflow: a scale ``exp(s)`` that reached
     0); the message names the step and the quantity."""
 
@@ -120,18 +120,16 @@ def _guard(metrics: dict[str, float], epoch: int, step: int) -> None:
 
 def _diverged(error: ValueError, epoch: int, step: int) -> NonFiniteError | None:
     """A ``NonFiniteError`` when, at an update after the first, PyTorch's argument
-    validation found a distribution's argument out of its support (it raises a
+    validation found a distribution's parameter out of its support (it raises a
     ``ValueError``), else ``None``: at the first update the same error is a bug of the
-    model, not a divergence. ``epoch``: 0-based."""
+    model, and a value out of support (``Expected value argument``) is the data's or
+    the model's, not a divergence. ``epoch``: 0-based."""
     text = " ".join(str(error).split())
-    if step <= 1 or "found invalid values" not in text:
-        return None
-    family = re.search(r"of (?:the )?distribution (\w+)", text)
     parameter = re.search(r"Expected parameter (\w+)", text)
-    what = (f"the {parameter.group(1)}" if parameter
-            else "a sampled or observed value" if "Expected value argument" in text
-            else "an argument")
-    what += f" of a {family.group(1)}" if family else " of a distribution"
+    if step <= 1 or parameter is None or "found invalid values" not in text:
+        return None
+    family = re.search(r"of distribution (\w+)", text)
+    what = f"the {parameter.group(1)} of a {family.group(1) if family else 'distribution'}"
     constraint = re.search(r"constraint (.+?), but found", text)
     where = f" {constraint.group(1)}" if constraint else " its support"
     return NonFiniteError(

@@ -176,9 +176,9 @@ class SGHMC(SGMCMCKernel):
     Example:
         >>> from posterity.infer.sgmcmc import CyclicalSchedule
         >>> kernel = SGHMC(lambda X, y: None, step_size=CyclicalSchedule(1e-3, 4, 8000, 0.25),
-        ...                friction=0.1)
+        ...                friction=10.0)
         >>> kernel.friction
-        0.1
+        10.0
     """
 
     def __init__(self, model: Callable, step_size: StepSize, friction: float = 10.0,

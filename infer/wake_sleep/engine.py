@@ -355,7 +355,7 @@ class WakeSleep(AmortizedEngine):
         return x
 
     def _check_latents(self, probe: Tensor) -> None:
-        """Each latent site of the guide must propose values of the kind the model's
+        """Each latent site of the guide must propose values of the kind the model
         scores (a guide's Normal draws are not Bernoulli states), and the natural
         algorithms, whose Fisher blocks are those of Bernoulli layers, need Bernoulli
         latents in both programs."""
