@@ -16,8 +16,9 @@ are evaluated on the same test images with the same Monte Carlo draws per point:
   that both the β-VAE at β and the MR-VAE at β minimize;
 * the excess objective, MR-VAE minus β-VAE, in nats and in % of the β-VAE's objective
   (negative: the single MR-VAE run is better);
-* the compute ratio: the MR-VAE's training seconds (and updates) over those of all K
-  β-VAEs together (1/K means equal cost per model).
+* the compute ratio: the MR-VAE's training seconds, updates and floating-point
+  operations of matrix products (:func:`update_flops`, per update times updates) over
+  those of all K β-VAEs together (1/K means equal cost per model).
 
 Two protocols (``--protocol``):
 
@@ -275,9 +276,11 @@ base rate, stratified log-uniform β:
 * caveat: part of the short protocol's gain at small β is the multi-rate architecture,
   not one-run training: trained as a plain β-VAE at β = 0.01 (gates fixed at β = 1)
   it scored 135.0 against 150.8 for the plain β-VAE (earlier defaults).
-* compute: 0.200 of the five β-VAEs' updates; in time 0.31-0.37 on one CPU thread of
-  the shared machine (an MR-VAE update costs 1.65-1.85 β-VAE updates, interleaved
-  timing, 2026-12-07); seconds from runs in parallel processes are not comparable.
+* compute: 0.200 of the five β-VAEs' updates and 0.226 of their matrix-product
+  operations (257 against 227 MFLOP per update, :func:`update_flops`); in time 0.31-0.37
+  on one CPU thread of the shared machine (an MR-VAE update costs 1.65-1.85 β-VAE
+  updates, 1.41 with ``response_rank=0``, interleaved timing, 2026-12-07); seconds from
+  runs in parallel processes are not comparable.
 
 Usage: ``python bench/mrvae.py --protocol short``,
 ``python bench/mrvae.py --protocol full --epochs 10`` or
@@ -330,10 +333,32 @@ def load(train_points: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         return train, test, "binarized digits"
 
 
+def update_flops(vi: AmortizedVI, batch: torch.Tensor) -> int:
+    """Floating-point operations of the matrix products of one update's loss and
+    gradient on ``batch`` (``torch.utils.flop_counter``; the optimizer and elementwise
+    operations are not counted). The gradients it leaves are set to ``None``.
+
+    Example:
+        >>> from posterity.guides import GaussianEncoder
+        >>> from posterity.models import VAE
+        >>> vi = AmortizedVI(VAE(6, 2, (4,)), GaussianEncoder(6, 2, (4,)))
+        >>> update_flops(vi, torch.zeros(3, 6)) > 0
+        True
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        vi.loss(batch).backward()
+    for parameter in vi.parameters():
+        parameter.grad = None
+    return counter.get_total_flops()
+
+
 def train_model(data: torch.Tensor, protocol: dict, epochs: int, lr: float,
                 scheduler: str | None, beta: float | None = None, seed: int = 0,
-                **mr_kwargs: Any) -> tuple[VAE, GaussianEncoder, float, int]:
-    """A β-VAE at ``beta``, or (``beta=None``) an MR-VAE over the grid's range."""
+                **mr_kwargs: Any) -> tuple[VAE, GaussianEncoder, float, int, int]:
+    """A β-VAE at ``beta``, or (``beta=None``) an MR-VAE over the grid's range, with its
+    training seconds, updates and matrix-product operations (:func:`update_flops`)."""
     pyro.set_rng_seed(seed)
     multi = beta is None
     kwargs = {"multi_rate": True, "beta_range": (BETAS[0], BETAS[-1])} if multi else {}
@@ -348,7 +373,9 @@ def train_model(data: torch.Tensor, protocol: dict, epochs: int, lr: float,
     vi = AmortizedVI(model, guide, lr=lr, scheduler=scheduler, **engine)
     start = time.perf_counter()
     vi.fit(data, epochs=epochs, batch_size=BATCH, progress=False, seed=seed)
-    return model, guide, time.perf_counter() - start, vi.num_steps
+    seconds = time.perf_counter() - start
+    flops = update_flops(vi, data[:BATCH]) * vi.num_steps
+    return model, guide, seconds, vi.num_steps, flops
 
 
 def evaluate(model, guide, test: torch.Tensor, betas, num_samples: int) -> dict[str, list]:
@@ -359,16 +386,16 @@ def evaluate(model, guide, test: torch.Tensor, betas, num_samples: int) -> dict[
 
 def run_config(name: str, config: dict, data, test, protocol, epochs, lr, num_samples,
                seed: int = 0, betas=BETAS) -> dict[str, Any]:
-    rows, beta_seconds, beta_steps = [], 0.0, 0
+    rows, beta_seconds, beta_steps, beta_flops = [], 0.0, 0, 0
     for beta in betas:
-        model, guide, seconds, steps = train_model(data, protocol, epochs, lr,
-                                                   config["scheduler"], beta, seed)
+        model, guide, seconds, steps, flops = train_model(data, protocol, epochs, lr,
+                                                          config["scheduler"], beta, seed)
         beta_seconds, beta_steps = beta_seconds + seconds, beta_steps + steps
+        beta_flops += flops
         point = evaluate(model, guide, test, None, num_samples)
         rows.append({"beta": beta, "rate": point["rate"], "distortion": point["distortion"]})
-    model, guide, mr_seconds, mr_steps = train_model(data, protocol, epochs, lr,
-                                                     config["scheduler"], None, seed,
-                                                     **config["mr"])
+    model, guide, mr_seconds, mr_steps, mr_flops = train_model(
+        data, protocol, epochs, lr, config["scheduler"], None, seed, **config["mr"])
     mr = evaluate(model, guide, test, torch.tensor(betas), num_samples)
     table = []
     for row, mr_rate, mr_dist in zip(rows, mr["rate"], mr["distortion"]):
@@ -391,10 +418,11 @@ def run_config(name: str, config: dict, data, test, protocol, epochs, lr, num_sa
     print(f"{name}/compute_ratio_seconds: {mr_seconds / beta_seconds:.3f} "
           f"(MR-VAE {mr_seconds:.0f} s, {len(betas)} beta-VAEs {beta_seconds:.0f} s)")
     print(f"{name}/compute_ratio_steps: {mr_steps / beta_steps:.3f}")
+    print(f"{name}/compute_ratio_flops: {mr_flops / beta_flops:.3f} (matrix products)")
     return {"config": {"scheduler": config["scheduler"], **config["mr"]}, "table": table,
             "rate_span": rate_span, "worst_excess_percent": worst,
             "mr_seconds": mr_seconds, "mr_steps": mr_steps, "beta_vae_seconds": beta_seconds,
-            "beta_vae_steps": beta_steps}
+            "beta_vae_steps": beta_steps, "mr_flops": mr_flops, "beta_vae_flops": beta_flops}
 
 
 def seed_summary(runs: Sequence[dict[str, Any]], config: str = "default") -> list[dict[str, Any]]:

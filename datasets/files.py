@@ -8,6 +8,7 @@ what is wrong with it (the command line prints it after ``--data``).
 from __future__ import annotations
 
 import math
+import re
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,10 +31,15 @@ def read_csv(path: str | Path, *, allow_missing: bool = False,
              columns: Sequence[int | str] | None = None) -> np.ndarray:
     """A comma-separated numeric table as a ``[rows, columns]`` float64 array.
 
-    A first row that is not numeric is a header and is skipped; blank lines at the end are
-    ignored. With ``allow_missing`` an empty cell or ``nan`` is NaN; otherwise it is an
-    error. ``columns`` (indices, or names from the header) keeps those columns, in that
-    order, before any cell is read as a number: other columns (a date) may hold text.
+    A first row is a header, and skipped, when one of its cells is text above numbers,
+    or text of another form than the cells below it (runs of letters and of digits
+    compared: ``date`` above ``2020-01-02``, not ``2020-1-9`` above ``2020-1-10``), so a
+    headerless file with a date column keeps its first row; a file of one row is a
+    header if any cell is text. Blank lines at
+    the end are ignored. With
+    ``allow_missing`` an empty cell or ``nan`` is NaN; otherwise it is an error.
+    ``columns`` (indices, or names from the header) keeps those columns, in that order,
+    before any cell is read as a number: other columns (a date) may hold text.
 
     Raises:
         DataError: no data rows, a non-numeric cell, rows of different widths, or a
@@ -48,6 +54,9 @@ def read_csv(path: str | Path, *, allow_missing: bool = False,
         [[1.0, 2.0], [3.0, 4.0]]
         >>> _ = open(path, "w").write("date,ret\\n2020-01-02,0.5\\n2020-01-03,-0.1\\n")
         >>> read_csv(path, columns=["ret"]).tolist()
+        [[0.5], [-0.1]]
+        >>> _ = open(path, "w").write("2020-01-02,0.5\\n2020-01-03,-0.1\\n")  # no header
+        >>> read_csv(path, columns=[1]).tolist()
         [[0.5], [-0.1]]
     """
     path = Path(path)
@@ -64,12 +73,9 @@ def read_csv(path: str | Path, *, allow_missing: bool = False,
         return [float(cell) if cell.strip() else math.nan for cell in cells]
 
     header = [cell.strip() for cell in lines[0].split(",")]
-    first = 0
-    try:
-        parse(header)
+    first = 1 if _is_header(header, [line.split(",") for line in lines[1:4]]) else 0
+    if not first:
         header = []
-    except ValueError:  # a header
-        first = 1
     if first == len(lines):
         raise DataError(f"{path} has a header but no data rows")
     keep = None if columns is None else _column_indices(path, columns, header,
@@ -91,6 +97,32 @@ def read_csv(path: str | Path, *, allow_missing: bool = False,
             raise DataError(f"{path} line {number} has an empty or NaN cell")
         rows.append(row)
     return np.array(rows, dtype=np.float64)
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell) if cell.strip() else None
+    except ValueError:
+        return False
+    return True
+
+
+def _form(cell: str) -> str:
+    """Runs of letters as ``a``, of digits as ``9``: ``2020-01-02`` -> ``9-9-9``."""
+    return re.sub(r"\d+", "9", re.sub(r"[^\W\d_]+", "a", cell.strip()))
+
+
+def _is_header(first: list[str], below: list[list[str]]) -> bool:
+    """Whether ``first`` names the columns of the rows ``below`` it (a few of them)."""
+    if not below:
+        return not all(_is_number(cell) for cell in first)
+    for column, cell in enumerate(first):
+        if _is_number(cell):
+            continue
+        cells = [row[column] for row in below if column < len(row)]
+        if any(_is_number(c) for c in cells) or _form(cell) not in {_form(c) for c in cells}:
+            return True
+    return False
 
 
 def _column_indices(path: Path, columns: Sequence[int | str], header: list[str],

@@ -297,7 +297,9 @@ class RunLock:
 
     A second run on the same checkpoint fails at once with
     :class:`CheckpointLockedError`. Creating the lock also proves, before any compute,
-    that the checkpoint's directory is writable.
+    that the checkpoint's directory is writable. The lock file is removed when the run
+    ends (while still held; a run that opened the removed file before then sees that
+    its lock is on a file no longer in place and takes the new one).
     """
 
     def __init__(self, path: os.PathLike | str):
@@ -306,6 +308,21 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
+        while True:
+            fd = self._open_and_lock()
+            try:
+                in_place = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except OSError:
+                in_place = False
+            if in_place or fcntl is None:
+                break
+            os.close(fd)  # locked a file that its last holder removed: take the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def _open_and_lock(self) -> int:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -321,13 +338,13 @@ class RunLock:
                     f"another run (pid {holder}) is using checkpoint {self.checkpoint}; wait "
                     f"for it to finish, or use another directory"
                 ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return self
+        return fd
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
+            with contextlib.suppress(OSError):
+                if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:  # still ours
+                    self.path.unlink()
             if fcntl is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)

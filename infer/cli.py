@@ -183,7 +183,10 @@ def _lock(out: Path) -> Iterator[None]:
     try:
         lock.__enter__()
     except CheckpointLockedError:
-        holder = (out / "run.lock").read_text().strip() or "unknown"
+        try:
+            holder = (out / "run.lock").read_text().strip() or "unknown"
+        except OSError:  # it ended meanwhile
+            holder = "unknown"
         raise UsageError("--out", f"{out} is in use by another posterity run (pid {holder}); "
                                   f"wait for it to finish, or choose another --out") from None
     try:
@@ -193,11 +196,10 @@ def _lock(out: Path) -> Iterator[None]:
 
 
 def _remove_if_unused(out: Path) -> None:
-    """Remove ``out`` (created by this run) if it holds nothing but the run's lock."""
+    """Remove ``out`` (created by this run) if the run left nothing in it (its lock file
+    went with the lock; another run's lock keeps the folder)."""
     with contextlib.suppress(OSError):
-        if {p.name for p in out.iterdir()} <= {"run.lock"}:
-            (out / "run.lock").unlink(missing_ok=True)
-            out.rmdir()
+        out.rmdir()
 
 
 def _plain(value: Any) -> bool:

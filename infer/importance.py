@@ -102,6 +102,37 @@ def max_plate_nesting(model: Callable, guide: Callable, *args: Any, **kwargs: An
     return max(dims, default=0)
 
 
+class ObservedSitesError(ValueError):
+    """A program without exactly one observed site, where one is needed."""
+
+
+def ancestral_draws(model: Callable, x: Tensor, num_particles: int, plate_nesting: int
+                    ) -> tuple[dict[str, Tensor], str]:
+    """``num_particles`` ancestral draws ``(x, h) ~ p`` of every site of ``model`` per row
+    of ``x`` (its observed site unconditioned), ``[K, B, ...]``, and the name of the
+    observed site; ``plate_nesting`` as :func:`max_plate_nesting` gives it.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> def model(x):
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         h = pyro.sample("h", dist.Bernoulli(x.new_full((2,), 0.5)).to_event(1))
+        ...         pyro.sample("pixels", dist.Bernoulli(h.mean(-1, keepdim=True).expand(
+        ...             *h.shape[:-1], 3)).to_event(1), obs=x)
+        >>> draws, observed = ancestral_draws(model, torch.zeros(4, 3), 5, plate_nesting=1)
+        >>> observed, tuple(draws["pixels"].shape)
+        ('pixels', (5, 4, 3))
+    """
+    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(plate_nesting + 1)):
+        trace = poutine.trace(poutine.uncondition(model)).get_trace(x)
+    sites = sample_sites(trace)
+    observed = [n for n, s in sites.items() if s["infer"].get("was_observed")]
+    if len(observed) != 1:
+        raise ObservedSitesError(
+            f"ancestral draws need exactly one observed site, found {observed}")
+    return {name: site["value"] for name, site in sites.items()}, observed[0]
+
+
 def _per_data_point(site: dict, data_plate: str, particle_dim: int, num_particles: int) -> Tensor:
     """Sum a site's ``log_prob`` over every batch dimension but particles and data.
 

@@ -116,3 +116,37 @@ def test_summarizing_files_without_the_configuration_asked_for_fails(tmp_path):
     done = subprocess.run([sys.executable, str(BENCH), "--summarize", str(path),
                            "--configs", "tuned"], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "no configuration of ['tuned']" in done.stderr
+
+
+def test_the_gates_add_no_matrix_products_and_the_low_rank_weights_add_their_own(mrvae):
+    from posterity.guides import GaussianEncoder
+    from posterity.infer import AmortizedVI
+    from posterity.models import VAE
+
+    def flops(**multi):
+        objective = {"objective": "multi_rate"} if multi else {}
+        vi = AmortizedVI(VAE(12, 3, (8,), **multi), GaussianEncoder(12, 3, (8,), **multi),
+                         **objective)
+        return mrvae.update_flops(vi, torch.zeros(5, 12))
+
+    plain = flops()
+    assert flops(multi_rate=True, response_rank=0) == plain
+    rank_one = flops(multi_rate=True, response_rank=1)
+    assert plain < rank_one < flops(multi_rate=True, response_rank=2)
+
+
+def test_the_mr_vae_of_the_full_protocol_costs_023_of_five_beta_vaes_in_matrix_products(mrvae):
+    """The README's compute figure, counted on the full protocol's architecture."""
+    from posterity.guides import GaussianEncoder
+    from posterity.infer import AmortizedVI
+    from posterity.models import VAE
+
+    def flops(**multi):
+        protocol = mrvae.PROTOCOLS["full"]
+        sizes = (784, protocol["z_dim"], protocol["hidden"])
+        objective = {"objective": "multi_rate"} if multi else {}
+        vi = AmortizedVI(VAE(*sizes, **multi), GaussianEncoder(*sizes, **multi), **objective)
+        return mrvae.update_flops(vi, torch.zeros(mrvae.BATCH, 784))
+
+    ratio = flops(multi_rate=True) / (len(mrvae.BETAS) * flops())
+    assert round(ratio, 2) == 0.23

@@ -374,6 +374,35 @@ def test_a_second_run_on_the_same_checkpoint_fails_at_once(tmp_path):
     run(make_vi(), path)  # released: the next run goes ahead
 
 
+def test_a_finished_run_leaves_no_lock_file(tmp_path):
+    path = tmp_path / "run.pt"
+    run(make_vi(), path, epochs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]
+
+
+def test_a_lock_taken_on_a_removed_lock_file_moves_to_the_new_one(tmp_path, monkeypatch):
+    """A run that opened the lock file just before its holder removed it finds its
+    lock on a file no longer in place, and locks the file now at the path."""
+    path = tmp_path / "run.pt"
+    lock = ckpt.RunLock(path)
+    opened = lock._open_and_lock
+    calls = []
+
+    def open_then_lose_the_race() -> int:
+        fd = opened()
+        if not calls:  # the holder removes the file after this run opened it
+            lock.path.unlink()
+        calls.append(fd)
+        return fd
+
+    monkeypatch.setattr(lock, "_open_and_lock", open_then_lose_the_race)
+    with lock:
+        assert len(calls) == 2 and lock.path.exists()
+        with pytest.raises(CheckpointLockedError):
+            ckpt.RunLock(path).__enter__()
+    assert not lock.path.exists()
+
+
 def test_a_run_in_another_process_holds_its_checkpoint(processes, tmp_path):
     path = tmp_path / "run.pt"
     child = start(processes, path, tmp_path / "result.pt")

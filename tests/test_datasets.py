@@ -172,3 +172,17 @@ def test_a_series_picks_columns_by_name_and_skips_text_columns(tmp_path):
         load_series(str(path), ["price"])
     with pytest.raises(ValueError, match=r"columns must be indices in \[-3, 2\]"):
         load_series(str(path), [3])
+
+
+def test_a_headerless_series_keeps_its_first_row_when_only_a_skipped_column_has_text(tmp_path):
+    path = tmp_path / "dated.csv"
+    path.write_text("2020-01-02,0.5\n2020-01-03,-0.1\n2020-01-06,0.2\n")
+    assert load_series(str(path), [1]).flatten().tolist() == pytest.approx([0.5, -0.1, 0.2])
+    path.write_text("date,ret\n2020-01-02,0.5\n2020-01-03,-0.1\n")
+    assert load_series(str(path), [1]).flatten().tolist() == pytest.approx([0.5, -0.1])
+    path.write_text("date,2019,2020\n2020-01-02,0.5,0.7\n")  # numbers as column names
+    assert load_series(str(path), [1, 2]).tolist() == [pytest.approx([0.5, 0.7])]
+    path.write_text("2020-1-9,AAPL,0.3\n2020-1-10,GOOGL,0.1\n")  # forms of other widths
+    assert load_series(str(path), [2]).flatten().tolist() == pytest.approx([0.3, 0.1])
+    path.write_text("0.5,0.7\n")  # one row of numbers is data
+    assert load_series(str(path)).tolist() == [pytest.approx([0.5, 0.7])]

@@ -215,7 +215,11 @@ def test_cyclical_schedule_follows_zhang_et_al():
     assert schedule(12) == pytest.approx(0.05 * (math.cos(math.pi * 12 / 25) + 1))
     assert [schedule.is_exploration(t) for t in (0, 4, 5, 24, 25)] == [True, True, False,
                                                                       False, True]
-    assert PolynomialDecay(1.0, 1.0, 0.5)(3) == pytest.approx(0.5)
+    assert PolynomialDecay(1.0, 1.0, 1.0)(3) == pytest.approx(0.25)
+    with pytest.warns(UserWarning, match="do not sum"):
+        assert PolynomialDecay(1.0, 1.0, 0.5)(3) == pytest.approx(0.5)
+    with pytest.warns(UserWarning, match="shrink too fast"):
+        PolynomialDecay(1.0, 1.0, 1.5)
     assert ConstantSchedule(0.3)(1000) == 0.3
 
 

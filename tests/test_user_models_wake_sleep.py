@@ -70,3 +70,38 @@ def test_natural_algorithm_with_an_adaptive_optimizer_warns():
         warnings.simplefilter("error")
         WakeSleep(model, guide, algorithm="nrws")  # the default, SGD, is silent
         WakeSleep(model, guide, algorithm="rws", optimizer="adam")
+
+
+def test_a_user_model_without_sample_gets_ancestral_model_samples():
+    """``to_inference_data`` draws a user program's observed site ancestrally: per pixel
+    the frequency of ones matches the model's exact marginal, found by enumerating
+    the 2³ × 2⁶ latent configurations, within four binomial standard errors."""
+    torch.manual_seed(0)
+    model, guide = CauseFeatureImage(), ImageFeatureCause()
+    with torch.no_grad():  # a non-trivial model: random weights, not the zero start
+        for p in model.parameters():
+            p.normal_(0, 1.5)
+    engine = WakeSleep(model, guide, algorithm="rws", num_particles=5)
+    draws = 2000
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PSIS warnings of the untrained guide
+        idata = engine.to_inference_data(simulated_images(8), num_samples=10,
+                                         num_model_samples=draws)
+    samples = torch.as_tensor(idata.model_samples["x"].values)
+    assert samples.shape == (draws, 16) and set(samples.unique().tolist()) <= {0.0, 1.0}
+
+    def configurations(n):
+        return torch.tensor([[(i >> k) & 1 for k in range(n)] for i in range(2**n)],
+                            dtype=torch.float32)
+
+    causes, features = configurations(3), configurations(6)
+    with torch.no_grad():
+        p_cause = torch.distributions.Bernoulli(logits=model.cause_logits).log_prob(
+            causes).sum(-1).exp()                                            # [8]
+        p_feature = torch.distributions.Bernoulli(logits=model.feature_net(causes)[:, None]
+                                                  ).log_prob(features).sum(-1).exp()  # [8, 64]
+        pixel = torch.sigmoid(model.image_net(features))                     # [64, 16]
+        marginal = (p_cause[:, None] * p_feature) @ pixel                    # [8, 16]
+        marginal = marginal.sum(0)
+    error = 4 * (marginal * (1 - marginal) / draws).sqrt()
+    assert ((samples.mean(0) - marginal).abs() < error).all(), (samples.mean(0), marginal)

@@ -13,8 +13,11 @@ importance weights and PSIS diagnostics.
   distribution given one guide draw per data point (pixel probabilities of a Bernoulli
   decoder), dims ``(chain, draw, data, x_dim_0)`` with one chain and one draw, when the
   model has a single observed site;
-* ``model_samples`` (``num_model_samples > 0`` and a model with ``sample(n)``): ``x``
-  ``(sample, feature)``, e.g. mean images of ancestral draws;
+* ``model_samples`` (``num_model_samples > 0``): ``x`` ``(sample, feature)``, from
+  ``model.sample(n)`` where the model has one (the built-in models: mean images of
+  ancestral draws), else the observed site of ``n`` ancestral draws of the model
+  (:func:`~posterity.infer.importance.ancestral_draws`), flattened per draw; none for
+  a model with several observed sites;
 * ``training_history``: every logged quantity, by ``epoch`` and by ``step``;
 * ``rate_distortion`` (multi-rate runs): rate and distortion by ``beta``.
 """
@@ -34,7 +37,13 @@ import xarray as xr
 from torch import Tensor
 
 from ..checks import check_int, prepare_pair
-from ..importance import sample_sites, weighted_particles
+from ..importance import (
+    ObservedSitesError,
+    ancestral_draws,
+    max_plate_nesting,
+    sample_sites,
+    weighted_particles,
+)
 from ..inference_data import history_dataset
 from ..train import History
 from .evaluate import RateDistortion
@@ -86,6 +95,23 @@ def reconstructions(model: Callable, guide: Callable, x: Tensor) -> Tensor | Non
 
 
 @torch.no_grad()
+def model_samples(model: Callable, guide: Callable, x: Tensor, n: int) -> Tensor | None:
+    """``[n, features]``: ``model.sample(n)``, or the observed site of ``n`` ancestral
+    draws (shaped like one row of ``x``); ``None`` for a model with several observed
+    sites, which has no single thing to show."""
+    if callable(getattr(model, "sample", None)):
+        return model.sample(n).reshape(n, -1)
+    template = x[:1]
+    with poutine.block():
+        try:
+            draws, observed = ancestral_draws(
+                model, template, n, max_plate_nesting(model, guide, template))
+        except ObservedSitesError:
+            return None
+    return draws[observed].reshape(n, -1)
+
+
+@torch.no_grad()
 def amortized_inference_data(
     model: Callable,
     guide: Callable,
@@ -109,8 +135,8 @@ def amortized_inference_data(
         history: a training history to include.
         attrs: extra attributes (engine name, objective, ...).
         batch_size: data points per vectorized pass.
-        num_model_samples: draws from ``model.sample(n)`` for a ``model_samples`` group
-            (0: none; models without ``sample`` get none).
+        num_model_samples: draws from the model for a ``model_samples`` group (0: none):
+            ``model.sample(n)``, or ancestral draws of its observed site.
 
     Returns:
         ``InferenceData`` with the groups listed in this module's docstring.
@@ -177,8 +203,8 @@ def amortized_inference_data(
             {"reconstructions": means.cpu().numpy()[None, None]}, library=None,
             coords=coords, dims={"reconstructions": ["data", "x_dim_0"]},
         )
-    if num_model_samples and callable(getattr(model, "sample", None)):
-        samples = model.sample(num_model_samples).reshape(num_model_samples, -1)
+    samples = model_samples(model, guide, x, num_model_samples) if num_model_samples else None
+    if samples is not None:
         groups["model_samples"] = xr.Dataset(
             {"x": (("sample", "feature"), samples.cpu().numpy())},
             coords={"sample": np.arange(num_model_samples)},

@@ -19,9 +19,19 @@ from ..checks import check_int, check_positive
 from ..train import NonFiniteError
 from .inference_data import sgmcmc_inference_data
 from .potential import Potential, chain_seed
-from .schedules import StepSize, as_schedule
+from .schedules import NoiseScaledStep, StepSize, as_schedule
 
 Params = dict[str, Tensor]
+
+# step_size="auto" (SGMCMCKernel.measure_step_size): the minibatch gradient noise and
+# the discretization may widen the posterior variance by this fraction; the noise is
+# measured with this many minibatch gradients, the curvature with this many power
+# iterations; a chain has reached the posterior when its squared gradient is at most
+# SETTLED times its expected value there.
+NOISE_RATIO = 0.1
+NOISE_PROBES = 32
+CURVATURE_ITERATIONS = 10
+SETTLED = 9.0
 
 
 def _same_objects(a: tuple, b: tuple) -> bool:
@@ -39,7 +49,9 @@ class SGMCMCKernel(MCMCKernel):
         model: a Pyro program whose data plate subsamples
             (``pyro.plate("data", N, subsample_size=B)``), called with the arguments
             given to ``MCMC.run``.
-        step_size: ``ε``, a float or a schedule.
+        step_size: ``ε``, a float, a schedule, or ``"auto"`` (the default of the kernels
+            that have a rule for it, :class:`SGLD` and :class:`SGHMC`): set per chain by
+            :meth:`measure_step_size`.
         temperature: ``T``; the chain targets ``p(θ | D)^(1/T)``.
         thin: updates per returned sample.
         require_subsample: refuse a model with no subsampled plate (a full-batch model
@@ -59,7 +71,7 @@ class SGMCMCKernel(MCMCKernel):
     def __init__(
         self,
         model: Callable,
-        step_size: StepSize,
+        step_size: StepSize = "auto",
         temperature: float = 1.0,
         thin: int = 1,
         require_subsample: bool = True,
@@ -69,6 +81,9 @@ class SGMCMCKernel(MCMCKernel):
             raise TypeError(f"model must be a Pyro program, got {type(model).__name__}")
         self.model = model
         self.schedule = as_schedule(step_size)
+        if self.auto_step and not self.has_step_rule():
+            raise ValueError(f"{type(self).__name__} has no automatic step size; give "
+                             "step_size as a number or a schedule")
         self.temperature = check_positive("temperature", temperature)
         self.thin = check_int("thin", thin, 1)
         self.require_subsample = bool(require_subsample)
@@ -86,6 +101,10 @@ class SGMCMCKernel(MCMCKernel):
         self.model_kwargs: dict[str, Any] = {}
         self._rng_after_chain: Tensor | None = None
         self._schedule_checked = False
+        self._measure_at_start = False
+        self._cooling = False
+        self._previous_noise = self._last_noise = math.nan
+        self.num_draws = 0
 
     # --- MCMCKernel protocol ---------------------------------------------------------
     def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:
@@ -107,8 +126,14 @@ class SGMCMCKernel(MCMCKernel):
             start = self._checked_start(start)
         self._initial_params = start
         self.num_steps = 0
+        self.num_draws = 0
+        self._cooling = False
+        self._previous_noise = self._last_noise = math.nan
         self._schedule_checked = False
         self.state = self.init_state(start)
+        # measured at the first draw, not here: pyro's MCMC also calls setup in the parent
+        # process of its chain workers, only to read the transforms
+        self._measure_at_start = self.auto_step
 
     def _chain_index(self, args: tuple, kwargs: dict) -> int:
         """The next chain of the same ``MCMC.run`` (same argument objects, torch's
@@ -178,6 +203,9 @@ class SGMCMCKernel(MCMCKernel):
 
     def sample(self, params: Params) -> Params:
         """``thin`` sampling-stage updates (plus any exploration updates in between)."""
+        if self.auto_step:
+            self._auto_step_at_draw(params)
+        self.num_draws += 1
         taken = 0
         while taken < self.thin:
             exploring = self.schedule.is_exploration(self.num_steps)
@@ -217,8 +245,182 @@ class SGMCMCKernel(MCMCKernel):
     def diagnostics(self) -> dict[str, Any]:
         """Per-chain statistics that ``MCMC.diagnostics()`` and ``arviz.from_pyro``
         read: no divergent draws (a diverging chain raises instead) and the updates
-        taken."""
-        return {"divergences": [], "num_steps": self.num_steps}
+        taken (and, with ``step_size="auto"``, the chain's step size)."""
+        stats = {"divergences": [], "num_steps": self.num_steps}
+        if self.auto_step:
+            stats["step_size"] = self.schedule.step_size  # this chain's own
+        return stats
+
+    # --- step_size="auto" ---------------------------------------------------------------
+    @property
+    def auto_step(self) -> bool:
+        return isinstance(self.schedule, NoiseScaledStep)
+
+    def has_step_rule(self) -> bool:
+        return type(self).noise_limited_step is not SGMCMCKernel.noise_limited_step
+
+    def _auto_step_at_draw(self, params: Params) -> None:
+        """The measurements of ``step_size="auto"`` due at this draw (see
+        :meth:`measure_step_size`)."""
+        warmup, draw = self.warmup_steps, self.num_draws
+        if self._measure_at_start:
+            self._measure_at_start = False
+            self.measure_step_size(params, sampling=warmup < 2)
+            self._previous_noise = self._last_noise
+            if warmup < 2:
+                warnings.warn(
+                    f"step_size='auto' measured the gradient noise at chain {self.chain}'s "
+                    f"start (warmup_steps={warmup}), before any warm-up: away from the "
+                    "posterior the noise is far larger, and the step may be much too small. "
+                    "Give a warm-up (warmup_steps of 2 or more, long enough to reach the "
+                    "posterior)", stacklevel=4)
+            return
+        if warmup < 2 or draw not in {warmup // 4, warmup // 2, 3 * warmup // 4, warmup}:
+            return
+        noise, squared_gradient, curvature, dimension = self.measure(params)
+        expected = curvature * dimension * self.effective_temperature(
+            self.schedule.step_size, noise)
+        # far from the posterior the noise is large too, and falls as the chain arrives
+        arrived = self._cooling or noise > self._previous_noise / 2
+        settled = arrived and squared_gradient <= SETTLED * expected
+        self._previous_noise = noise
+        if self._cooling or settled or draw == warmup:
+            if draw == warmup and not settled:
+                warnings.warn(
+                    f"step_size='auto': chain {self.chain} "
+                    + ("was still settling at its step" if self._cooling else
+                       "had not reached the posterior") + f" at the end of the warm-up "
+                    f"(its squared gradient {squared_gradient:.3g} against about "
+                    f"{expected:.3g} at the posterior): its first draws are not from the "
+                    "posterior. Give a longer "
+                    "warm-up (warmup_steps × thin updates)", stacklevel=4)
+            self._cooling = True
+        self._set_step(noise, curvature, sampling=self._cooling)
+
+    def measure(self, params: Params, probes: int = NOISE_PROBES
+                ) -> tuple[float, float, float, int]:
+        """At ``params``: the gradient noise ``V`` (:meth:`gradient_noise`), the squared
+        full-data gradient ``|∇U|²`` (unbiased, from the same minibatches), the largest
+        curvature ``λ`` and the number of coordinates ``d``. The curvature also
+        calibrates the kernel (SGHMC's friction)."""
+        curvature = self.curvature(params)
+        self.calibrate(curvature)
+        grads = self._probe_gradients(params, probes)
+        squared = float(grads.mean(0).square().sum() - grads.var(0).sum() / probes)
+        return self._noise(grads), squared, curvature, grads.shape[1]
+
+    def measure_step_size(self, params: Params, sampling: bool) -> float:
+        """Set the step size of ``step_size="auto"`` at ``params`` and return it.
+
+        While the chain travels to the posterior it takes the largest stable step,
+        ``stable_step(λ)``, with ``λ`` the largest curvature of ``U`` (power iteration
+        on minibatch Hessian-vector products). For the draws (``sampling``) the step is
+        also limited by the gradient noise: with ``V`` the variance of the minibatch
+        gradient along its noisiest direction (:meth:`gradient_noise`),
+        ``noise_limited_step(V, λ)`` is the step at which the noise and the
+        discretization together widen the posterior variance by ``NOISE_RATIO`` (10 %)
+        to first order (Welling & Teh 2011, section 4: the injected noise must dominate
+        the minibatch noise; for SGLD on a Gaussian the variance is
+        ``(1 + ε V / 4T) / (1 - ε λ / 4)`` times the exact one).
+
+        During a warm-up of ``w`` draws the kernel measures at draws ``w/4``, ``w/2``,
+        ``3w/4`` and ``w``. It keeps the stable step until the chain has reached the
+        posterior: the noise has stopped falling (by half since the last measurement;
+        far from the posterior the residuals, and with them the noise, are large) and
+        the squared gradient ``|∇U|²`` is at most ``SETTLED`` (9) times its value there,
+        about ``T_eff tr(H) <= T_eff d λ`` (``T_eff``, the temperature that the current
+        step's noise gives, :meth:`effective_temperature`). Then it sets the
+        noise-limited step, re-measured at each later point, so that the chain cools
+        down to it. A chain not settled at the end of the warm-up gets a warning and the
+        noise-limited step. With fewer than two warm-up
+        draws everything is measured at the chain's start, with a warning.
+        """
+        noise, _, curvature, _ = self.measure(params)
+        self._last_noise = noise
+        return self._set_step(noise, curvature, sampling)
+
+    def _set_step(self, noise: float, curvature: float, sampling: bool) -> float:
+        if not sampling:
+            step = self.stable_step(curvature)
+        else:
+            if noise == 0:
+                raise ValueError(
+                    "step_size='auto' sets the step from the minibatch gradient noise, and "
+                    "this model's gradient has none (its data plate does not subsample): "
+                    "give step_size as a number or a schedule")
+            step = min(self.noise_limited_step(noise, curvature), self.stable_step(curvature))
+        if not (math.isfinite(step) and step > 0):
+            raise ValueError(f"step_size='auto' found no step size at the state of chain "
+                             f"{self.chain} (got {step}): give step_size as a number")
+        self.schedule.step_size = step
+        return step
+
+    def _probe_gradients(self, params: Params, probes: int) -> Tensor:
+        """``[probes, d]``: ``∇U`` on ``probes`` independent minibatches."""
+        return torch.stack([
+            torch.cat([g.flatten() for g in self.potential.value_and_grad(params)[1].values()])
+            for _ in range(probes)
+        ])
+
+    def gradient_noise(self, params: Params, probes: int = NOISE_PROBES) -> float:
+        """The variance of the minibatch ``∇U`` at ``params`` along its noisiest
+        direction: found by the first half of ``probes`` minibatch gradients, the
+        variance measured on the other half (so that the estimate is not biased upward,
+        as the largest eigenvalue of a sample covariance is), and no less than the
+        largest variance of a single coordinate."""
+        return self._noise(self._probe_gradients(params, probes))
+
+    @staticmethod
+    def _noise(grads: Tensor) -> float:
+        half = grads.shape[0] // 2
+        first, second = grads[:half], grads[half:]
+        direction = torch.linalg.svd(first - first.mean(0), full_matrices=False).Vh[0]
+        along = (second @ direction).var()
+        return float(torch.maximum(along, second.var(0).max()))
+
+    def curvature(self, params: Params, iterations: int = CURVATURE_ITERATIONS) -> float:
+        """The largest ``|eigenvalue|`` of the Hessian of ``U`` at ``params``, by power
+        iteration on minibatch Hessian-vector products (one minibatch per iteration)."""
+        direction = {n: torch.randn_like(v) for n, v in params.items()}
+        size = 1.0
+        for _ in range(iterations):
+            norm = torch.sqrt(sum((d * d).sum() for d in direction.values()))
+            direction = {n: d / norm for n, d in direction.items()}
+            leaves = {n: v.detach().requires_grad_(True) for n, v in params.items()}
+            grads = torch.autograd.grad(self.potential(leaves), list(leaves.values()),
+                                        create_graph=True)
+            product = torch.autograd.grad(grads, list(leaves.values()),
+                                          grad_outputs=list(direction.values()),
+                                          allow_unused=True)
+            direction = {n: (torch.zeros_like(v) if p is None else p.detach())
+                         for (n, v), p in zip(params.items(), product)}
+            size = float(torch.sqrt(sum((d * d).sum() for d in direction.values())))
+            if not math.isfinite(size) or size == 0:
+                break
+        if not math.isfinite(size):
+            raise NonFiniteError(f"the curvature of the potential is {size} at update "
+                                 f"{self.num_steps} of chain {self.chain}; give step_size as "
+                                 "a number")
+        return size
+
+    def noise_limited_step(self, noise: float, curvature: float) -> float:
+        """The step at which minibatch gradient noise of variance ``noise`` and the
+        discretization at curvature ``curvature`` widen the variance by ``NOISE_RATIO``
+        (kernels with a rule)."""
+        raise NotImplementedError
+
+    def stable_step(self, curvature: float) -> float:
+        """The warm-up step for a potential whose largest curvature is ``curvature``."""
+        raise NotImplementedError
+
+    def effective_temperature(self, step: float, noise: float) -> float:
+        """The temperature at which the chain samples with ``step`` and minibatch noise
+        ``noise`` (the injected noise's plus the minibatch noise's share)."""
+        raise NotImplementedError
+
+    def calibrate(self, curvature: float) -> None:
+        """Set any other setting that follows the curvature (SGHMC's ``"auto"``
+        friction) before the step is chosen."""
 
     # --- the update --------------------------------------------------------------------
     def gradient(self, params: Params, step_size: float | None = None) -> Params:

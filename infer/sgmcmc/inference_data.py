@@ -35,6 +35,7 @@ the same data. ``mcmc.get_samples()`` stays local: this rank's chains only.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -197,7 +198,7 @@ def sgmcmc_inference_data(mcmc: Any, *args: Any, **kwargs: Any) -> az.InferenceD
         "posterior": {k: _numpy(v) for k, v in samples.items()},
         "sample_stats": {
             "update": np.tile(np.asarray(steps, dtype=np.int64), (chains, 1)),
-            "step_size": np.tile([kernel.schedule(t) for t in steps], (chains, 1)),
+            "step_size": _step_sizes(mcmc, steps, chains),
             "temperature": np.full((chains, draws), kernel.temperature),
             "diverging": np.zeros((chains, draws), dtype=bool),
         },
@@ -227,10 +228,24 @@ def sgmcmc_inference_data(mcmc: Any, *args: Any, **kwargs: Any) -> az.InferenceD
         groups["observed_data"] = observed
     return az.from_dict(
         **groups, dims=dims, coords=coords,
-        attrs={"kernel": type(kernel).__name__, "schedule": repr(kernel.schedule),
+        attrs={"kernel": type(kernel).__name__,
+               "schedule": ("auto: each chain's own, in sample_stats.step_size"
+                            if getattr(kernel, "auto_step", False) else repr(kernel.schedule)),
                "thin": kernel.thin, "temperature": kernel.temperature,
                "warmup_steps": warmup},
     )
+
+
+def _step_sizes(mcmc: Any, steps: list[int], chains: int) -> np.ndarray:
+    """``[chains, draws]``: the schedule's step at each draw's update, or with
+    ``step_size="auto"`` each chain's own (from its diagnostics, which pyro's MCMC also
+    brings back from chain worker processes)."""
+    kernel = mcmc.kernel
+    if getattr(kernel, "auto_step", False):
+        per_chain = [d.get("step_size", math.nan) if d else math.nan
+                     for d in getattr(mcmc, "_diagnostics", [None] * chains)]
+        return np.repeat(np.asarray(per_chain, dtype=np.float64)[:, None], len(steps), 1)
+    return np.tile([kernel.schedule(t) for t in steps], (chains, 1))
 
 
 __all__ = ["observed_pointwise", "sgmcmc_inference_data"]

@@ -22,7 +22,9 @@ the unconstrained space of the model's latent sites, with the minibatch potentia
   ``step_size`` is the time step ``h`` (Chen et al.'s ``η = h²``) and ``friction`` the
   rate ``α``, as in ``posteriors``.
 
-Every kernel takes a step size (float or :mod:`.schedules` schedule), a temperature
+Every kernel takes a step size (float or :mod:`.schedules` schedule; SGLD and SGHMC
+measure one per chain by default, ``step_size="auto"``, see
+:meth:`~posterity.infer.sgmcmc.base.SGMCMCKernel.measure_step_size`), a temperature
 (``T < 1``: a colder, tempered posterior) and ``thin``: each returned sample is
 ``thin`` updates after the previous one, so memory stays bounded on long runs. During
 the exploration stage of a cyclical schedule (Zhang et al. 2020) the kernels take
@@ -60,6 +62,7 @@ update and its step size at the first NaN or Inf.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +70,7 @@ import torch
 from torch import Tensor
 
 from ..checks import check_positive
-from .base import Params, SGMCMCKernel
+from .base import NOISE_RATIO, Params, SGMCMCKernel
 from .schedules import StepSize
 
 
@@ -80,12 +83,24 @@ class SGLD(SGMCMCKernel):
         >>> from posterity.models import BayesianLogisticRegression
         >>> X, y = torch.randn(200, 3), torch.randint(0, 2, (200,)).float()
         >>> model = BayesianLogisticRegression(3, subsample_size=20)
-        >>> mcmc = MCMC(SGLD(model, step_size=1e-3), num_samples=50, warmup_steps=10,
+        >>> mcmc = MCMC(SGLD(model), num_samples=50, warmup_steps=10,
         ...             disable_progbar=True)
         >>> mcmc.run(X, y)
         >>> mcmc.get_samples()["weight"].shape
         torch.Size([50, 3])
     """
+
+    def noise_limited_step(self, noise: float, curvature: float) -> float:
+        # on a Gaussian the variance comes out (1 + ε V / 4T) / (1 - ε λ / 4) times too
+        # wide: the noise adds (ε/2)² V to the injected ε T, the Euler step the rest
+        return 4 * NOISE_RATIO / (noise / self.temperature + curvature)
+
+    def stable_step(self, curvature: float) -> float:
+        # halves the distance to the mode along the stiffest direction per update
+        return 1.0 / curvature
+
+    def effective_temperature(self, step: float, noise: float) -> float:
+        return self.temperature + step * noise / 4
 
     def update(self, params: Params, grads: Params, step_size: float, exploring: bool) -> Params:
         new = {}
@@ -161,17 +176,25 @@ class PreconditionedSGLD(SGMCMCKernel):
         return new
 
 
+DEFAULT_FRICTION = 10.0  # with a step size of one's own (and the command line's)
+
+
 class SGHMC(SGMCMCKernel):
     """Stochastic gradient Hamiltonian Monte Carlo (Chen, Fox & Guestrin, ICML 2014).
 
     Args:
         friction: ``α``, the friction rate; each update loses a fraction ``h α`` of
-            the momentum, so ``h α < 1`` is needed. The default 10 is the command
-            line's and the README's; with 0.1 (the default before 2026-12-07) the
-            minibatch gradient noise, which the friction has to absorb, left posterior
-            standard deviations of a logistic regression (300 points, minibatches of
-            32, h = 1e-2) 10-15 times NUTS's, against 1.1 times with 10.
-        **kwargs: as :class:`SGMCMCKernel`; ``step_size`` is the time step ``h``.
+            the momentum, so ``h α < 1`` is needed. By default, ``"auto"`` with
+            ``step_size="auto"``: ``2 sqrt(λ)``, the critical damping of the stiffest
+            direction (``λ`` the largest curvature, measured with the step; with the
+            step limited by the gradient noise, the relaxation takes ``V / α²`` updates
+            while the dynamics is underdamped, so a lower friction only slows the
+            chain), and 10 (the command line's) with a step size of one's own. With
+            0.1 (the default before 2026-12-07) the minibatch gradient noise left
+            posterior standard deviations of a logistic regression (300 points,
+            minibatches of 32, h = 1e-2) 10-15 times NUTS's, against 1.1 times with 10.
+        **kwargs: as :class:`SGMCMCKernel`; ``step_size`` is the time step ``h``
+            (``"auto"`` by default, see :meth:`SGMCMCKernel.measure_step_size`).
 
     Example:
         >>> from posterity.infer.sgmcmc import CyclicalSchedule
@@ -181,15 +204,44 @@ class SGHMC(SGMCMCKernel):
         10.0
     """
 
-    def __init__(self, model: Callable, step_size: StepSize, friction: float = 10.0,
-                 **kwargs: Any) -> None:
+    def __init__(self, model: Callable, step_size: StepSize = "auto",
+                 friction: float | str | None = None, **kwargs: Any) -> None:
         super().__init__(model, step_size, **kwargs)
-        self.friction = check_positive("friction", friction)
+        if friction is None:
+            friction = "auto" if self.auto_step else DEFAULT_FRICTION
+        self.auto_friction = friction == "auto"
+        if self.auto_friction and not self.auto_step:
+            raise ValueError("friction='auto' is set with step_size='auto'; with a step "
+                             "size of your own, give the friction too (e.g. 10)")
+        self.friction = math.nan if self.auto_friction else check_positive("friction", friction)
         if self.schedule.initial * self.friction >= 1:
             raise ValueError(
                 f"step_size * friction must be < 1 (the momentum kept per update is "
                 f"1 - h α), got {self.schedule.initial} * {self.friction}"
             )
+
+    def diagnostics(self) -> dict[str, Any]:
+        stats = super().diagnostics()
+        if self.auto_friction:
+            stats["friction"] = self.friction  # this chain's own
+        return stats
+
+    def calibrate(self, curvature: float) -> None:
+        if self.auto_friction:
+            # critical damping of the stiffest direction: with the step limited by the
+            # noise, a lower friction only lengthens the relaxation (in updates, V / α²)
+            self.friction = 2 * curvature**0.5
+
+    def noise_limited_step(self, noise: float, curvature: float) -> float:
+        # the noise adds h² V to the injected 2 α h T per update: a ratio h V / (2 α T)
+        return min(2 * NOISE_RATIO * self.friction * self.temperature / noise,
+                   0.5 / self.friction)
+
+    def stable_step(self, curvature: float) -> float:
+        return min(0.5 / curvature**0.5, 0.5 / self.friction)
+
+    def effective_temperature(self, step: float, noise: float) -> float:
+        return self.temperature + step * noise / (2 * self.friction)
 
     def init_state(self, params: Params) -> dict[str, Any]:
         return {"momentum": {n: torch.zeros_like(v) for n, v in params.items()}}

@@ -7,6 +7,7 @@ update ``t`` belongs to an exploration stage (optimization: no noise, no samples
 from __future__ import annotations
 
 import math
+import warnings
 
 from ..checks import check_int, check_positive
 
@@ -40,12 +41,25 @@ class ConstantSchedule(Schedule):
 
 class PolynomialDecay(Schedule):
     """``ε_t = a (b + t)^(-γ)`` (Welling & Teh 2011), ``γ ∈ (0.5, 1]`` for
-    the Robbins-Monro conditions."""
+    the Robbins-Monro conditions (``Σ ε_t = ∞``, ``Σ ε_t² < ∞``); another positive
+    ``γ`` is allowed with a warning.
+
+    Example:
+        >>> round(PolynomialDecay(0.1, b=1.0, gamma=1.0)(9), 6)
+        0.01
+    """
 
     def __init__(self, a: float, b: float = 1.0, gamma: float = 0.55) -> None:
         self.a = check_positive("a", a)
         self.b = check_positive("b", b)
         self.gamma = check_positive("gamma", gamma)
+        if not 0.5 < self.gamma <= 1:
+            warnings.warn(
+                f"PolynomialDecay gamma={self.gamma:g} is outside (0.5, 1], where the step "
+                f"sizes meet the Robbins-Monro conditions: "
+                + ("they shrink too fast for the chain to keep moving" if self.gamma > 1
+                   else "their squares do not sum, so the discretization error does not "
+                        "vanish"), stacklevel=2)
 
     def __call__(self, t: int) -> float:
         return self.a * (self.b + t) ** (-self.gamma)
@@ -93,15 +107,41 @@ class CyclicalSchedule(Schedule):
                 f"total_steps={self.total_steps}, exploration_ratio={self.exploration_ratio:g})")
 
 
-StepSize = float | Schedule
+class NoiseScaledStep(Schedule):
+    """``step_size="auto"``: a constant step that the kernel sets, chain by chain, from
+    the minibatch gradient noise it measures (see
+    :meth:`~posterity.infer.sgmcmc.base.SGMCMCKernel.measure_step_size`); ``nan`` until
+    the first chain starts."""
+
+    def __init__(self) -> None:
+        self.step_size = math.nan
+
+    def __call__(self, t: int) -> float:
+        return self.step_size
+
+    @property
+    def initial(self) -> float:
+        return self.step_size
+
+    def __repr__(self) -> str:
+        return f"NoiseScaledStep({self.step_size:.3g})"
+
+
+StepSize = float | Schedule | str
 
 
 def as_schedule(step_size: StepSize, name: str = "step_size") -> Schedule:
-    """A float becomes a :class:`ConstantSchedule`; a schedule passes through."""
+    """A float becomes a :class:`ConstantSchedule`, ``"auto"`` a :class:`NoiseScaledStep`;
+    a schedule passes through."""
+    if isinstance(step_size, str):
+        if step_size != "auto":
+            raise ValueError(f"{name} must be a number, a Schedule or 'auto', got {step_size!r}")
+        return NoiseScaledStep()
     if isinstance(step_size, Schedule):
-        if not step_size.initial > 0:
+        if not (isinstance(step_size, NoiseScaledStep) or step_size.initial > 0):
             raise ValueError(f"{name} must start positive, got {step_size.initial}")
         return step_size
     if isinstance(step_size, bool) or not isinstance(step_size, (int, float)):
-        raise TypeError(f"{name} must be a float or a Schedule, got {type(step_size).__name__}")
+        raise TypeError(f"{name} must be a float, a Schedule or 'auto', got "
+                        f"{type(step_size).__name__}")
     return ConstantSchedule(check_positive(name, step_size))

@@ -191,6 +191,18 @@ class StructuredSGMCMC(SGMCMCKernel):
     def state_tensors(self) -> dict[str, Tensor]:
         return self.base.state_tensors()
 
+    def noise_limited_step(self, noise: float, curvature: float) -> float:
+        return self.base.noise_limited_step(noise, curvature)
+
+    def calibrate(self, curvature: float) -> None:
+        self.base.calibrate(curvature)
+
+    def effective_temperature(self, step: float, noise: float) -> float:
+        return self.base.effective_temperature(step, noise)
+
+    def stable_step(self, curvature: float) -> float:
+        return self.base.stable_step(curvature)
+
     def step(self, params: Params, step_size: float, exploring: bool) -> Params:
         if len(self.groups) == 1:
             return super().step(params, step_size, exploring)
@@ -243,7 +255,7 @@ class StructuredSGMCMC(SGMCMCKernel):
         return self.base.update(params, grads, step_size, exploring)
 
 
-def StructuredSGLD(model: Any, step_size: Any, groups: str | dict = "site", **kwargs: Any):
+def StructuredSGLD(model: Any, step_size: Any = "auto", groups: str | dict = "site", **kwargs: Any):
     """Structured SGLD: ``StructuredSGMCMC(SGLD(model, step_size, ...), groups, ...)``."""
     from .kernels import SGLD
 

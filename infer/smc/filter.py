@@ -253,6 +253,9 @@ class ParticleFilter:
         if not 0 <= ess_threshold <= 1:
             raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
         self.ess_threshold = float(ess_threshold)
+        if proposal is not None and not callable(proposal):
+            raise TypeError(f"proposal must be a callable proposal(x_prev, t, y_t) -> "
+                            f"distribution, got {type(proposal).__name__}")
         self.proposal, self.missing = proposal, bool(missing)
         self.keep_history, self.progress = keep_history, progress
         # warns once per filter object, however many runs
@@ -279,14 +282,40 @@ class ParticleFilter:
         else:
             prior = self.ssm.initial() if x_prev is None else self.ssm.transition(x_prev, t)
             q = self.proposal(x_prev, t, y)
+            if not all(callable(getattr(q, m, None)) for m in ("sample", "log_prob")):
+                raise TypeError(f"proposal(x_prev, t={t}, y) must return a distribution "
+                                f"(with sample and log_prob), got {type(q).__name__}")
             x = q.sample((count,) if x_prev is None else ())
-            log_weight = prior.log_prob(x) - q.log_prob(x)
+            log_q = q.log_prob(x)
+            self._check_proposal_draws(x, log_q, t, (count, *prior.event_shape), y)
+            log_weight = prior.log_prob(x) - log_q
         if observed:
             emission = self.ssm.emission_log_prob(x, y, t)
             log_weight = emission if log_weight is None else log_weight + emission
         elif log_weight is None:
             log_weight = x.new_zeros(x.shape[0])
         return x, log_weight
+
+    def _check_proposal_draws(self, x: Tensor, log_q: Tensor, t: int, shape: tuple,
+                              y: Tensor) -> None:
+        """A proposal's draws must be ``[N, d]`` in the observations' dtype, with one
+        log-density per particle (a silent broadcast would mix up the weights)."""
+        count = shape[0]
+        where = f"proposal(x_prev, t={t}, y)"
+        if tuple(x.shape) != shape:
+            hint = ("at t = 0 the filter draws sample((N,)) from it, so it should have no "
+                    "particle dimension" if t == 0 else "it should be batched over the "
+                    "particles of x_prev, as the transition is")
+            raise ValueError(f"{where} gave draws of shape {tuple(x.shape)}, expected "
+                             f"{shape} ([particles, state_dim]): {hint}")
+        if tuple(log_q.shape) != (count,):
+            raise ValueError(
+                f"{where}: log_prob gave shape {tuple(log_q.shape)}, expected ({count},), "
+                "one log-density per particle; declare the state dimension as an event "
+                "dimension, e.g. Normal(loc, scale).to_event(1)")
+        if x.dtype != y.dtype:
+            raise ValueError(f"{where} draws {x.dtype} particles for {y.dtype} "
+                             "observations; build the proposal in the model's dtype")
 
     def steps(self, ys: Tensor, moments: bool = False) -> Iterator[FilterStep]:
         """Filter ``ys`` one step at a time (the loop every SMC engine shares); with

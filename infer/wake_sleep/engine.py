@@ -34,7 +34,6 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import pyro
 import pyro.poutine as poutine
 import torch
 from torch import Tensor, nn
@@ -44,7 +43,13 @@ from ..amortized.engine import AmortizedEngine
 from ..checks import check_choice, check_int, check_positive, prepare_pair, preserved_rng
 from ..floats import subnormals_flushed
 from ..handlers import densities_unaltered
-from ..importance import PARTICLE_PLATE, _per_data_point, sample_sites, weighted_particles
+from ..importance import (
+    ObservedSitesError,
+    _per_data_point,
+    ancestral_draws,
+    sample_sites,
+    weighted_particles,
+)
 from .natural import BernoulliNaturalGradient, LayerRecorder, linear_layers
 
 ALGORITHMS = ("ws", "rws", "nrws", "bihm", "nbihm")
@@ -73,13 +78,10 @@ def sleep_samples(model: Callable, x: Tensor, num_particles: int, plate_nesting:
     and the name of the observed site."""
     if densities_unaltered() and callable(getattr(model, "sample_joint", None)):
         return model.sample_joint(x, num_particles), "x"
-    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(plate_nesting + 1)):
-        trace = poutine.trace(poutine.uncondition(model)).get_trace(x)
-    sites = sample_sites(trace)
-    observed = [n for n, s in sites.items() if s["infer"].get("was_observed")]
-    if len(observed) != 1:
-        raise ValueError(f"the sleep phase needs exactly one observed site, found {observed}")
-    return {name: site["value"] for name, site in sites.items()}, observed[0]
+    try:
+        return ancestral_draws(model, x, num_particles, plate_nesting)
+    except ObservedSitesError as error:
+        raise ObservedSitesError(f"the sleep phase: {error}") from None
 
 
 def guide_log_density(guide: Callable, x: Tensor, latents: dict[str, Tensor],
@@ -575,24 +577,17 @@ class WakeSleep(AmortizedEngine):
                           **kwargs: Any):
         """ArviZ ``InferenceData``: guide draws, log weights and PSIS k̂ for the rows of
         ``x``, the training history, and ``num_model_samples`` samples from the model
-        (group ``model_samples``)."""
-        import numpy as np
-        import xarray as xr
-
+        (group ``model_samples``: ``model.sample(n)``, or the observed site of ancestral
+        draws for a model without one)."""
         from ..amortized.inference_data import amortized_inference_data
 
         attrs = {"engine": "WakeSleep", "algorithm": self.algorithm,
                  "num_particles": self.num_particles}
         if self.natural:
             attrs["damping"] = self.damping
-        idata = amortized_inference_data(self.model, self.guide, x, num_samples=num_samples,
-                                         history=self.history, attrs=attrs, **kwargs)
-        if callable(getattr(self.model, "sample", None)):
-            samples = self.model.sample(num_model_samples).cpu().numpy()
-            idata.add_groups(model_samples=xr.Dataset(
-                {"x": (("sample", "feature"), samples)},
-                coords={"sample": np.arange(samples.shape[0])}))
-        return idata
+        return amortized_inference_data(self.model, self.guide, x, num_samples=num_samples,
+                                        history=self.history, attrs=attrs,
+                                        num_model_samples=num_model_samples, **kwargs)
 
 
 def _base(fn: Any) -> Any:
