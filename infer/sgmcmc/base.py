@@ -270,44 +270,48 @@ class SGMCMCKernel(MCMCKernel):
             if warmup < 2:
                 warnings.warn(
                     f"step_size='auto' measured the gradient noise at chain {self.chain}'s "
-                    f"start (warmup_steps={warmup}), before any warm-up: away from the "
-                    "posterior the noise is far larger, and the step may be much too small. "
-                    "Give a warm-up (warmup_steps of 2 or more, long enough to reach the "
+                    f"start (warmup_steps={warmup}): its draws begin there, away from the "
+                    "posterior, and where the noise is far larger the step may be much too "
+                    "small to leave, so they may not be from the posterior at all. Give a "
+                    "warm-up (warmup_steps of 2 or more, long enough to reach the "
                     "posterior)", stacklevel=4)
             return
         if warmup < 2 or draw not in {warmup // 4, warmup // 2, 3 * warmup // 4, warmup}:
             return
-        noise, squared_gradient, curvature, dimension = self.measure(params)
-        expected = curvature * dimension * self.effective_temperature(
-            self.schedule.step_size, noise)
+        noise, squared_gradient, curvature, trace = self.measure(params)
         # far from the posterior the noise is large too, and falls as the chain arrives
-        arrived = self._cooling or noise > self._previous_noise / 2
-        settled = arrived and squared_gradient <= SETTLED * expected
+        falling = not self._cooling and noise <= self._previous_noise / 2
         self._previous_noise = noise
-        if self._cooling or settled or draw == warmup:
-            if draw == warmup and not settled:
-                warnings.warn(
-                    f"step_size='auto': chain {self.chain} "
-                    + ("was still settling at its step" if self._cooling else
-                       "had not reached the posterior") + f" at the end of the warm-up "
-                    f"(its squared gradient {squared_gradient:.3g} against about "
-                    f"{expected:.3g} at the posterior): its first draws are not from the "
-                    "posterior. Give a longer "
-                    "warm-up (warmup_steps × thin updates)", stacklevel=4)
+        if draw == warmup:  # judged at the step of the draws
             self._cooling = True
-        self._set_step(noise, curvature, sampling=self._cooling)
+            self._set_step(noise, curvature, sampling=True)
+        expected = trace * self.effective_temperature(self.schedule.step_size, noise)
+        settled = not falling and squared_gradient <= SETTLED * expected
+        if draw == warmup and not settled:
+            reason = (f"its gradient noise was still falling (to {noise:.3g}, from more than "
+                      "twice that)" if falling else
+                      f"its squared gradient was {squared_gradient:.3g}, against about "
+                      f"{expected:.3g} (T tr H) at the posterior")
+            warnings.warn(
+                f"step_size='auto': chain {self.chain} had not settled at the posterior by "
+                f"the end of the warm-up ({reason}): its first draws are not from the "
+                "posterior. Give a longer warm-up (warmup_steps × thin updates)",
+                stacklevel=4)
+        if draw < warmup:
+            self._cooling = self._cooling or settled
+            self._set_step(noise, curvature, sampling=self._cooling)
 
     def measure(self, params: Params, probes: int = NOISE_PROBES
-                ) -> tuple[float, float, float, int]:
+                ) -> tuple[float, float, float, float]:
         """At ``params``: the gradient noise ``V`` (:meth:`gradient_noise`), the squared
         full-data gradient ``|∇U|²`` (unbiased, from the same minibatches), the largest
-        curvature ``λ`` and the number of coordinates ``d``. The curvature also
-        calibrates the kernel (SGHMC's friction)."""
+        curvature ``λ`` and the trace of the Hessian (:meth:`hessian_trace`). The
+        curvature also calibrates the kernel (SGHMC's friction)."""
         curvature = self.curvature(params)
         self.calibrate(curvature)
         grads = self._probe_gradients(params, probes)
         squared = float(grads.mean(0).square().sum() - grads.var(0).sum() / probes)
-        return self._noise(grads), squared, curvature, grads.shape[1]
+        return self._noise(grads), squared, curvature, self.hessian_trace(params)
 
     def measure_step_size(self, params: Params, sampling: bool) -> float:
         """Set the step size of ``step_size="auto"`` at ``params`` and return it.
@@ -328,12 +332,14 @@ class SGMCMCKernel(MCMCKernel):
         posterior: the noise has stopped falling (by half since the last measurement;
         far from the posterior the residuals, and with them the noise, are large) and
         the squared gradient ``|∇U|²`` is at most ``SETTLED`` (9) times its value there,
-        about ``T_eff tr(H) <= T_eff d λ`` (``T_eff``, the temperature that the current
-        step's noise gives, :meth:`effective_temperature`). Then it sets the
-        noise-limited step, re-measured at each later point, so that the chain cools
-        down to it. A chain not settled at the end of the warm-up gets a warning and the
-        noise-limited step. With fewer than two warm-up
-        draws everything is measured at the chain's start, with a warning.
+        about ``T_eff tr H`` (``T_eff``, the temperature that the current step's noise
+        gives, :meth:`effective_temperature`; ``tr H`` by :meth:`hessian_trace`). Then it
+        sets the noise-limited step, re-measured at each later point, so that the chain
+        cools down to it. At the end of the warm-up the same test, at the temperature of
+        the draws' step, decides whether the chain is warned that its first draws are not
+        yet from the posterior. With fewer than two warm-up draws everything is measured
+        at the chain's start, with a warning that the draws may not be from the
+        posterior.
         """
         noise, _, curvature, _ = self.measure(params)
         self._last_noise = noise
@@ -378,6 +384,17 @@ class SGMCMCKernel(MCMCKernel):
         along = (second @ direction).var()
         return float(torch.maximum(along, second.var(0).max()))
 
+    def _hessian_vector(self, params: Params, direction: Params) -> Params:
+        """``H v`` for the minibatch potential at ``params`` (one minibatch)."""
+        leaves = {n: v.detach().requires_grad_(True) for n, v in params.items()}
+        grads = torch.autograd.grad(self.potential(leaves), list(leaves.values()),
+                                    create_graph=True)
+        product = torch.autograd.grad(grads, list(leaves.values()),
+                                      grad_outputs=[direction[n] for n in leaves],
+                                      allow_unused=True)
+        return {n: (torch.zeros_like(v) if p is None else p.detach())
+                for (n, v), p in zip(params.items(), product)}
+
     def curvature(self, params: Params, iterations: int = CURVATURE_ITERATIONS) -> float:
         """The largest ``|eigenvalue|`` of the Hessian of ``U`` at ``params``, by power
         iteration on minibatch Hessian-vector products (one minibatch per iteration)."""
@@ -385,15 +402,7 @@ class SGMCMCKernel(MCMCKernel):
         size = 1.0
         for _ in range(iterations):
             norm = torch.sqrt(sum((d * d).sum() for d in direction.values()))
-            direction = {n: d / norm for n, d in direction.items()}
-            leaves = {n: v.detach().requires_grad_(True) for n, v in params.items()}
-            grads = torch.autograd.grad(self.potential(leaves), list(leaves.values()),
-                                        create_graph=True)
-            product = torch.autograd.grad(grads, list(leaves.values()),
-                                          grad_outputs=list(direction.values()),
-                                          allow_unused=True)
-            direction = {n: (torch.zeros_like(v) if p is None else p.detach())
-                         for (n, v), p in zip(params.items(), product)}
+            direction = self._hessian_vector(params, {n: d / norm for n, d in direction.items()})
             size = float(torch.sqrt(sum((d * d).sum() for d in direction.values())))
             if not math.isfinite(size) or size == 0:
                 break
@@ -402,6 +411,16 @@ class SGMCMCKernel(MCMCKernel):
                                  f"{self.num_steps} of chain {self.chain}; give step_size as "
                                  "a number")
         return size
+
+    def hessian_trace(self, params: Params, probes: int = CURVATURE_ITERATIONS) -> float:
+        """``tr H`` at ``params`` by Hutchinson's estimator, ``E[v^T H v]`` over Rademacher
+        ``v`` (one minibatch each): at the posterior ``E|∇U|² = T tr H``."""
+        total = 0.0
+        for _ in range(probes):
+            signs = {n: torch.randint_like(v, 2) * 2 - 1 for n, v in params.items()}
+            product = self._hessian_vector(params, signs)
+            total += float(sum((signs[n] * product[n]).sum() for n in params))
+        return total / probes
 
     def noise_limited_step(self, noise: float, curvature: float) -> float:
         """The step at which minibatch gradient noise of variance ``noise`` and the

@@ -303,9 +303,17 @@ class ParticleFilter:
         count = shape[0]
         where = f"proposal(x_prev, t={t}, y)"
         if tuple(x.shape) != shape:
-            hint = ("at t = 0 the filter draws sample((N,)) from it, so it should have no "
-                    "particle dimension" if t == 0 else "it should be batched over the "
-                    "particles of x_prev, as the transition is")
+            if x.dim() != len(shape):
+                hint = (f"the state is an event of shape {shape[1:]}: declare it with "
+                        ".to_event(1), and give the proposal no other batch dimension"
+                        if x.dim() < len(shape) else
+                        "at t = 0 the filter draws sample((N,)) from it, so it should have "
+                        "no particle dimension" if t == 0 else
+                        "it should be batched over the particles of x_prev only")
+            else:
+                hint = (f"its state dimension should be {shape[1]}, as the model's" if
+                        x.shape[0] == shape[0] else "it should be batched over the "
+                        "particles of x_prev, as the transition is")
             raise ValueError(f"{where} gave draws of shape {tuple(x.shape)}, expected "
                              f"{shape} ([particles, state_dim]): {hint}")
         if tuple(log_q.shape) != (count,):
