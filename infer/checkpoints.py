@@ -143,6 +143,10 @@ QUIET_KEYS = frozenset({"fresh", "progress", "quiet", "debug"})
 """Settings that are not compared on resume: they say how a call starts or shows
 itself, not what it trains."""
 
+LATER_KEYS = frozenset({"data_digest"})
+"""Settings recorded since 2026-12-07: a checkpoint written before them lacks them and
+still resumes."""
+
 
 def compare_settings(
     path: os.PathLike | str,
@@ -155,7 +159,8 @@ def compare_settings(
     Returns one ``"name new (was old)"`` note per safe difference; raises
     :class:`CheckpointMismatchError` naming every other difference with both values.
     A setting is safe when its name, or the last dotted part of it, is in
-    :data:`SAFE_KEYS` or ``safe_keys``; :data:`QUIET_KEYS` are not compared.
+    :data:`SAFE_KEYS` or ``safe_keys``; :data:`QUIET_KEYS` are not compared, nor
+    :data:`LATER_KEYS` that the checkpoint lacks.
     """
     safe = SAFE_KEYS | set(safe_keys)
     missing = object()
@@ -165,6 +170,8 @@ def compare_settings(
             continue
         old, new = saved.get(name, missing), current.get(name, missing)
         if old is not missing and new is not missing and _same(old, new):
+            continue
+        if old is missing and name in LATER_KEYS:
             continue
         shown_old = "(not set)" if old is missing else repr(old)
         shown_new = "(not set)" if new is missing else repr(new)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pyro
@@ -155,6 +159,12 @@ def check_model_guide(
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
+    observed = [n for n, s in sample_sites(model_trace).items() if s["is_observed"]]
+    if not observed:
+        raise ValueError(
+            "the model observes nothing: pass the data as obs= of a sample site (its sites "
+            f"{sorted(sample_sites(model_trace))} are all latent)")
+    _warn_untrained_params(model, guide, args, kwargs)
     model_latents = latent_names(model_trace)
     guide_latents = set(sample_sites(guide_trace))
     if model_latents != guide_latents:
@@ -164,10 +174,64 @@ def check_model_guide(
             f"(missing in guide: {sorted(model_latents - guide_latents)}, "
             f"unknown to model: {sorted(guide_latents - model_latents)})"
         )
-    observed = [n for n, s in sample_sites(model_trace).items() if s["is_observed"]]
-    if not observed:
-        raise ValueError("the model observes nothing: pass the data as obs= of a sample site")
     return model_latents
+
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+_INTERNAL = tuple(str(_PACKAGE / d) + os.sep for d in ("infer", "layers", "models", "guides",
+                                                       "datasets")) + tuple(
+    str(Path(module.__file__).resolve().parent) + os.sep for module in (torch, pyro)
+) + (contextlib.__file__,)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that attributes a warning raised by the caller to the first
+    frame outside posterity's own modules and the torch and pyro code between them
+    (decorators such as ``torch.no_grad``): the user's line."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _warn_untrained_params(model: Any, guide: Any, args: tuple, kwargs: dict) -> None:
+    """Warn about ``pyro.param`` sites that are not parameters of the two modules: the
+    engines optimize the modules' parameters only. Traced in a scratch parameter store,
+    where a module's parameters are registered as themselves."""
+    params = [p for m in (model, guide) if hasattr(m, "parameters") for p in m.parameters()]
+    owned, flags = {id(p) for p in params}, [(p, p.requires_grad) for p in params]
+    try:
+        with pyro.get_param_store().scope(), poutine.block(), torch.no_grad():
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                *args, **kwargs)
+    except Exception:  # noqa: BLE001 (a program that reads a stored pyro.param with no
+        return         # initial value; the traces of the real store ran: no warning)
+    finally:  # registering a parameter turns its requires_grad on
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    loose = []
+    for trace in (guide_trace, model_trace):
+        for name, site in trace.nodes.items():
+            if site["type"] != "param" or not isinstance(site["value"], Tensor):
+                continue
+            value = site["value"]
+            leaf = value.unconstrained() if callable(getattr(value, "unconstrained", None)) \
+                else value
+            if leaf is None:  # a weak reference into the scratch store, gone with it
+                leaf = value
+            if id(leaf) in owned or id(value) in owned or name in loose:
+                continue
+            # Pyro stores a non-contiguous parameter as a contiguous copy
+            if not any(p.shape == leaf.shape and torch.equal(p.detach(), leaf.detach())
+                       for p in params):
+                loose.append(name)
+    if loose:
+        warnings.warn(
+            f"pyro.param sites {loose} are not parameters of the model or guide module, so "
+            "the engine does not train them: make them attributes of the module "
+            "(nn.Parameter, or PyroParam with a constraint)", UserWarning,
+            stacklevel=user_stacklevel())
 
 
 def validate_data_for(module: Any, x: Tensor, name: str = "data") -> None:
@@ -206,8 +270,60 @@ def prepare_pair(
     like = [p for m in (model, guide) if hasattr(m, "parameters") for p in m.parameters()]
     x = check_data(x, name, like=like)
     validate_data_for(model, x, name)
-    with preserved_rng(x.device):
+    with preserved_rng(x.device), parameters_kept(model, guide):
         return x, _probe_pair(model, guide, x[:2], require_rsample)
+
+
+@contextlib.contextmanager
+def parameters_kept(*modules: Any) -> Iterator[None]:
+    """Refuse, with the modules' own parameters put back, a trace that swapped in others.
+
+    Pyro keeps one global parameter store keyed by attribute path: a ``PyroModule``
+    whose ``PyroParam`` shares its path with an entry made by another instance (an
+    earlier model of the same class in the session) takes that instance's tensor when
+    traced, and the engine, which trains the module's own parameters, would train
+    tensors the programs no longer read."""
+    owners = [m for m in modules if isinstance(m, torch.nn.Module)]
+    before = [dict(m.named_parameters()) for m in owners]
+    try:
+        yield
+    except Exception as error:  # a swapped-in tensor of another shape fails the trace
+        problem = _restore_parameters(owners, before)
+        if problem is not None:
+            raise problem from error
+        raise
+    problem = _restore_parameters(owners, before)
+    if problem is not None:
+        raise problem
+
+
+def _restore_parameters(owners: list, before: list[dict]) -> ValueError | None:
+    """Put back every parameter a trace replaced; the error that says why, or None."""
+    swapped, shared = [], []
+    for index, (module, params) in enumerate(zip(owners, before)):
+        others = {id(p) for i, kept in enumerate(before) if i != index for p in kept.values()}
+        for path, original in params.items():
+            owner, _, leaf = path.rpartition(".")
+            holder = module.get_submodule(owner) if owner else module
+            taken = holder._parameters.get(leaf)
+            if taken is not original:
+                holder._parameters[leaf] = original
+                (shared if id(taken) in others else swapped).append(
+                    f"{type(module).__name__}.{path}")
+    if shared:
+        return ValueError(
+            f"the programs' parameters {shared} share their names in Pyro's global "
+            "parameter store with parameters of the other program (the same attribute "
+            "path in model and guide), so Pyro would hand both programs one tensor: "
+            "rename one of them (their own parameters are restored)")
+    if swapped:
+        return ValueError(
+            f"tracing the programs replaced their parameters {swapped} by tensors of "
+            "the same name in Pyro's global parameter store, left there by another "
+            "instance of the same class: call pyro.clear_param_store() before training "
+            "or evaluating these modules (their own parameters are restored; the engines "
+            "train a module's own parameters)")
+    return None
 
 
 def _probe_pair(model: Any, guide: Any, probe: Tensor, require_rsample: bool) -> int:

@@ -27,6 +27,7 @@ as the traced programs; ``tests/test_importance.py`` checks that for every built
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,7 @@ import torch
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from .handlers import densities_unaltered
+from .handlers import DetachLatents, densities_unaltered
 
 PARTICLE_PLATE = "_particles"
 
@@ -145,9 +146,12 @@ def _per_data_point(site: dict, data_plate: str, particle_dim: int, num_particle
     data_frames = [f for f in site["cond_indep_stack"] if f.name == data_plate]
     if not data_frames:
         kind = "observed" if site["is_observed"] else "latent"
+        others = [f.name for f in site["cond_indep_stack"] if f.name != PARTICLE_PLATE]
+        where = (f"it sits in pyro.plate {', '.join(map(repr, others))}: name the data "
+                 f"plate '{data_plate}'" if others else "it sits in no plate")
         raise ValueError(
-            f"{kind} site '{site['name']}' is outside the '{data_plate}' plate: amortized "
-            f"inference needs every site inside pyro.plate('{data_plate}', ...)"
+            f"{kind} site '{site['name']}' is outside the '{data_plate}' plate ({where}); "
+            f"amortized inference needs every site inside pyro.plate('{data_plate}', ...)"
         )
     ndim = -particle_dim
     if log_prob.dim() < ndim:
@@ -184,6 +188,7 @@ def weighted_particles(
     num_particles: int,
     plate_nesting: int,
     data_plate: str = "data",
+    detach_latents: bool = False,
 ) -> WeightedParticles:
     """Draw ``num_particles`` particles per data point and score them.
 
@@ -193,6 +198,9 @@ def weighted_particles(
         num_particles: ``K``, drawn in one vectorized pass under a particle plate at
             dimension ``-(plate_nesting + 1)``.
         plate_nesting: from :func:`max_plate_nesting`.
+        detach_latents: treat the draws as samples, not as functions of the guide's
+            parameters (reparameterized draws are detached before they are scored), so
+            that ``log_guide`` has the score-function gradient (wake-sleep).
 
     Returns:
         :class:`WeightedParticles` whose terms are ``[K, B]``.
@@ -200,11 +208,19 @@ def weighted_particles(
     kwargs = kwargs or {}
     if has_density_protocol(model, guide):
         latents, log_guide = guide.sample_latents(*args, num_particles=num_particles, **kwargs)
+        if detach_latents and any(v.requires_grad for v in latents.values()):
+            if not callable(getattr(guide, "log_guide", None)):
+                return traced_particles(model, guide, args, kwargs,
+                                        num_particles=num_particles,
+                                        plate_nesting=plate_nesting, data_plate=data_plate,
+                                        detach_latents=True)
+            latents = {name: value.detach() for name, value in latents.items()}
+            log_guide = guide.log_guide(*args, latents, **kwargs)
         log_likelihood, log_prior = model.log_joint(*args, latents=latents, **kwargs)
         return WeightedParticles(log_likelihood, log_prior, log_guide, latents)
     return traced_particles(
-        model, guide, args, kwargs,
-        num_particles=num_particles, plate_nesting=plate_nesting, data_plate=data_plate,
+        model, guide, args, kwargs, num_particles=num_particles,
+        plate_nesting=plate_nesting, data_plate=data_plate, detach_latents=detach_latents,
     )
 
 
@@ -217,11 +233,13 @@ def traced_particles(
     num_particles: int,
     plate_nesting: int,
     data_plate: str = "data",
+    detach_latents: bool = False,
 ) -> WeightedParticles:
     """:func:`weighted_particles` through Pyro traces, for any pair of programs."""
     particle_dim = -(plate_nesting + 1)
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=particle_dim):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        with DetachLatents() if detach_latents else contextlib.nullcontext():
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs
         )

@@ -484,6 +484,11 @@ def report(
     Example:
         >>> report(vi.to_inference_data(test[:100]), "out/report.html")  # doctest: +SKIP
     """
+    if not isinstance(idata, az.InferenceData):
+        hint = (" (an engine: pass engine.to_inference_data(...))"
+                if callable(getattr(idata, "to_inference_data", None)) else "")
+        raise TypeError(f"report needs an arviz.InferenceData, got "
+                        f"{type(idata).__name__}{hint}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page(title, render(idata)), encoding="utf-8")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import os
@@ -50,7 +51,7 @@ from .checkpoints import (
     CheckpointLockedError,
     CheckpointMismatchError,
 )
-from .checks import check_choice, check_int, check_positive
+from .checks import check_choice, check_int, check_positive, user_stacklevel
 from .history import History
 from .optim import OptimizerSpec, SchedulerSpec, make_optimizer, optimizer_step
 from .progress import progress_bar
@@ -132,10 +133,18 @@ def _diverged(error: ValueError, epoch: int, step: int) -> NonFiniteError | None
     what = f"the {parameter.group(1)} of a {family.group(1) if family else 'distribution'}"
     constraint = re.search(r"constraint (.+?), but found", text)
     where = f" {constraint.group(1)}" if constraint else " its support"
+    found = text.split("found invalid values", 1)[1].lower()
+    if "nan" in found or "inf" in found:
+        cause = ("NaN, Inf, an overflow or an underflow; lower the learning rate, clip "
+                 "gradients, or check the data")
+    else:  # finite values at or beyond the bound
+        cause = ("an update took a parameter to or past its bound (a scale that "
+                 "underflowed to 0 or went below it, a probability above 1); lower the "
+                 "learning rate, clip gradients, or keep a raw parameter inside with a "
+                 "constraint, e.g. PyroParam(value, constraint=constraints.positive)")
     return NonFiniteError(
-        f"{what} left{where} at epoch {epoch + 1}, step {step} (global update count): NaN, "
-        "Inf, an overflow or an underflow; lower the learning rate, clip gradients, or "
-        "check the data")
+        f"{what} left{where} at epoch {epoch + 1}, step {step} (global update count): "
+        f"{cause}")
 
 
 class _Signals:
@@ -320,6 +329,18 @@ def _fingerprint(data: Tensor | tuple[Tensor, ...]) -> list[float]:
             for t in tensors]
 
 
+def _digest(data: Tensor | tuple[Tensor, ...]) -> str:
+    """A checkpoint's record of its data: a hash of the bytes of about 1024 evenly spaced
+    rows of each tensor, with their shapes and dtypes (exact, unlike a floating sum, and
+    blind to thread counts), so that a run resumed on other data is refused."""
+    digest = hashlib.sha256()
+    for t in data if isinstance(data, tuple) else (data,):
+        rows = t.detach()[:: max(1, len(t) // 1024)].contiguous().cpu()
+        digest.update(f"{tuple(t.shape)} {t.dtype}".encode())
+        digest.update(rows.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def fit(
     engine: Trainable,
     data: Tensor | tuple[Tensor, ...],
@@ -485,7 +506,8 @@ def fit(
     settings = None
     if path is not None:
         loop_settings = {
-            "engine": type(engine).__name__, "num_data": num_rows, "batch_size": batch_size,
+            "engine": type(engine).__name__, "num_data": num_rows,
+            "data_digest": _digest(data), "batch_size": batch_size,
             "seed": seed, "epochs": epochs, "patience": patience, "valid_every": valid_every,
             "restore_best": restore_best, "checkpoint_every": checkpoint_every,
             "time_budget": time_budget,
@@ -518,6 +540,13 @@ def fit(
             loop.shuffle.manual_seed(int(torch.randint(2**62, ()).item()))
         if not found:
             loop.continue_partial_epoch()
+            done = loop.history.num_epochs
+            # (a rerun from a checkpoint is quiet: it reports the run)
+            if done >= epochs and distributed.is_main():
+                warnings.warn(
+                    f"fit(epochs={epochs}): {done} epochs are done already, and epochs is "
+                    "the total, counting earlier calls: nothing to train (pass epochs > "
+                    f"{done} to go on)", UserWarning, stacklevel=user_stacklevel())
         loop.run(epochs=epochs, valid=valid, valid_every=valid_every, patience=patience,
                  restore_best=restore_best, checkpoint_every=checkpoint_every,
                  progress=progress if distributed.is_main() else False,

@@ -80,7 +80,8 @@ def _vector_event(law, method: str, dim_name: str) -> int:
         raise TypeError(f"{method} must return a pyro.distributions law, got "
                         f"{type(law).__name__}")
     if len(shape) != 1:
-        hint = " — add .to_event(1) (a scalar state is a vector of length 1)" \
+        what = "state" if dim_name == "state_dim" else "observation"
+        hint = f" — add .to_event(1) (a scalar {what} is a vector of length 1)" \
             if len(shape) == 0 else ""
         raise ValueError(f"{method} returned a law with event_shape {tuple(shape)}; "
                          f"expected ({dim_name},){hint}")

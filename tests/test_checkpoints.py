@@ -529,3 +529,22 @@ def test_a_time_budget_belongs_to_one_call_not_to_the_checkpoint(tmp_path):
         history = fit(later, data, epochs=3, batch_size=10, checkpoint=path, progress=False)
     assert not history.out_of_time and history.num_epochs == 3
     assert int(later.updates) == 30  # the rest of the cut epoch, then two more
+
+
+def test_resuming_on_other_data_is_refused(tmp_path):
+    path = tmp_path / "run.pt"
+    run(make_vi(), path, epochs=1)
+    other = 1 - make_data()  # the same shape, other values
+    with pytest.raises(CheckpointMismatchError, match="data_digest"):
+        make_vi().fit(other, epochs=EPOCHS, batch_size=BATCH, valid=other[:40], seed=3,
+                      progress=False, checkpoint=path)
+
+
+def test_a_checkpoint_written_before_the_data_digest_still_resumes():
+    from posterity.infer.checkpoints import compare_settings
+
+    saved = {"engine": "AmortizedVI", "num_data": 120}
+    assert compare_settings("run.pt", saved, {**saved, "data_digest": "0123abcd"}) == []
+    with pytest.raises(CheckpointMismatchError, match="data_digest"):
+        compare_settings("run.pt", {**saved, "data_digest": "ffff"},
+                         {**saved, "data_digest": "0123abcd"})

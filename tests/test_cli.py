@@ -5,6 +5,7 @@ import json
 import warnings
 
 import arviz as az
+import pytest
 
 from posterity.infer.cli import main
 
@@ -103,6 +104,24 @@ def test_fit_bnn_on_a_csv_writes_metrics_and_report(tmp_path):
     assert "Step-size schedule" in text and "traces" in text
     idata = az.from_netcdf(str(out / "idata.nc"))
     assert idata.log_likelihood["obs"].shape == (2, 20, 8)
+
+
+def test_fit_bnn_with_the_measured_step_size(tmp_path):
+    """``--step-size auto``: a constant step per chain measured during the warm-up (20
+    draws inside --steps by default), SGHMC at the measured friction; each chain's step
+    is in the metrics and in ArviZ."""
+    out = tmp_path / "bnn"
+    with warnings.catch_warnings():  # a short run: the warm-up may not settle
+        warnings.simplefilter("ignore", UserWarning)
+        code = main(["fit", "bnn", "--hidden", "8", "--steps", "600", "--samples", "10",
+                     "--chains", "2", "--kernel", "sghmc", "--step-size", "auto",
+                     "--out", str(out), "--quiet"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["thin"] == 600 // (10 + 20) and metrics["updates"] == 600
+    steps = az.from_netcdf(str(out / "idata.nc")).sample_stats["step_size"].values
+    assert steps.shape == (2, 10) and (steps > 0).all()
+    assert metrics["step_size"] == pytest.approx(steps[:, 0].tolist())
 
 
 def test_fit_ssm_on_a_csv_with_gaps(tmp_path, capsys):

@@ -167,3 +167,28 @@ def test_bad_betas_are_named(betas):
     model, guide = VAE(10, 3, (8,), multi_rate=True), GaussianEncoder(10, 3, (8,), multi_rate=True)
     with pytest.raises(ValueError, match="betas"):
         rate_distortion(model, guide, torch.bernoulli(torch.full((5, 10), 0.4)), betas)
+
+
+def test_betas_need_a_multi_rate_pair_and_are_warned_about_outside_its_training_range(ppca):
+    import warnings
+
+    from posterity.models import VAE
+
+    model, guide, data = ppca  # programs without a beta argument
+    with pytest.raises(ValueError, match=r"the model \(LinearGaussianVAE\) takes no beta"):
+        rate_distortion(model, guide, data[:5], [0.1, 1.0], num_samples=2)
+    x = torch.bernoulli(torch.full((5, 10), 0.4))
+    pair = (VAE(10, 3, (8,), multi_rate=True, beta_range=(0.1, 10.0)),
+            GaussianEncoder(10, 3, (8,), multi_rate=True, beta_range=(0.1, 10.0)))
+    with pytest.warns(UserWarning, match=r"betas 1e-05, 100 lie outside the range the pair "
+                                         r"was trained on \[0.001, 10\]"):
+        rate_distortion(*pair, x, [1e-5, 0.001, 100.0], num_samples=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rate_distortion(*pair, x, [0.001, 0.1, 10.0], num_samples=2)  # the ends are inside
+
+
+def test_a_standard_error_needs_two_samples(ppca):
+    model, guide, x = ppca
+    with pytest.raises(ValueError, match="return_stderr=True needs num_samples >= 2"):
+        log_likelihood(model, guide, x[:3], num_samples=1, return_stderr=True, progress=False)

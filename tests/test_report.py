@@ -230,3 +230,15 @@ def test_to_inference_data_asks_the_kernel_of_an_mcmc_run():
         mcmc = MCMC(kernel, num_samples=5, warmup_steps=5, disable_progbar=True)
         mcmc.run()
         assert group in to_inference_data(mcmc).posterior
+
+
+def test_an_engine_given_instead_of_its_inference_data_is_named(tmp_path):
+    from posterity.guides import GaussianEncoder
+    from posterity.infer import AmortizedVI
+    from posterity.infer.report import report
+    from posterity.models import VAE
+
+    engine = AmortizedVI(VAE(6, 2, (4,)), GaussianEncoder(6, 2, (4,)))
+    with pytest.raises(TypeError, match=r"got AmortizedVI \(an engine: pass "
+                                        r"engine.to_inference_data\(...\)\)"):
+        report(engine, tmp_path / "report.html")

@@ -44,7 +44,8 @@ def exact_posterior_sd(data: dict) -> np.ndarray:
 
 @pytest.mark.parametrize("n, batch", [(N, B), (200, 180)],
                          ids=["noise-limited", "curvature-limited"])
-@pytest.mark.parametrize("make", [SGLD, SGHMC], ids=["SGLD", "SGHMC"])
+@pytest.mark.parametrize("make", [SGLD, PreconditionedSGLD, SGHMC],
+                         ids=["SGLD", "pSGLD", "SGHMC"])
 def test_the_default_step_size_samples_the_exact_posterior_spread(make, n, batch):
     """With minibatches of a tenth the noise sets the step; with nine tenths the
     discretization does (SGLD's variance ``1 / (1 - ε λ / 4)`` too wide)."""
@@ -116,13 +117,13 @@ def test_short_warm_ups_are_warned_about():
     model = partial(regression, subsample_size=B)
     with pytest.warns(UserWarning, match="measured the gradient noise at chain 0's start"):
         MCMC(SGLD(model), num_samples=3, warmup_steps=0, disable_progbar=True).run(data)
-    for make in (SGLD, SGHMC):  # 4 updates from a prior draw (coefficients' sd 2)
+    for make in (SGLD, PreconditionedSGLD, SGHMC):  # 4 updates from a prior draw (sd 2)
         pyro.set_rng_seed(0)
         with pytest.warns(UserWarning, match="had not settled at the posterior"):
             MCMC(make(model), num_samples=3, warmup_steps=4, disable_progbar=True).run(data)
 
 
-@pytest.mark.parametrize("base_kernel", [SGLD, SGHMC])
+@pytest.mark.parametrize("base_kernel", [SGLD, PreconditionedSGLD, SGHMC])
 def test_structured_kernels_take_their_base_kernels_rule(base_kernel):
     data = regression_data(100, D, seed=0, dtype=torch.float64)
     model = partial(regression, subsample_size=20)
@@ -136,8 +137,13 @@ def test_structured_kernels_take_their_base_kernels_rule(base_kernel):
 
 def test_a_kernel_without_a_rule_or_a_model_without_noise_asks_for_a_step_size():
     model = partial(regression, subsample_size=20)
-    with pytest.raises(ValueError, match="no automatic step size"):
-        PreconditionedSGLD(model, step_size="auto")
+    class OwnKernel(base.SGMCMCKernel):  # a kernel of one's own, with no step rule
+        def update(self, params, grads, step_size, exploring):
+            return params
+
+    with pytest.raises(ValueError, match="OwnKernel has no automatic step size"):
+        OwnKernel(model)
+    assert PreconditionedSGLD(model).auto_step
     with pytest.raises(ValueError, match="give the friction too"):
         SGHMC(model, step_size=1e-4, friction="auto")
     with pytest.raises(ValueError, match="a number, a Schedule or 'auto'"):

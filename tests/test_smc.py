@@ -227,6 +227,18 @@ def test_observations_of_the_wrong_shape():
         ParticleFilter(lgssm(3), 10, progress=False).run(torch.randn(5, 3))
 
 
+def test_a_vector_of_scalar_observations_is_read_as_one_column():
+    ssm = StochasticVolatility()
+    ys = ssm.simulate(20).observations
+    pyro.set_rng_seed(3)
+    column = ParticleFilter(ssm, 50, progress=False).run(ys).log_evidence
+    pyro.set_rng_seed(3)
+    vector = ParticleFilter(ssm, 50, progress=False).run(ys[:, 0]).log_evidence
+    assert float(vector) == float(column)
+    with pytest.raises(ValueError, match=r"ys must have shape \[T, 2\].*got \(5,\)"):
+        ParticleFilter(lgssm(3), 10, progress=False).run(torch.randn(5))
+
+
 def test_filter_result_converts_to_inference_data():
     ssm = StochasticVolatility()
     result = ParticleFilter(ssm, 100, progress=False).run(ssm.simulate(25).observations)
@@ -685,6 +697,11 @@ def test_score_ascent_resumes_exactly_from_a_checkpoint(tmp_path):
         assert torch.equal(a, b), name
     assert result.objective == straight.history.steps["objective"]
     assert result.history["mu"].shape == (4, 1)
+    from posterity.infer.checkpoints import CheckpointMismatchError
+
+    for other in (ys[:10], ys.flip(0)):  # another length, other values
+        with pytest.raises(CheckpointMismatchError, match="data_digest"):
+            learner().fit(other, num_steps=6, seed=3, checkpoint=tmp_path / "sa.pt")
 
 
 def test_score_ascent_stops_on_a_non_finite_objective():

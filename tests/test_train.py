@@ -324,3 +324,18 @@ def test_optimizer_step_clips_then_calls_the_hook_then_steps():
     assert torch.allclose(w.detach(), torch.tensor([-3.0, -4.0]))
     with pytest.raises(ValueError, match="loss must be a scalar tensor, got shape"):
         optimizer_step(opt, w * 2)
+
+
+def test_a_second_fit_to_the_same_total_says_there_is_nothing_to_train():
+    from posterity.guides import GaussianEncoder
+    from posterity.infer import AmortizedVI
+    from posterity.models import VAE
+
+    x = torch.bernoulli(torch.full((40, 10), 0.4))
+    vi = AmortizedVI(VAE(10, 2, (8,)), GaussianEncoder(10, 2, (8,)))
+    vi.fit(x, epochs=1, batch_size=20, progress=False)
+    with pytest.warns(UserWarning, match=r"fit\(epochs=1\): 1 epochs are done already"):
+        vi.fit(x, epochs=1, batch_size=20, progress=False)
+    assert vi.history.num_epochs == 1
+    vi.fit(x, epochs=2, batch_size=20, progress=False)
+    assert vi.history.num_epochs == 2

@@ -100,3 +100,105 @@ def test_a_float64_user_conv_vae_gives_float64_results(objective):
     assert ll.dtype == stderr.dtype == curve.distortion.dtype == torch.float64
     _float64_arrays(to_inference_data(vi, test[:10], num_samples=20),
                     ("posterior", "sample_stats", "amortization"))
+
+
+class LinearDecoder(pyro.nn.PyroModule):
+    """``z ~ N(0, I)``, ``x | z ~ N(W z, I)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decode = torch.nn.Linear(2, 5)
+
+    def forward(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", pyro.distributions.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", pyro.distributions.Normal(self.decode(z), 1.0).to_event(1),
+                        obs=x)
+
+
+class ScaledEncoder(pyro.nn.PyroModule):
+    """A guide with a constrained ``PyroParam`` scale, as Pyro's docs write one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encode = torch.nn.Linear(5, 2)
+        self.scale = pyro.nn.PyroParam(torch.ones(2),
+                                       constraint=torch.distributions.constraints.positive)
+
+    def forward(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pyro.distributions.Normal(self.encode(x), self.scale).to_event(1))
+
+
+class GlobalScaleEncoder(ScaledEncoder):
+    """The same guide with its scale from ``pyro.param``, outside the module."""
+
+    def forward(self, x):
+        scale = pyro.param("q_scale", torch.ones(2),
+                           constraint=torch.distributions.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pyro.distributions.Normal(self.encode(x), scale).to_event(1))
+
+
+def test_a_second_instance_of_a_class_is_not_given_the_first_ones_parameters():
+    """Pyro's global parameter store names a ``PyroParam`` by its attribute path, so
+    tracing a second instance would swap in the first one's tensor, which the second
+    engine does not train: refused with the fix, the module's own parameter restored."""
+    x = torch.randn(50, 5)
+    AmortizedVI(LinearDecoder(), ScaledEncoder()).fit(x, epochs=1, progress=False)
+    guide = ScaledEncoder()
+    own = guide.scale_unconstrained
+    engine = AmortizedVI(LinearDecoder(), guide)
+    with pytest.raises(ValueError, match=r"\['ScaledEncoder.scale_unconstrained'\].*call "
+                                         r"pyro.clear_param_store\(\)"):
+        engine.fit(x, epochs=1, progress=False)
+    assert guide.scale_unconstrained is own
+    pyro.clear_param_store()
+    before = guide.scale.detach().clone()
+    engine.fit(x, epochs=5, batch_size=10, progress=False)
+    assert guide.scale_unconstrained is own and not torch.equal(guide.scale, before)
+
+
+def test_a_pyro_param_outside_the_modules_is_named_as_untrained():
+    x = torch.randn(50, 5)
+    with pytest.warns(UserWarning, match=r"pyro.param sites \['q_scale'\] are not parameters"):
+        AmortizedVI(LinearDecoder(), GlobalScaleEncoder()).fit(x, epochs=1, progress=False)
+
+
+class ScaledDecoder(LinearDecoder):
+    """A model with a ``PyroParam`` at the same attribute path as the guide's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = pyro.nn.PyroParam(torch.ones(5),
+                                       constraint=torch.distributions.constraints.positive)
+
+    def forward(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", pyro.distributions.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", pyro.distributions.Normal(self.decode(z), self.scale)
+                        .to_event(1), obs=x)
+
+
+def test_model_and_guide_parameters_with_one_name_are_refused_with_a_rename():
+    with pytest.raises(ValueError, match="share their names .* rename one of them"):
+        AmortizedVI(ScaledDecoder(), ScaledEncoder()).fit(torch.randn(20, 5), epochs=1,
+                                                           progress=False)
+
+
+class StoredScaleEncoder(ScaledEncoder):
+    """Reads a ``pyro.param`` that is already in the store (no initial value)."""
+
+    def forward(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pyro.distributions.Normal(self.encode(x), pyro.param("q_scale"))
+                        .to_event(1))
+
+
+def test_a_program_reading_a_stored_pyro_param_still_runs():
+    """The untrained-parameter probe runs in a scratch store, where such a program
+    fails: the probe gives up silently and training goes on."""
+    pyro.param("q_scale", torch.ones(2), constraint=torch.distributions.constraints.positive)
+    engine = AmortizedVI(LinearDecoder(), StoredScaleEncoder())
+    engine.fit(torch.randn(20, 5), epochs=1, progress=False)
+    assert engine.num_steps == 1

@@ -202,6 +202,7 @@ def test_a_correct_bound_records_no_violation():
     (lambda: lambda xp, x, y, t: x * float("nan") if t == 3 else x,
      r"h\(x_prev, x, y, t\) returned NaN at time step 3"),
     (lambda: lambda xp, x, y, t: x[:1], r"h\(x_prev, x, y, t\) must return \[num_particles, k\]"),
+    (lambda: lambda xp, x, y, t: x.mean(0), r"for x of shape \(\d+, 1\), got \(1,\) at"),
     (lambda: lambda xp, x, y, t: 1.0, r"h\(x_prev, x, y, t\) must return a Tensor"),
 ])
 @pytest.mark.parametrize("engine", ["paris", "ppg"])
@@ -237,14 +238,22 @@ def test_bad_inputs_name_the_argument(call, error, message):
         call(Kitagawa())
 
 
-def test_check_model_lists_every_problem():
+def test_check_model_names_each_failing_method_once():
     report = check_model(ColonIndexed())
     assert not report.ok
-    assert len(report.problems) >= 2  # the unbatched and the batched calls both fail
-    assert all("transition" in p for p in report.problems)
-    assert all("index coordinates with x[..., i]" in p for p in report.problems)
+    assert len(report.problems) == 1  # at the first batch shape that shows it
+    assert report.problems[0].startswith("transition(x_prev, t)")
+    assert "index coordinates with x[..., i]" in report.problems[0]
     with pytest.raises(ValueError, match="does not meet the StateSpaceModel protocol"):
         report.raise_if_failed()
+
+
+def test_check_model_lists_every_method_that_forgot_to_event():
+    problems = check_model(ScalarNoEvent()).problems
+    assert [p.split(" ")[0] for p in problems] == ["initial()", "transition(x_prev,",
+                                                   "emission(x,"]
+    assert "a scalar state is a vector of length 1" in problems[1]
+    assert "a scalar observation is a vector of length 1" in problems[2]
 
 
 class Misspelt(ColonIndexed):
@@ -333,3 +342,81 @@ def test_a_proposal_that_breaks_the_shapes_is_named(proposal, message):
 def test_a_proposal_that_is_not_callable_is_refused():
     with pytest.raises(TypeError, match="proposal must be a callable"):
         ParticleFilter(LinearGaussianSSM(), proposal="optimal")
+
+
+@pytest.mark.parametrize("engine", ["paris", "ppg"])
+def test_an_indicator_functional_is_averaged_as_a_probability(engine):
+    """``h = 1{x > 0}`` (bool) estimates the expected number of positive states: the
+    same numbers as the float indicator, from the same random draws."""
+    model = Kitagawa()
+    ys = simulate(model, 8)
+
+    def estimate(h):
+        pyro.set_rng_seed(5)
+        if engine == "paris":
+            return PaRIS(model, h, 32, progress=False).run(ys).estimate
+        return PPG(model, h, 16, num_iters=3, burn_in=1, progress=False).run(ys).estimate
+
+    as_bool = estimate(lambda xp, x, y, t: x > 0)
+    torch.testing.assert_close(as_bool, estimate(lambda xp, x, y, t: (x > 0).to(x.dtype)))
+    assert as_bool.dtype == ys.dtype
+
+
+class PoissonCounts(Kitagawa):
+    """Counts whose rate follows the Kitagawa state."""
+
+    def emission(self, x, t):
+        return pyro.distributions.Poisson(torch.exp(0.1 * x.clamp(-20, 20))).to_event(1)
+
+
+def test_an_observation_outside_the_emissions_support_is_named_with_its_time_step():
+    model = PoissonCounts()
+    ys = torch.tensor([[1.0], [0.0], [2.0], [2.5], [1.0]])
+    problems = check_model(model, ys).problems
+    assert len(problems) == 1 and problems[0].startswith(
+        "emission_log_prob(x, y, t) raised ValueError at time step 3 (y = [2.5])")
+    with pytest.raises(ValueError, match=r"emission_log_prob\(x, y, t\) at time step 3 "
+                                         r"\(y = \[2.5\]\)"):
+        ParticleFilter(model, 16, progress=False).run(ys)
+
+
+class Float32Emission(Kitagawa):
+    """A float64 model whose emission is built in float32."""
+
+    def emission(self, x, t):
+        return pyro.distributions.Normal(x.float(), 1.0).to_event(1)
+
+
+def test_check_model_with_observations_agrees_with_the_engines_on_dtypes():
+    model = Float32Emission().double()
+    ys = simulate(Kitagawa().double(), 5)
+    problems = check_model(model, ys).problems
+    assert any("emission(x, t) draws torch.float32" in p for p in problems)
+    with pytest.raises(TypeError, match="torch.float32"):
+        ParticleFilter(model, 16, progress=False).run(ys)
+
+
+class NegativeScale(Kitagawa):
+    def transition(self, x_prev, t):
+        return pyro.distributions.Normal(x_prev, -0.5 * torch.ones_like(x_prev)).to_event(1)
+
+
+def test_a_parameter_outside_its_support_gets_the_constraint_hint_not_the_indexing_one():
+    (problem,) = check_model(NegativeScale()).problems
+    assert problem.startswith("transition(x_prev, t)") and "constraints.positive" in problem
+    assert "x[..., i]" not in problem
+
+
+class CategoricalEmission(Kitagawa):
+    """Integer observations: Categorical draws are int64 whatever the model's dtype."""
+
+    def emission(self, x, t):
+        logits = torch.stack([x, -x, torch.zeros_like(x)], -1)  # [..., 1, 3]
+        return pyro.distributions.Categorical(logits=logits).to_event(1)
+
+
+def test_integer_observations_of_a_categorical_emission_are_accepted():
+    model = CategoricalEmission().double()
+    ys = torch.tensor([[0.0], [2.0], [1.0], [0.0]], dtype=torch.float64)
+    assert check_model(model, ys).ok, check_model(model, ys)
+    assert torch.isfinite(ParticleFilter(model, 32, progress=False).run(ys).log_evidence)

@@ -140,6 +140,15 @@ def test_integer_data_is_a_type_error(vae_vi):
         vae_vi.fit(binary(5, 20).long(), epochs=1, progress=False)
 
 
+def test_beta_goes_with_the_beta_objective_only():
+    model, guide = VAE(20, 3, (8,)), GaussianEncoder(20, 3, (8,))
+    with pytest.raises(ValueError, match="objective='beta' needs beta="):
+        AmortizedVI(model, guide, objective="beta")
+    for objective in ("elbo", "iwae"):
+        with pytest.raises(ValueError, match="beta= applies to objective='beta' only"):
+            AmortizedVI(model, guide, objective=objective, beta=4.0)
+
+
 def test_data_of_another_dtype_than_the_parameters_is_refused_with_the_fix():
     from posterity.infer import log_likelihood
 

@@ -377,6 +377,10 @@ def test_bihm_partition_function_and_likelihood_match_enumeration():
     ({"algorithm": "rws", "num_particles": 1}, "num_particles must be >= 2"),
     ({"algorithm": "nrws", "damping": -0.1}, "damping"),
     ({"algorithm": "sleepy"}, "algorithm must be one of"),
+    ({"algorithm": "rws", "damping": 0.1}, "damping= applies to the natural algorithms"),
+    ({"algorithm": "bihm", "refresh_every": 5}, "refresh_every= applies to the natural"),
+    ({"algorithm": "bihm", "insomnia": 1.0}, "insomnia= applies to 'rws' and 'nrws'"),
+    ({"algorithm": "ws", "insomnia": 0.2}, "algorithm='ws' has no use for it"),
 ])
 def test_bad_engine_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

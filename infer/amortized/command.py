@@ -74,8 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              ".csv array, split 80/10/10 (default digits)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="iwae")
     add_num_particles(parser, 5, 1, "-k")
-    parser.add_argument("--beta", type=real(0, closed="low"), default=1.0,
-                        help="KL weight for --objective beta (>= 0)")
+    parser.add_argument("--beta", type=real(0, closed="low"), default=None,
+                        help="KL weight of --objective beta (>= 0; needed there, refused "
+                             "elsewhere)")
     parser.add_argument("--beta-range", type=real(0), nargs=2, default=[0.01, 10.0],
                         metavar=("LOW", "HIGH"), help="β range of --objective multi_rate")
     parser.add_argument("--num-betas", type=integer(2), default=20,
@@ -123,6 +124,13 @@ def check(args: argparse.Namespace) -> None:
     low, high = args.beta_range
     if not low < high:
         raise UsageError("--beta-range", f"must be LOW < HIGH, got {low:g} {high:g}")
+    if args.objective == "beta" and args.beta is None:
+        raise UsageError("--beta", "is needed with --objective beta (the KL weight; 1 is the "
+                                   "ELBO)")
+    if args.objective != "beta" and args.beta is not None:
+        raise UsageError("--beta", f"applies to --objective beta only, not {args.objective}")
+    if args.beta is None:  # unused; recorded as before, so that earlier runs resume
+        args.beta = 1.0
     at_least_one_each("--batch-size", args.batch_size)
 
 
@@ -149,7 +157,7 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
     guide = GaussianEncoder(x_dim, args.z_dim, hidden, activation=args.activation,
                             **rate_kwargs)
     vi = AmortizedVI(model, guide, objective=args.objective, num_particles=args.num_particles,
-                     lr=args.lr, beta=args.beta,
+                     lr=args.lr, **({"beta": args.beta} if args.objective == "beta" else {}),
                      scheduler=None if args.scheduler == "constant" else args.scheduler,
                      **engine_kwargs)
     progress = False if args.quiet else None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checks import check_int, prepare_pair
+from posterity.layers.gated import DEFAULT_BETA_EXTENSION, multi_rate_settings
+
+from ..checks import check_int, prepare_pair, user_stacklevel
 from ..importance import WeightedParticles, weighted_particles
 from ..progress import progress_bar
 
@@ -63,6 +67,9 @@ def log_likelihood(
         torch.Size([3])
     """
     check_int("num_samples", num_samples, 1)
+    if return_stderr and num_samples < 2:
+        raise ValueError("return_stderr=True needs num_samples >= 2 (one importance weight "
+                         "says nothing about their spread), got 1")
     check_int("batch_size", batch_size, 1)
     x, nesting = prepare_pair(model, guide, x, "x")
     if chunk_size is None:
@@ -163,6 +170,42 @@ class RateDistortion:
         return ax
 
 
+def _takes_beta(program: Callable) -> bool:
+    function = program.forward if isinstance(program, torch.nn.Module) else program
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C function: cannot tell, let it try
+        return True
+    return any(p.name == "beta" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _check_multi_rate_pair(model: Callable, guide: Callable, betas: Tensor) -> None:
+    """Refuse programs that take no ``beta=``; warn about β outside the range trained."""
+    for role, program in (("model", model), ("guide", guide)):
+        if not _takes_beta(program):
+            raise ValueError(
+                f"betas= evaluates a multi-rate pair, whose programs take beta=; the {role} "
+                f"({type(program).__name__}) takes no beta argument: call rate_distortion "
+                "without betas for a model trained at one β")
+    for program in (model, guide):
+        if not isinstance(program, torch.nn.Module):
+            continue
+        beta_range, extension = multi_rate_settings(program)
+        if beta_range is None:
+            continue
+        extension = DEFAULT_BETA_EXTENSION if extension is None else extension
+        low = beta_range[0] * 10.0 ** -extension
+        outside = [f"{float(b):.4g}" for b in betas
+                   if not low * (1 - 1e-6) <= float(b) <= beta_range[1] * (1 + 1e-6)]
+        if outside:
+            warnings.warn(
+                f"betas {', '.join(outside)} lie outside the range the pair was trained on "
+                f"[{low:g}, {beta_range[1]:g}] (beta_range {beta_range} and "
+                f"{extension:g} decades below): the networks extrapolate there",
+                UserWarning, stacklevel=user_stacklevel())
+            return
+
+
 def _check_betas(betas: Any, like: Tensor) -> Tensor:
     try:
         betas = torch.as_tensor(betas, dtype=like.dtype, device=like.device).flatten()
@@ -219,6 +262,7 @@ def rate_distortion(
         rate, distortion = measure({})
         return RateDistortion(x.new_tensor(rate), x.new_tensor(distortion))
     betas = _check_betas(betas, x)
+    _check_multi_rate_pair(model, guide, betas)
     points = [
         measure({"beta": lambda batch, b=float(b): batch.new_full((batch.shape[0],), b)})
         for b in betas

@@ -54,8 +54,12 @@ def _key_figures(idata: az.InferenceData) -> list[KeyFigure]:
     draws = group.attrs.get("num_samples")
     where = f"mean over {n} diagnostic points" + (f", S = {draws}" if draws else "")
     figures = []
+    if "log_likelihood_star" in group:  # BiHM: its model is p*, the top-down p beside it
+        figures.append(KeyFigure("log p*(x)", mean_estimate(group["log_likelihood_star"].values),
+                                 f"nats, BiHM's model (2 log mean √w - log Ẑ); {where}"))
     if "test_log_likelihood" not in attrs:
-        figures.append(KeyFigure("log p(x)", mean_estimate(group["log_likelihood"].values),
+        label = "log p(x) of the top-down model" if "log_likelihood_star" in group else "log p(x)"
+        figures.append(KeyFigure(label, mean_estimate(group["log_likelihood"].values),
                                  f"nats, importance-sampled; {where}"))
     for name in ("rate", "distortion"):
         if name in group and name not in attrs:

@@ -215,7 +215,7 @@ class AmortizedVI(AmortizedEngine):
         objective: str = "elbo",
         num_particles: int = 1,
         lr: float = 1e-3,
-        beta: float = 1.0,
+        beta: float | None = None,
         beta_range: tuple[float, float] | None = None,
         beta_extension: float | None = None,
         beta_warmup: int = 0,
@@ -235,7 +235,15 @@ class AmortizedVI(AmortizedEngine):
         self.model, self.guide = model, guide
         self.objective = check_choice("objective", objective, OBJECTIVES)
         self.num_particles = check_int("num_particles", num_particles, 1)
-        self.beta = check_positive("beta", beta, allow_zero=True)
+        if self.objective == "beta" and beta is None:
+            raise ValueError("objective='beta' needs beta= (the weight of the KL term; "
+                             "beta=1 is the ELBO)")
+        if self.objective != "beta" and beta is not None:
+            raise ValueError(f"beta= applies to objective='beta' only; objective="
+                             f"{self.objective!r} " + (
+                                 "draws β over beta_range" if self.objective == "multi_rate"
+                                 else "has no KL weight"))
+        self.beta = check_positive("beta", 1.0 if beta is None else beta, allow_zero=True)
         self.lr = check_positive("lr", lr)
         self.grad_clip = None if grad_clip is None else check_positive("grad_clip", grad_clip)
         settings = self._module_settings() if self.objective == "multi_rate" else {}

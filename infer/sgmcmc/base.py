@@ -50,7 +50,8 @@ class SGMCMCKernel(MCMCKernel):
             (``pyro.plate("data", N, subsample_size=B)``), called with the arguments
             given to ``MCMC.run``.
         step_size: ``ε``, a float, a schedule, or ``"auto"`` (the default of the kernels
-            that have a rule for it, :class:`SGLD` and :class:`SGHMC`): set per chain by
+            that have a rule for it: :class:`SGLD`, :class:`PreconditionedSGLD` and
+            :class:`SGHMC`): set per chain by
             :meth:`measure_step_size`.
         temperature: ``T``; the chain targets ``p(θ | D)^(1/T)``.
         thin: updates per returned sample.
@@ -104,6 +105,7 @@ class SGMCMCKernel(MCMCKernel):
         self._measure_at_start = False
         self._cooling = False
         self._previous_noise = self._last_noise = math.nan
+        self._metric: Params | None = None
         self.num_draws = 0
 
     # --- MCMCKernel protocol ---------------------------------------------------------
@@ -307,11 +309,22 @@ class SGMCMCKernel(MCMCKernel):
         full-data gradient ``|∇U|²`` (unbiased, from the same minibatches), the largest
         curvature ``λ`` and the trace of the Hessian (:meth:`hessian_trace`). The
         curvature also calibrates the kernel (SGHMC's friction)."""
-        curvature = self.curvature(params)
-        self.calibrate(curvature)
-        grads = self._probe_gradients(params, probes)
-        squared = float(grads.mean(0).square().sum() - grads.var(0).sum() / probes)
-        return self._noise(grads), squared, curvature, self.hessian_trace(params)
+        self._metric = self.measurement_metric(params, probes)
+        try:
+            curvature = self.curvature(params)
+            self.calibrate(curvature)
+            grads = self._probe_gradients(params, probes)
+            squared = float(grads.mean(0).square().sum() - grads.var(0).sum() / probes)
+            return self._noise(grads), squared, curvature, self.hessian_trace(params)
+        finally:
+            self._metric = None
+
+    def measurement_metric(self, params: Params, probes: int) -> Params | None:
+        """``G^(1/2)`` per coordinate, for a kernel that moves with a diagonal
+        preconditioner ``G``: the step is then measured in the coordinates
+        ``G^(-1/2) θ``, where the kernel is plain SGLD (gradients ``G^(1/2) ∇U``,
+        Hessian ``G^(1/2) H G^(1/2)``). ``None``: the plain coordinates."""
+        return None
 
     def measure_step_size(self, params: Params, sampling: bool) -> float:
         """Set the step size of ``step_size="auto"`` at ``params`` and return it.
@@ -363,8 +376,10 @@ class SGMCMCKernel(MCMCKernel):
 
     def _probe_gradients(self, params: Params, probes: int) -> Tensor:
         """``[probes, d]``: ``∇U`` on ``probes`` independent minibatches."""
+        metric = self._metric or {}
         return torch.stack([
-            torch.cat([g.flatten() for g in self.potential.value_and_grad(params)[1].values()])
+            torch.cat([(g * metric[n] if n in metric else g).flatten()
+                       for n, g in self.potential.value_and_grad(params)[1].items()])
             for _ in range(probes)
         ])
 
@@ -385,15 +400,20 @@ class SGMCMCKernel(MCMCKernel):
         return float(torch.maximum(along, second.var(0).max()))
 
     def _hessian_vector(self, params: Params, direction: Params) -> Params:
-        """``H v`` for the minibatch potential at ``params`` (one minibatch)."""
+        """``H v`` for the minibatch potential at ``params`` (one minibatch); under a
+        :meth:`measurement_metric` ``m``, ``m H (m v)``."""
+        metric = self._metric
+        if metric is not None:
+            direction = {n: d * metric[n] for n, d in direction.items()}
         leaves = {n: v.detach().requires_grad_(True) for n, v in params.items()}
         grads = torch.autograd.grad(self.potential(leaves), list(leaves.values()),
                                     create_graph=True)
         product = torch.autograd.grad(grads, list(leaves.values()),
                                       grad_outputs=[direction[n] for n in leaves],
                                       allow_unused=True)
-        return {n: (torch.zeros_like(v) if p is None else p.detach())
-                for (n, v), p in zip(params.items(), product)}
+        product = {n: (torch.zeros_like(v) if p is None else p.detach())
+                   for (n, v), p in zip(params.items(), product)}
+        return product if metric is None else {n: p * metric[n] for n, p in product.items()}
 
     def curvature(self, params: Params, iterations: int = CURVATURE_ITERATIONS) -> float:
         """The largest ``|eigenvalue|`` of the Hessian of ``U`` at ``params``, by power

@@ -40,13 +40,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of classes: a categorical likelihood (default: regression)")
     parser.add_argument("--hidden", type=integer(1), nargs="*", default=[50])
     parser.add_argument("--kernel", choices=KERNELS, default="sghmc")
-    parser.add_argument("--step-size", type=real(0), default=None,
+    parser.add_argument("--step-size", type=_step_size, default=None,
                         help="peak step size (default: 2e-3 for sgld and sghmc, 5e-5 for "
-                             "psgld, whose RMSprop preconditioner follows Li et al. 2016)")
-    parser.add_argument("--friction", type=real(0), default=10.0, help="sghmc only")
+                             "psgld, whose RMSprop preconditioner follows Li et al. 2016), "
+                             "or 'auto': a constant step measured per chain during --warmup "
+                             "(the kernels' default in Python; see docs/families/sgmcmc.md)")
+    parser.add_argument("--friction", type=real(0), default=None,
+                        help="sghmc only (default 10; with --step-size auto, the measured "
+                             "critical friction)")
     parser.add_argument("--temperature", type=real(0), default=1.0)
-    parser.add_argument("--cycles", type=integer(0), default=4,
-                        help="cycles of the cyclical step-size schedule (0: constant)")
+    parser.add_argument("--cycles", type=integer(0), default=None,
+                        help="cycles of the cyclical step-size schedule (0: constant; "
+                             "default 4, and 0 with --step-size auto)")
+    parser.add_argument("--warmup", type=integer(0), default=None,
+                        help="warm-up draws per chain, each as many updates as a sample, "
+                             "inside --steps and discarded (default 0; 20 with --step-size "
+                             "auto, which measures the step during them)")
     parser.add_argument("--exploration-ratio", type=real(0, 1, closed="low"), default=0.25,
                         help="share of each cycle spent exploring, in [0, 1)")
     parser.add_argument("--steps", type=integer(1), default=20_000,
@@ -59,7 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of the rows held out for the test metrics, in (0, 1)")
 
 
-def _schedule(args: argparse.Namespace) -> CyclicalSchedule | float:
+def _step_size(text: str) -> float | str:
+    return "auto" if text.strip().lower() == "auto" else real(0)(text)
+
+
+def _schedule(args: argparse.Namespace) -> CyclicalSchedule | float | str:
     return (CyclicalSchedule(args.step_size, args.cycles, args.steps, args.exploration_ratio)
             if args.cycles else args.step_size)
 
@@ -73,22 +86,38 @@ def _sampling_updates(args: argparse.Namespace) -> int:
 
 
 DEFAULT_STEP_SIZE = {"sgld": 2e-3, "sghmc": 2e-3, "psgld": 5e-5}
+DEFAULT_CYCLES, DEFAULT_FRICTION, AUTO_WARMUP = 4, 10.0, 20
 
 
 def check(args: argparse.Namespace) -> None:
+    auto = args.step_size == "auto"
     if args.step_size is None:
         args.step_size = DEFAULT_STEP_SIZE[args.kernel]
+    if args.cycles is None:
+        args.cycles = 0 if auto else DEFAULT_CYCLES
+    if args.friction is None:
+        args.friction = "auto" if auto else DEFAULT_FRICTION
+    if args.warmup is None:
+        args.warmup = AUTO_WARMUP if auto else 0
+    if auto and args.cycles:
+        raise UsageError("--cycles", f"must be 0 with --step-size auto (a cyclical schedule "
+                                     f"sets its own steps), got {args.cycles}")
+    if auto and args.warmup < 2:
+        raise UsageError("--warmup", f"must be >= 2 with --step-size auto, which measures the "
+                                     f"step during the warm-up, got {args.warmup}")
     if args.cycles and args.steps < args.cycles:
         raise UsageError("--steps", f"must be >= --cycles ({args.cycles}), got {args.steps}")
     sampling = _sampling_updates(args)
-    if sampling < args.samples:
+    if sampling < args.samples + args.warmup:
         phase = (f" ({sampling} of them sampling, after --exploration-ratio "
                  f"{args.exploration_ratio:g})" if args.cycles else "")
-        raise UsageError("--steps", f"{args.steps}{phase} cannot give --samples {args.samples}: "
-                                    f"each sample needs its own update; raise --steps or lower "
-                                    f"--samples")
+        warmup = f" and --warmup {args.warmup}" if args.warmup else ""
+        raise UsageError("--steps", f"{args.steps}{phase} cannot give --samples {args.samples}"
+                                    f"{warmup}: each draw needs its own update; raise --steps "
+                                    f"or lower --samples")
     divisible("--chains", args.chains)
-    if args.kernel == "sghmc" and args.step_size * args.friction >= 1:
+    if (args.kernel == "sghmc" and not auto and args.friction != "auto"
+            and args.step_size * args.friction >= 1):
         raise UsageError("--step-size", f"times --friction must be < 1 for --kernel sghmc, got "
                                         f"{args.step_size:g} * {args.friction:g}")
 
@@ -131,7 +160,7 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
         subsample_size=min(args.batch_size, len(train)),
     )
     schedule = _schedule(args)
-    thin = max(1, _sampling_updates(args) // args.samples)
+    thin = max(1, _sampling_updates(args) // (args.samples + args.warmup))
     options = {"thin": thin, "temperature": args.temperature}
     kernel = {
         "sgld": lambda: SGLD(model, schedule, **options),
@@ -144,7 +173,7 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
         warnings.filterwarnings("ignore", message="num_chains=.*available_cpu")
         # --samples x thin fills --steps up to fewer than --samples updates, by design
         warnings.filterwarnings("ignore", message=".*was built for total_steps.*stopped after")
-        mcmc = MCMC(kernel, num_samples=args.samples, warmup_steps=0,
+        mcmc = MCMC(kernel, num_samples=args.samples, warmup_steps=args.warmup,
                     num_chains=divisible("--chains", args.chains),
                     disable_progbar=not progress_enabled(False if args.quiet else None))
         started = time.perf_counter()
@@ -164,9 +193,11 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
         shown = (f"test RMSE {rounded(metrics['rmse'], 3)} (target units), log-likelihood "
                  f"{metrics['log_likelihood']:.3f} per point")
     metrics.update(train_points=len(train), test_points=len(test), seconds=seconds,
-                   thin=thin, updates=kernel.step_indices(args.samples)[-1] + 1,
+                   thin=thin, updates=kernel.step_indices(args.samples, args.warmup)[-1] + 1,
                    kernel=args.kernel)
     idata = to_inference_data(mcmc, X_test, y_test)
+    if args.step_size == "auto":  # each chain's measured step
+        metrics["step_size"] = idata.sample_stats["step_size"].values[:, 0].tolist()
     idata.posterior.attrs.update(dict(metrics))
     line = (f"{shown}; {len(train)} train / {len(test)} test points, {args.chains} chain(s) of "
             f"{args.samples} samples in {rounded(seconds, 3)} s")

@@ -22,8 +22,8 @@ the unconstrained space of the model's latent sites, with the minibatch potentia
   ``step_size`` is the time step ``h`` (Chen et al.'s ``η = h²``) and ``friction`` the
   rate ``α``, as in ``posteriors``.
 
-Every kernel takes a step size (float or :mod:`.schedules` schedule; SGLD and SGHMC
-measure one per chain by default, ``step_size="auto"``, see
+Every kernel takes a step size (float or :mod:`.schedules` schedule; by default
+``step_size="auto"``, each chain measures its own, see
 :meth:`~posterity.infer.sgmcmc.base.SGMCMCKernel.measure_step_size`), a temperature
 (``T < 1``: a colder, tempered posterior) and ``thin``: each returned sample is
 ``thin`` updates after the previous one, so memory stays bounded on long runs. During
@@ -74,7 +74,26 @@ from .base import NOISE_RATIO, Params, SGMCMCKernel
 from .schedules import StepSize
 
 
-class SGLD(SGMCMCKernel):
+class _LangevinStepRule:
+    """``step_size="auto"`` for Langevin kernels (see
+    :meth:`~posterity.infer.sgmcmc.base.SGMCMCKernel.measure_step_size`)."""
+
+    temperature: float
+
+    def noise_limited_step(self, noise: float, curvature: float) -> float:
+        # on a Gaussian the variance comes out (1 + ε V / 4T) / (1 - ε λ / 4) times too
+        # wide: the noise adds (ε/2)² V to the injected ε T, the Euler step the rest
+        return 4 * NOISE_RATIO / (noise / self.temperature + curvature)
+
+    def stable_step(self, curvature: float) -> float:
+        # halves the distance to the mode along the stiffest direction per update
+        return 1.0 / curvature
+
+    def effective_temperature(self, step: float, noise: float) -> float:
+        return self.temperature + step * noise / 4
+
+
+class SGLD(_LangevinStepRule, SGMCMCKernel):
     """Stochastic gradient Langevin dynamics (Welling & Teh, ICML 2011).
 
     Example:
@@ -90,18 +109,6 @@ class SGLD(SGMCMCKernel):
         torch.Size([50, 3])
     """
 
-    def noise_limited_step(self, noise: float, curvature: float) -> float:
-        # on a Gaussian the variance comes out (1 + ε V / 4T) / (1 - ε λ / 4) times too
-        # wide: the noise adds (ε/2)² V to the injected ε T, the Euler step the rest
-        return 4 * NOISE_RATIO / (noise / self.temperature + curvature)
-
-    def stable_step(self, curvature: float) -> float:
-        # halves the distance to the mode along the stiffest direction per update
-        return 1.0 / curvature
-
-    def effective_temperature(self, step: float, noise: float) -> float:
-        return self.temperature + step * noise / 4
-
     def update(self, params: Params, grads: Params, step_size: float, exploring: bool) -> Params:
         new = {}
         for name, value in params.items():
@@ -112,7 +119,7 @@ class SGLD(SGMCMCKernel):
         return new
 
 
-class PreconditionedSGLD(SGMCMCKernel):
+class PreconditionedSGLD(_LangevinStepRule, SGMCMCKernel):
     """SGLD with an RMSprop preconditioner (Li, Chen, Carlson & Carin, AAAI 2016).
 
     The preconditioner follows the paper's algorithm 1: ``V`` averages the square of
@@ -120,6 +127,11 @@ class PreconditionedSGLD(SGMCMCKernel):
     subsampled data plate (1 without one), so ``G ≈ 1 / |ḡ|`` and the step is
     ``(ε/2) G ∇U ≈ (ε/2) N ḡ / |ḡ|``: the paper's ε (around 1e-3 to 1e-4 for neural
     networks on tens of thousands of points) and λ = 1e-5 apply as published.
+
+    With ``step_size="auto"`` (the default) the step is SGLD's rule in the coordinates
+    ``G^(-1/2) θ``, where the update is plain SGLD: the gradient noise and the
+    curvature are those of ``G^(1/2) ∇U`` and ``G^(1/2) H G^(1/2)``, with ``G`` from
+    the mean of ``ḡ²`` over the probing minibatches (what the RMSprop average tracks).
 
     Args:
         alpha: the decay ``α`` of the squared-gradient average.
@@ -138,7 +150,7 @@ class PreconditionedSGLD(SGMCMCKernel):
         200
     """
 
-    def __init__(self, model: Callable, step_size: StepSize, alpha: float = 0.99,
+    def __init__(self, model: Callable, step_size: StepSize = "auto", alpha: float = 0.99,
                  eps: float = 1e-5, **kwargs: Any) -> None:
         super().__init__(model, step_size, **kwargs)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
@@ -154,6 +166,13 @@ class PreconditionedSGLD(SGMCMCKernel):
     def init_state(self, params: Params) -> dict[str, Any]:
         return {"square_avg": {n: torch.zeros_like(v) for n, v in params.items()},
                 "updates": 0}
+
+    def measurement_metric(self, params: Params, probes: int) -> Params:
+        mean_square = {n: torch.zeros_like(v) for n, v in params.items()}
+        for _ in range(probes):
+            for name, grad in self.potential.value_and_grad(params)[1].items():
+                mean_square[name] += (grad / self.data_size).square() / probes
+        return {n: (self.eps + v.sqrt()).rsqrt() for n, v in mean_square.items()}
 
     def state_tensors(self) -> dict[str, Tensor]:
         return {f"preconditioner V of {n!r}": v for n, v in self.state["square_avg"].items()}

@@ -197,6 +197,9 @@ class StructuredSGMCMC(SGMCMCKernel):
     def calibrate(self, curvature: float) -> None:
         self.base.calibrate(curvature)
 
+    def measurement_metric(self, params: Params, probes: int) -> Params | None:
+        return self.base.measurement_metric(params, probes)
+
     def effective_temperature(self, step: float, noise: float) -> float:
         return self.base.effective_temperature(step, noise)
 

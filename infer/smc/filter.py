@@ -290,7 +290,11 @@ class ParticleFilter:
             self._check_proposal_draws(x, log_q, t, (count, *prior.event_shape), y)
             log_weight = prior.log_prob(x) - log_q
         if observed:
-            emission = self.ssm.emission_log_prob(x, y, t)
+            try:
+                emission = self.ssm.emission_log_prob(x, y, t)
+            except ValueError as error:  # e.g. an observation outside the emission's support
+                raise ValueError(f"emission_log_prob(x, y, t) at time step {t} (y = "
+                                 f"{y.tolist()}): {error}") from error
             log_weight = emission if log_weight is None else log_weight + emission
         elif log_weight is None:
             log_weight = x.new_zeros(x.shape[0])

@@ -44,17 +44,25 @@ def evaluate_term(h: AdditiveFunctional, x_prev: Tensor | None, x: Tensor, y: Te
     ``TypeError``/``ValueError`` names ``h`` and the time step otherwise."""
     value = h(x_prev, x, y, t)
     if not check:
+        if value.dtype != x.dtype:
+            value = value.to(x.dtype)
         return value.unsqueeze(-1) if value.dim() == 1 else value
     if not isinstance(value, Tensor):
         raise TypeError(f"h(x_prev, x, y, t) must return a Tensor [num_particles, k], got "
                         f"{type(value).__name__} at time step {t}")
+    if value.is_complex():
+        raise TypeError(f"h(x_prev, x, y, t) must return real values, got {value.dtype} at "
+                        f"time step {t}")
+    if not value.is_floating_point():  # indicators and counts are averaged as numbers
+        value = value.to(x.dtype)
+    returned = tuple(value.shape)
     if value.dim() == 1:
         value = value.unsqueeze(-1)
     if value.dim() != 2 or value.shape[0] != x.shape[0]:
         raise ValueError(f"h(x_prev, x, y, t) must return [num_particles, k] = "
                          f"[{x.shape[0]}, k] for x of shape {tuple(x.shape)}, got "
-                         f"{tuple(value.shape)} at time step {t}")
-    if value.dtype != x.dtype and value.is_floating_point():
+                         f"{returned} at time step {t}")
+    if value.dtype != x.dtype:
         value = value.to(x.dtype)
     if torch.isnan(value).any():
         raise ValueError(f"h(x_prev, x, y, t) returned NaN at time step {t} (for "

@@ -45,6 +45,7 @@ class ModelCheck:
     obs_dim: int | None = None
     dtype: torch.dtype | None = None
     _errors: list[type] = field(default_factory=list, repr=False)
+    _failed: set[str] = field(default_factory=set, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -70,11 +71,22 @@ class ModelCheck:
 
 def _index_hint(error: Exception) -> str:
     """The batch-indexing hint, for errors that look like a shape or index mistake (a
-    NameError or a NaN argument gets its own message, unhinted)."""
+    NameError or a NaN argument gets its own message, unhinted); a parameter outside its
+    law's support gets the hint to constrain it."""
     text = str(error).lower()
+    if "expected parameter" in text or "to satisfy the constraint" in text:
+        return (" (a parameter of the law is outside its support, e.g. a negative scale: "
+                "keep it inside, e.g. PyroParam(value, constraint=constraints.positive) "
+                "or exp() of an unconstrained parameter)")
     shapes = ("shape", "size", "dimension", "index", "broadcast", "mat1")
     return (f" ({_INDEX_HINT})" if isinstance(error, IndexError) or any(w in text for w in shapes)
             else "")
+
+
+def _method(name: str) -> str:
+    """The method a probe calls, without the shapes it was called with: each method's
+    problem is reported once, at the first batch shape that shows it."""
+    return name.split(" with ")[0]
 
 
 def _shape(x) -> tuple:
@@ -84,7 +96,11 @@ def _shape(x) -> tuple:
 def _law(check: ModelCheck, method: str, call, batch: tuple, dim: int | None,
          dim_name: str, args: tuple = ()):
     """Call ``call(*args)``; check it returns a law with ``event_shape (dim,)`` and
-    ``batch_shape == batch``. Returns the law, or None after recording the problem."""
+    ``batch_shape == batch``. Returns the law, or None after recording the problem (or
+    when this method's problem is already recorded)."""
+    if _method(method) in check._failed:
+        return None
+    check._failed.add(_method(method))
     try:
         law = call(*args)
     except Exception as error:  # a user's method failing: name it, with the shapes
@@ -97,7 +113,8 @@ def _law(check: ModelCheck, method: str, call, batch: tuple, dim: int | None,
         return None
     event, got_batch = tuple(law.event_shape), tuple(law.batch_shape)
     if len(event) != 1 or (dim is not None and event[0] != dim):
-        hint = (" — add .to_event(1) (a scalar state or observation is a vector of length 1)"
+        what = "state" if dim_name == "state_dim" else "observation"
+        hint = (f" — add .to_event(1) (a scalar {what} is a vector of length 1)"
                 if not event else "")
         expected = f"({dim_name},)" if dim is None else f"({dim},) = ({dim_name},)"
         check._add(ValueError, f"{method} returned a law with event_shape {event}; "
@@ -107,11 +124,15 @@ def _law(check: ModelCheck, method: str, call, batch: tuple, dim: int | None,
         check._add(ValueError, f"{method} returned a law with batch_shape {got_batch}; "
                                f"expected {batch} ({_INDEX_HINT})")
         return None
+    check._failed.discard(_method(method))
     return law
 
 
 def _tensor(check: ModelCheck, method: str, call, expected: tuple, dtype,
             args: tuple = ()) -> Tensor | None:
+    if _method(method) in check._failed:
+        return None
+    check._failed.add(_method(method))
     try:
         value = call(*args)
     except Exception as error:
@@ -128,6 +149,8 @@ def _tensor(check: ModelCheck, method: str, call, expected: tuple, dtype,
     if value.dtype != dtype:
         check._add(TypeError, f"{method} returned dtype {value.dtype}; the model's states are "
                               f"{dtype} (create tensors with new_zeros / dtype=x.dtype)")
+        return value
+    check._failed.discard(_method(method))
     return value
 
 
@@ -185,8 +208,12 @@ def _probe(ssm: StateSpaceModel, check: ModelCheck, reference: Tensor, ys) -> No
             check.problems[-1] = check.problems[-1].replace(
                 _INDEX_HINT, "initial() is the law of one state x_0: add .to_event(1) to "
                              "make a scalar law over [state_dim] a vector law")
-        return
-    d = int(init.event_shape[0])
+        init = _scalar_law(ssm)
+        if init is None:
+            return
+        # A law over [d] written without .to_event(1): its draws still have the state's
+        # shape, so the other methods can be probed and their problems listed too.
+    d = int(init.event_shape[0]) if init.event_shape else int(init.batch_shape[0])
     check.state_dim, check.dtype = d, reference.dtype
     declared = ssm.__dict__.get("_state_dim", getattr(type(ssm), "state_dim", None))
     if isinstance(declared, int) and declared != d:
@@ -201,7 +228,8 @@ def _probe(ssm: StateSpaceModel, check: ModelCheck, reference: Tensor, ys) -> No
         try:
             ys = ssm.check_observations(ys, allow_missing=True)
         except (TypeError, ValueError) as error:
-            check._add(type(error), f"ys: {error}")
+            if not str(error).startswith("emission(x, t)"):  # else the probes report it
+                check._add(type(error), f"ys: {error}")
             ys = None
         except Exception:  # noqa: BLE001 (obs_dim calls emission, whose failure the
             ys = None      # emission probes below report with the method named)
@@ -211,28 +239,40 @@ def _probe(ssm: StateSpaceModel, check: ModelCheck, reference: Tensor, ys) -> No
         x = init.sample(batch)
         law = _law(check, f"transition(x_prev, t) with x_prev of shape {batch + (d,)}",
                    ssm.transition, batch, d, "state_dim", (x, 1))
-        if law is None:
-            continue
-        x_next = law.sample()
-        _tensor(check, f"transition(x_prev, t).log_prob(x) with x of shape {batch + (d,)}",
-                law.log_prob, batch, reference.dtype, (x_next,))
+        if law is not None:
+            x_next = law.sample()
+            _tensor(check, f"transition(x_prev, t).log_prob(x) with x of shape "
+                           f"{batch + (d,)}", law.log_prob, batch, reference.dtype, (x_next,))
+        else:
+            x_next = init.sample(batch)
         emission = _law(check, f"emission(x, t) with x of shape {batch + (d,)}",
                         ssm.emission, batch, obs_dim, "obs_dim", (x_next, 1))
         if emission is None:
             continue
         obs_dim = int(emission.event_shape[0])
-        y = emission.sample()[(0,) * len(batch)] if ys is None else ys[min(1, len(ys) - 1)]
+        draw = emission.sample()
+        if (draw.is_floating_point() and draw.dtype != reference.dtype
+                and "emission draws" not in check._failed):
+            check._failed.add("emission draws")
+            check._add(TypeError, f"emission(x, t) draws {draw.dtype} but the model's states "
+                                  f"are {reference.dtype} (create tensors with new_zeros / "
+                                  "dtype=x.dtype)")
+        y = draw[(0,) * len(batch)] if ys is None else ys[min(1, len(ys) - 1)]
         if torch.isnan(y).any():
             y = emission.sample()[(0,) * len(batch)]
-        # the fast paths the engines call in their hot loops
-        _tensor(check, f"sample_transition(x_prev, t) with x_prev of shape {batch + (d,)}",
-                ssm.sample_transition, batch + (d,), reference.dtype, (x, 1))
-        log_q = _tensor(check, f"transition_log_prob(x_prev, x, t) with shapes "
-                               f"{batch + (d,)}", ssm.transition_log_prob, batch,
-                        reference.dtype, (x, x_next, 1))
+        # the fast paths the engines call in their hot loops (the transition's default
+        # ones derive from transition(), whose problem is already listed when law is None)
+        log_q = None
+        if law is not None:
+            _tensor(check, f"sample_transition(x_prev, t) with x_prev of shape "
+                           f"{batch + (d,)}", ssm.sample_transition, batch + (d,),
+                    reference.dtype, (x, 1))
+            log_q = _tensor(check, f"transition_log_prob(x_prev, x, t) with shapes "
+                                   f"{batch + (d,)}", ssm.transition_log_prob, batch,
+                            reference.dtype, (x, x_next, 1))
         _tensor(check, f"emission_log_prob(x, y, t) with x of shape {batch + (d,)}",
                 ssm.emission_log_prob, batch, reference.dtype, (x_next, y, 1))
-        if bound is not None and log_q is not None:
+        if bound is not None and law is not None and log_q is not None:
             _compare_bound(check, bound, law, log_q)
     check.obs_dim = obs_dim
     declared = ssm.__dict__.get("_obs_dim", getattr(type(ssm), "obs_dim", None))
@@ -241,9 +281,10 @@ def _probe(ssm: StateSpaceModel, check: ModelCheck, reference: Tensor, ys) -> No
                                f"event_shape ({obs_dim},)")
     # the backward kernels' call: targets [M, 1, d] against previous particles [1, N, d]
     previous, targets = init.sample((1, 4)), init.sample((3, 1))
-    _tensor(check, "transition_log_prob(x_prev, x, t) with x_prev [1, 4, d] and x [3, 1, d] "
-                   "(backward kernels broadcast them)",
-            ssm.transition_log_prob, (3, 4), reference.dtype, (previous, targets, 1))
+    if "transition(x_prev, t)" not in check._failed:
+        _tensor(check, "transition_log_prob(x_prev, x, t) with x_prev [1, 4, d] and x [3, 1, d] "
+                       "(backward kernels broadcast them)",
+                ssm.transition_log_prob, (3, 4), reference.dtype, (previous, targets, 1))
     if ys is not None and obs_dim is not None and not check.problems:
         _score_observations(ssm, check, init, ys)
     if not check.problems:
@@ -265,6 +306,18 @@ def _probe(ssm: StateSpaceModel, check: ModelCheck, reference: Tensor, ys) -> No
         except Exception as error:
             check._add(ValueError, f"the Pyro program forward(ys) raised "
                                    f"{type(error).__name__}: {error}")
+
+
+def _scalar_law(ssm: StateSpaceModel):
+    """``initial()`` when it is a law over ``[d]`` of scalar events (``.to_event(1)``
+    forgotten), else None."""
+    try:
+        law = ssm.initial()
+    except Exception:  # noqa: BLE001 (already reported by the probe of initial())
+        return None
+    if tuple(getattr(law, "event_shape", (0,))) == () and len(law.batch_shape) == 1:
+        return law
+    return None
 
 
 def _bound(ssm: StateSpaceModel, check: ModelCheck) -> Tensor | None:
@@ -305,7 +358,13 @@ def _score_observations(ssm: StateSpaceModel, check: ModelCheck, init, ys: Tenso
     for t in range(ys.shape[0]):
         if torch.isnan(ys[t]).any():
             continue
-        value = ssm.emission_log_prob(x, ys[t], t)
+        try:
+            value = ssm.emission_log_prob(x, ys[t], t)
+        except Exception as error:  # e.g. an observation outside the emission's support
+            check._add(type(error) if isinstance(error, (TypeError, ValueError)) else ValueError,
+                       f"emission_log_prob(x, y, t) raised {type(error).__name__} at time step "
+                       f"{t} (y = {ys[t].tolist()}): {error}")
+            return
         if torch.isnan(value).any():
             check._add(ValueError, f"emission_log_prob(x, y, t) is NaN at time step {t}")
             return

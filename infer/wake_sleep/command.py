@@ -27,7 +27,7 @@ from ..command import (
     real,
     rounded,
 )
-from .engine import ALGORITHMS, WakeSleep
+from .engine import ALGORITHMS, DEFAULT_INSOMNIA, WakeSleep
 from .helmholtz import helmholtz_machine
 
 
@@ -45,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refresh-every", type=integer(1), default=None,
                         help="recompute the Fisher factorizations every this many updates "
                              "(default: the engine's, 10)")
-    parser.add_argument("--insomnia", type=real(0, 1, closed="both"), default=0.5,
-                        help="RWS wake-q weight, in [0, 1]")
+    parser.add_argument("--insomnia", type=real(0, 1, closed="both"), default=None,
+                        help="wake-q weight of rws and nrws, in [0, 1] (default: the "
+                             "engine's, 0.5)")
     parser.add_argument("--epochs", type=integer(1), default=10)
     parser.add_argument("--time-budget", type=real(0), default=None,
                         help="stop training after this many seconds of updates")
@@ -65,6 +66,14 @@ def check(args: argparse.Namespace) -> None:
     if args.algorithm != "ws" and args.num_particles < 2:
         raise UsageError("--num-particles", f"must be >= 2 for --algorithm {args.algorithm} "
                                             f"(it reweights particles), got {args.num_particles}")
+    for flag, name, algorithms in (("--damping", "damping", ("nrws", "nbihm")),
+                                   ("--refresh-every", "refresh_every", ("nrws", "nbihm")),
+                                   ("--insomnia", "insomnia", ("rws", "nrws"))):
+        if getattr(args, name) is not None and args.algorithm not in algorithms:
+            raise UsageError(flag, f"applies to --algorithm {' and '.join(algorithms)} only, "
+                                   f"not {args.algorithm}")
+    if args.insomnia is None:  # recorded as before, so that earlier runs resume
+        args.insomnia = DEFAULT_INSOMNIA
     at_least_one_each("--batch-size", args.batch_size)
 
 
@@ -82,8 +91,10 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
     model, guide = helmholtz_machine((train.shape[1], *args.layers))
     tuning = {name: getattr(args, name) for name in ("lr", "damping", "refresh_every")
               if getattr(args, name) is not None}  # unset: the engine's tuned defaults
+    if args.algorithm in ("rws", "nrws"):
+        tuning["insomnia"] = args.insomnia
     engine = WakeSleep(model, guide, algorithm=args.algorithm, num_particles=args.num_particles,
-                       insomnia=args.insomnia, **tuning)
+                       **tuning)
     progress = False if args.quiet else None
     engine.fit(train, epochs=args.epochs, batch_size=args.batch_size,
                valid=valid[: args.valid_points], seed=args.seed, progress=progress,

@@ -67,6 +67,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "nbihm": {"optimizer": "sgd", "lr": 5e-2, "scheduler": "cosine", "damping": 0.05},
 }
 DEFAULT = "default"
+DEFAULT_INSOMNIA, DEFAULT_REFRESH_EVERY = 0.5, 10
 _ADAPTIVE = tuple(getattr(torch.optim, name) for name in (
     "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad", "Adadelta",
     "SparseAdam", "Adafactor") if hasattr(torch.optim, name))
@@ -103,16 +104,20 @@ class WakeSleep(AmortizedEngine):
 
     Args:
         model: a ``PyroModule`` program ``model(x)`` with Bernoulli (or other discrete)
-            latents and its data in ``pyro.plate("data")``.
+            latents and its data in ``pyro.plate("data")``; continuous latents work with
+            ``"ws"``, ``"rws"`` and ``"bihm"`` (the draws are detached: score-function
+            gradients). With a sleep phase, exactly one observed site.
         guide: its recognition program ``guide(x)`` with the same latent site names.
         algorithm: ``"ws"``, ``"rws"``, ``"nrws"``, ``"bihm"`` or ``"nbihm"``.
         num_particles: ``K`` (``>= 2`` except for ``"ws"``).
         lr: learning rate; ``None`` takes the algorithm's default (:data:`DEFAULTS`).
-        insomnia: RWS/NRWS weight of wake-q against sleep-q (1: wake only).
+        insomnia: RWS/NRWS weight of wake-q against sleep-q (1: wake only; default 0.5).
         damping: ``α >= 0`` of the natural-gradient preconditioner (natural algorithms);
             ``None`` takes the algorithm's default (:data:`DEFAULTS`).
         refresh_every: recompute the Fisher blocks' inverses every this many updates
-            (natural algorithms); a refresh that falls on a batch with fewer rows than
+            (natural algorithms; default 10). ``insomnia``, ``damping`` and
+            ``refresh_every`` given to an algorithm that has no use for them are refused.
+            A refresh that falls on a batch with fewer rows than
             the last refresh (an epoch's short last batch) waits one update. The cached
             inverses and the counters are part of :meth:`state_dict`, so a resumed run
             refreshes on the same updates. In a process group the blocks are those of
@@ -245,9 +250,9 @@ class WakeSleep(AmortizedEngine):
         algorithm: str = "rws",
         num_particles: int = 10,
         lr: float | None = None,
-        insomnia: float = 0.5,
+        insomnia: float | None = None,
         damping: float | None = None,
-        refresh_every: int = 10,
+        refresh_every: int | None = None,
         fisher_weights: str = "sleep",
         fisher_samples: str = "batch",
         optimizer: train.OptimizerSpec | None = None,
@@ -262,21 +267,32 @@ class WakeSleep(AmortizedEngine):
                                        1 if self.algorithm == "ws" else 2)
         defaults = DEFAULTS[self.algorithm]
         self.lr = check_positive("lr", defaults["lr"] if lr is None else lr)
+        natural = self.algorithm in ("nrws", "nbihm")
+        for name, value, applies, where in (
+                ("insomnia", insomnia, self.algorithm in ("rws", "nrws"), "'rws' and 'nrws'"),
+                ("damping", damping, natural, "the natural algorithms, 'nrws' and 'nbihm'"),
+                ("refresh_every", refresh_every, natural,
+                 "the natural algorithms, 'nrws' and 'nbihm'")):
+            if value is not None and not applies:
+                raise ValueError(f"{name}= applies to {where}; algorithm="
+                                 f"{self.algorithm!r} has no use for it")
+        insomnia = DEFAULT_INSOMNIA if insomnia is None else insomnia
         if not 0 <= insomnia <= 1:
             raise ValueError(f"insomnia must be in [0, 1], got {insomnia}")
         self.insomnia = float(insomnia)
         self.damping = check_positive(
             "damping", defaults.get("damping", 0.03) if damping is None else damping,
             allow_zero=True)
-        self.refresh_every = check_int("refresh_every", refresh_every, 1)
+        self.refresh_every = check_int(
+            "refresh_every", DEFAULT_REFRESH_EVERY if refresh_every is None else refresh_every,
+            1)
         self.fisher_weights = check_choice("fisher_weights", fisher_weights, FISHER_WEIGHTS)
         self.fisher_samples = check_choice("fisher_samples", fisher_samples, ("batch", "all"))
-        model_layers = getattr(model, "layers", None)
-        guide_layers = getattr(guide, "layers", None)
+        model_layers, guide_layers = layer_sizes(model), layer_sizes(guide)
         if model_layers is not None and guide_layers is not None and \
-                tuple(model_layers) != tuple(guide_layers):
-            raise ValueError(f"model and guide layers differ: {tuple(model_layers)} and "
-                             f"{tuple(guide_layers)}")
+                model_layers != guide_layers:
+            raise ValueError(f"model and guide layers differ: {model_layers} and "
+                             f"{guide_layers}")
         params = self.parameters()
         if not params:
             raise ValueError("model and guide have no parameters to train")
@@ -306,7 +322,7 @@ class WakeSleep(AmortizedEngine):
                         "precondition nn.Linear layers whose outputs are Bernoulli logits",
                         UserWarning, stacklevel=2)
             self.preconditioner = BernoulliNaturalGradient(
-                self.model_layers + self.guide_layers, self.damping, refresh_every)
+                self.model_layers + self.guide_layers, self.damping, self.refresh_every)
             self.recorder = LayerRecorder(self.model_layers + self.guide_layers)
         self.history = train.History()
         self.num_steps = 0
@@ -318,7 +334,7 @@ class WakeSleep(AmortizedEngine):
         """The engine's settings as plain values (stored in checkpoints, so that a resume
         with different settings is caught). Settings that do not apply to the algorithm
         (damping and refresh interval of a non-natural one) are ``None``."""
-        layers = getattr(self.model, "layers", None)
+        layers = layer_sizes(self.model)
         return {
             "engine": "WakeSleep",
             "algorithm": self.algorithm,
@@ -333,7 +349,7 @@ class WakeSleep(AmortizedEngine):
             "fisher_samples": self.fisher_samples if self.natural else None,
             "model": type(self.model).__name__,
             "guide": type(self.guide).__name__,
-            "layers": None if layers is None else [int(n) for n in layers],
+            "layers": None if layers is None else list(layers),
         }
 
     @property
@@ -364,6 +380,24 @@ class WakeSleep(AmortizedEngine):
         with preserved_rng(probe.device), poutine.block(), torch.no_grad():
             guide_sites = sample_sites(poutine.trace(self.guide).get_trace(probe))
             model_sites = sample_sites(poutine.trace(self.model).get_trace(probe))
+        observed = [name for name, site in model_sites.items() if site["is_observed"]]
+        fisher_sleep = self.natural and self.fisher_weights == "sleep"
+        if (self.uses_sleep or fisher_sleep) and len(observed) != 1:
+            if self.algorithm == "ws":
+                fix = "use algorithm='rws' with insomnia=1 (wake updates only) or 'bihm'"
+            elif self.natural:
+                fix = ("use fisher_weights='importance'"
+                       + (" with insomnia=1" if self.uses_sleep else ""))
+            else:
+                fix = "use insomnia=1 (wake updates only) or algorithm='bihm'"
+            what = ("has a sleep phase" if self.uses_sleep else
+                    "takes its generative Fisher blocks from sleep samples")
+            raise ObservedSitesError(
+                f"algorithm={self.algorithm!r}"
+                + (f" with insomnia={self.insomnia:g}" if self.algorithm in ("rws", "nrws")
+                   else "")
+                + f" {what}, whose ancestral draws need exactly one observed site; the "
+                f"model observes {observed}: {fix}")
         for name, site in guide_sites.items():
             if name not in model_sites or model_sites[name]["is_observed"]:
                 continue
@@ -373,8 +407,7 @@ class WakeSleep(AmortizedEngine):
                     f"latent site {name!r}: the guide proposes a {type(guide_fn).__name__} "
                     f"({_support(guide_fn)} values) where the model has a "
                     f"{type(model_fn).__name__} ({_support(model_fn)}); the guide must "
-                    "propose values the model can score (wake-sleep is for discrete, "
-                    "Bernoulli latents; AmortizedVI takes reparameterizable ones)")
+                    "propose values the model can score")
             if self.natural and not isinstance(model_fn, torch.distributions.Bernoulli):
                 raise ValueError(
                     f"algorithm={self.algorithm!r} preconditions Bernoulli layers, but latent "
@@ -393,7 +426,8 @@ class WakeSleep(AmortizedEngine):
             self.recorder.recording = True  # hooks only on refreshing updates
         particles = weighted_particles(self.model, self.guide, (x,),
                                        num_particles=self.num_particles,
-                                       plate_nesting=self._plate_nesting)
+                                       plate_nesting=self._plate_nesting,
+                                       detach_latents=True)
         log_weights = particles.log_weights.detach()
         K = log_weights.shape[0]
         if self.bidirectional:
@@ -522,8 +556,12 @@ class WakeSleep(AmortizedEngine):
         if not self.bidirectional:
             return log_likelihood(self.model, self.guide, x, num_samples,
                                   batch_size=batch_size, progress=progress)
+        check_int("num_samples", num_samples, 1)
+        check_int("batch_size", batch_size, 1)
         if self._plate_nesting is None:
             x = self.prepare(x, "x")
+        else:  # the same checks and conversions as before training
+            x = prepare_pair(self.model, self.guide, x, "x")[0]
         if log_partition is None:
             log_partition = self.log_partition()[0]
         values = []
@@ -574,20 +612,48 @@ class WakeSleep(AmortizedEngine):
                 self.preconditioner.num_updates = 0
 
     def to_inference_data(self, x: Tensor, num_samples: int = 200, num_model_samples: int = 64,
-                          **kwargs: Any):
+                          log_partition: float | None = None, **kwargs: Any):
         """ArviZ ``InferenceData``: guide draws, log weights and PSIS k̂ for the rows of
         ``x``, the training history, and ``num_model_samples`` samples from the model
         (group ``model_samples``: ``model.sample(n)``, or the observed site of ancestral
-        draws for a model without one)."""
+        draws for a model without one). ``amortization.log_likelihood`` is ``log p̂(x)``
+        of the top-down model ``p``; for BiHM, ``amortization.log_likelihood_star``
+        holds ``log p̂*(x)`` of its model ``p*`` (as :meth:`log_likelihood`, with
+        ``log_partition``, or ``log Ẑ`` from :meth:`log_partition` when it is ``None``,
+        in the attributes)."""
         from ..amortized.inference_data import amortized_inference_data
 
         attrs = {"engine": "WakeSleep", "algorithm": self.algorithm,
                  "num_particles": self.num_particles}
         if self.natural:
             attrs["damping"] = self.damping
-        return amortized_inference_data(self.model, self.guide, x, num_samples=num_samples,
-                                        history=self.history, attrs=attrs,
-                                        num_model_samples=num_model_samples, **kwargs)
+        idata = amortized_inference_data(self.model, self.guide, x, num_samples=num_samples,
+                                         history=self.history, attrs=attrs,
+                                         num_model_samples=num_model_samples, **kwargs)
+        if self.bidirectional:  # BiHM's model is p*, not the top-down p
+            if self._template is None:
+                self.prepare(x, "x")
+            if log_partition is None:
+                with torch.no_grad():
+                    log_partition = self.log_partition()[0]
+            log_w = torch.as_tensor(idata.sample_stats["log_importance_weight"].values)
+            log_w = log_w.reshape(-1, log_w.shape[-1])  # [S, N]
+            star = 2 * (torch.logsumexp(0.5 * log_w, 0) - math.log(log_w.shape[0]))
+            idata.amortization["log_likelihood_star"] = (
+                "data", (star - log_partition).numpy())
+            idata.amortization.attrs["log_partition"] = log_partition
+            idata.posterior.attrs["log_partition"] = log_partition
+        return idata
+
+
+def layer_sizes(program: nn.Module) -> tuple[int, ...] | None:
+    """The layer widths of a :func:`helmholtz_machine` program (its ``layers``), or
+    ``None`` for a program of one's own (whose ``layers``, if any, may be modules)."""
+    layers = getattr(program, "layers", None)
+    if isinstance(layers, (tuple, list)) and layers and all(
+            isinstance(n, int) and not isinstance(n, bool) for n in layers):
+        return tuple(layers)
+    return None
 
 
 def _base(fn: Any) -> Any:
