@@ -7,7 +7,8 @@ importance weights and PSIS diagnostics.
   Yao et al. 2018 read ``k > 0.5`` as a poor and ``k > 0.7`` as a failed
   approximation), the importance-sampled ``log_likelihood``, the relative ESS, and the
   ``rate`` ``E_q[log q(z|x) - log p(z)]`` and ``distortion`` ``-E_q[log p(x|z)]``
-  (Alemi et al. 2018) estimated with the same draws;
+  (Alemi et al. 2018) estimated with the same draws (and, from a BiHM engine,
+  ``log_likelihood_star``, ``log p̂*(x)`` of its model);
 * ``observed_data``: the data points;
 * ``posterior_predictive``: ``reconstructions``, the mean of the model's observation
   distribution given one guide draw per data point (pixel probabilities of a Bernoulli
