@@ -9,6 +9,7 @@ stored outputs (``nb_execution_mode = "off"``): the suite executes them, the doc
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import pkgutil
 import shutil
@@ -201,17 +202,66 @@ def api_page(package: str) -> tuple[str, list[tuple[str, str]]]:
     return "\n".join(lines), elsewhere
 
 
+def documented_on_a_package_page(obj: object) -> bool:
+    """Whether a package page documents ``obj`` (a package exports it)."""
+    return any(getattr(importlib.import_module(p), n, None) is obj
+               for p in PACKAGES for n in getattr(importlib.import_module(p), "__all__", ()))
+
+
+def module_members(module: str) -> list[tuple[str, str, list[str]]]:
+    """``(directive, name, options)`` of the module's own public classes and functions
+    that no package page documents: helpers users meet in the guides
+    (``distributed.run_local``, ``report.register_section``, ...). One whose name a
+    package page documents too (the ``StateSpaceModel`` protocol) is not indexed, so
+    that short references stay unique; a named tuple's fields are documented once, by
+    its docstring."""
+    mod = importlib.import_module(module)
+    exported = {n for p in PACKAGES for n in getattr(importlib.import_module(p), "__all__", ())}
+    members = []
+    for name, obj in vars(mod).items():
+        if name.startswith("_") or getattr(obj, "__module__", None) != module:
+            continue
+        if not (isinstance(obj, type) or inspect.isfunction(obj)):
+            continue
+        if documented_on_a_package_page(obj):
+            continue
+        options = ["   :no-index:"] if name in exported else []
+        fields = getattr(obj, "_fields", None) if isinstance(obj, type) else None
+        if fields:
+            options.append(f"   :exclude-members: {', '.join(fields)}")
+        members.append(("autoclass" if isinstance(obj, type) else "autofunction", name,
+                        options))
+    from sphinx.pycode import ModuleAnalyzer
+
+    documented = ModuleAnalyzer.for_module(module).find_attr_docs()
+    for (scope, name), _ in documented.items():  # constants with a docstring or #: comment
+        obj = getattr(mod, name, None)
+        exported_here = any(getattr(importlib.import_module(p), name, None) is obj
+                            and name in getattr(importlib.import_module(p), "__all__", ())
+                            for p in PACKAGES)
+        if scope == "" and name.isupper() and not exported_here:
+            members.append(("autodata", name, ["   :no-value:"]))
+    return members
+
+
 def module_page(module: str) -> str:
-    """A module's own docstring (its objects are documented on their package's page).
-    A module shadowed by an object of the same name in its package (``posterity.infer.report``
-    the function, ``report.py`` the module) is not indexed, so that names stay unique."""
+    """A module's own docstring, then its public classes and functions that no package
+    page documents. A module shadowed by an object of the same name in its package
+    (``posterity.infer.report`` the function, ``report.py`` the module) is not indexed
+    itself, so that names stay unique; its members are, under the module's name."""
     parent, _, last = module.rpartition(".")
     shadowed = getattr(importlib.import_module(parent), last, None) is not \
         importlib.import_module(module)
     options = ["   :no-members:"] + (["   :no-index:"] if shadowed else [])
     title = f"{last} (module)"
-    return "\n".join([title, "=" * len(title), "", f"``{module}``", "",
-                      f".. automodule:: {module}", *options, ""])
+    lines = [title, "=" * len(title), "", f"``{module}``", "",
+             f".. automodule:: {module}", *options, ""]
+    members = module_members(module)
+    if members:
+        lines += [f".. currentmodule:: {module}", ""]
+        for directive, name, member_options in members:
+            lines += [f".. {directive}:: {name}", *member_options, ""]
+    return "\n".join(lines)
 
 
 def write_if_changed(target: Path, text: str) -> None:

@@ -45,7 +45,7 @@ class GaussianEncoder(MultiRateMixin, PyroModule):
         multi_rate: gate every layer by ``log β`` with ``2 sigmoid`` gates (Multi-Rate
             VAE, Bae et al. 2023; :mod:`posterity.layers.gated` says why not the
             sigmoid), the output gates staggered over the β range at the start
-            (:func:`~posterity.layers.gated.stagger_gates`); the program then takes
+            (:func:`~posterity.layers.stagger_gates`); the program then takes
             ``beta=`` (``None``: β = 1).
         beta_range: the β to serve (``beta=`` outside it is extrapolated).
         beta_extension: decades of β below ``beta_range`` that training also draws
@@ -103,6 +103,14 @@ class GaussianEncoder(MultiRateMixin, PyroModule):
         loc, scale = self.posterior_params(x, beta)
         with data_plate(x, num_data):
             pyro.sample(self.latent_name, dist.Normal(loc, scale).to_event(1))
+
+    def latent_distributions(self, x: Tensor, num_data: int | None = None, beta=None
+                             ) -> dict[str, dist.TorchDistribution]:
+        """``{latent_name: q(z | x)}`` with batch shape ``[B]`` (closed-form KL
+        protocol); its ``rsample((K,))`` draws what :meth:`sample_latents` draws."""
+        check_width(x, self.x_dim, "x")
+        loc, scale = self.posterior_params(x, beta)
+        return {self.latent_name: dist.Normal(loc, scale).to_event(1)}
 
     def sample_latents(
         self, x: Tensor, num_particles: int, num_data: int | None = None, beta=None

@@ -143,9 +143,10 @@ QUIET_KEYS = frozenset({"fresh", "progress", "quiet", "debug"})
 """Settings that are not compared on resume: they say how a call starts or shows
 itself, not what it trains."""
 
-LATER_KEYS = frozenset({"data_digest"})
+LATER_KEYS = frozenset({"data_digest", "engine.analytic_kl"})
 """Settings recorded since 2026-12-07: a checkpoint written before them lacks them and
-still resumes."""
+still resumes (an amortized run from before ``analytic_kl`` goes on with the closed-form
+KL of the default: the same objective, estimated with less noise)."""
 
 
 def compare_settings(

@@ -77,7 +77,7 @@ class Run:
         return self.resume and self.checkpoint.exists()
 
     def train_options(self, safe_keys: Iterable[str] = ()) -> dict[str, Any]:
-        """Keyword arguments for :func:`posterity.infer.train.fit` (through an engine's
+        """Keyword arguments for :func:`posterity.infer.fit` (through an engine's
         ``fit``): the checkpoint, resuming, and the flags as ``config``; a flag named in
         ``safe_keys`` may change on resume (it only affects what is evaluated)."""
         options: dict[str, Any] = {"checkpoint": self.checkpoint, "resume": self.resume}

@@ -7,8 +7,8 @@ add ``--nnodes``, ``--node-rank`` or ``--rdzv-endpoint``). Gloo runs on CPUs, NC
 GPUs. Call :func:`init_process_group` once at the top of the script; from then on the
 engines split their work (see the README, "More than one process"):
 
-* amortized gradient engines (:class:`~posterity.infer.AmortizedVI`,
-  :class:`~posterity.infer.WakeSleep`) split every global minibatch over the ranks and
+* amortized gradient engines (:class:`~posterity.infer.amortized.AmortizedVI`,
+  :class:`~posterity.infer.wake_sleep.WakeSleep`) split every global minibatch over the ranks and
   sum the row-weighted gradients (and NRWS's Fisher blocks);
 * samplers run their chains on every rank with rank-distinct seeds and gather them;
 * particle methods (the filter, PaRIS, PPG, score ascent) spread ``num_particles`` over

@@ -176,7 +176,7 @@ def optimizer_step(
     the optimizer's parameters is replaced by the weighted sum over ranks
     (:func:`~posterity.infer.distributed.reduce_gradients`: bucketed all-reduces that
     start while ``backward`` runs) with the weight that
-    :func:`~posterity.infer.train.fit` set for this rank's share of the global
+    :func:`~posterity.infer.fit` set for this rank's share of the global
     minibatch, so clipping, ``before_step`` and the step see the
     gradient of the global minibatch and every rank takes the same step; the buckets
     follow the order in which ``backward`` produced this optimizer's gradients on its

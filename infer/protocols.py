@@ -13,7 +13,8 @@ particles, ``B`` for the rows of a minibatch and ``N`` for the rows of a data se
   random numbers and return the same values as the traced program:
 
   - :class:`SamplesLatents` (guide) and :class:`ScoresJoint` (model): importance
-    weights (:mod:`posterity.infer.importance`);
+    weights (:mod:`posterity.infer.importance`), with :class:`LatentDistributions`
+    (guide) and :class:`PriorDistributions` (model) for the closed-form KL;
   - :class:`SamplesJoint` (model) and :class:`ScoresGuide` (guide): the wake-sleep
     sleep phase (:mod:`posterity.infer.wake_sleep.engine`);
   - :class:`MinibatchLogJoint` (model): SG-MCMC potentials
@@ -91,7 +92,7 @@ class Configurable(Protocol):
         """The settings that define the model and the objective (sizes, objective,
         learning rate, ...) as plain values: numbers, strings, booleans, ``None`` and
         lists/dicts of them. A checkpoint stores them; resuming with different ones is
-        refused (:class:`posterity.infer.train.CheckpointMismatchError`)."""
+        refused (:class:`posterity.infer.checkpoints.CheckpointMismatchError`)."""
         ...
 
 
@@ -128,6 +129,27 @@ class ScoresJoint(Protocol):
                   ) -> tuple[Tensor, Tensor]:
         """``(log p(x | z), log p(z))``, each ``[K, B]``, for ``x`` ``[B, D]`` and
         ``latents[site]`` ``[K, B, ...]``."""
+        ...
+
+
+@runtime_checkable
+class LatentDistributions(Protocol):
+    """Guide fast path of the closed-form KL (``analytic_kl``)."""
+
+    def latent_distributions(self, x: Tensor, **kwargs: Any) -> dict[str, Any]:
+        """``{site: q(z | x)}``, each a ``torch.distributions.Distribution`` with batch
+        shape ``[B]`` for ``x`` ``[B, D]``, whose ``rsample((K,))`` draws what
+        :meth:`SamplesLatents.sample_latents` draws."""
+        ...
+
+
+@runtime_checkable
+class PriorDistributions(Protocol):
+    """Model fast path of the closed-form KL (``analytic_kl``)."""
+
+    def prior_distributions(self, x: Tensor, **kwargs: Any) -> dict[str, Any]:
+        """``{site: p(z)}`` for every latent site (whose prior then may not depend on
+        other latents), batch shape ``[]`` or ``[B]``."""
         ...
 
 

@@ -14,6 +14,10 @@ first: reconstructions, rate-distortion curves, filtered states), :data:`ORDER_D
 (where inference fails: k̂, traces and ranks), :data:`ORDER_TRAINING`, and
 :data:`ORDER_DETAILS` (long tables, collapsed).
 
+Import from this module by name (``from posterity.infer.report import
+register_section``): ``posterity.infer`` exports the function :func:`report` under the
+module's name, so ``import posterity.infer.report as r`` binds the function.
+
 Example:
     >>> import arviz as az, numpy as np
     >>> idata = az.from_dict(posterior={"mu": np.zeros((2, 50))})
@@ -26,12 +30,14 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
+import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -52,11 +58,13 @@ SectionBuilder = Callable[[az.InferenceData], "str | None"]
 
 
 class KeyFigure(NamedTuple):
-    """One line of the key-figures box: a label, its formatted value and a note."""
+    """One line of the key-figures box: a label, its formatted value and a note;
+    ``warning`` figures (a run not to be trusted as it stands) are shown in red."""
 
     label: str
     value: str
     note: str = ""
+    warning: bool = False
 
 
 KeyFigureBuilder = Callable[[az.InferenceData], "Sequence[KeyFigure] | None"]
@@ -87,6 +95,7 @@ img{max-width:100%}.note{color:#555;font-size:.9em}.bad{color:#b00}.good{color:#
 .key{border:1px solid #ccd;background:#f7f8fc;padding:.4em 1em;margin:1em 0}
 .key table{font-size:1em}.key td,.key th{border:0;text-align:left;padding:2px 12px 2px 0}
 .key td.value{font-weight:600;font-variant-numeric:tabular-nums}
+.key tr.warn td,.key tr.warn th{color:#b3261e}
 details{margin:.6em 0}summary{cursor:pointer;color:#335}
 """
 
@@ -151,16 +160,24 @@ def sections() -> list[Section]:
 
 
 def format_number(value: Any, digits: int = 4) -> str:
-    """``value`` to ``digits`` significant digits; integers, booleans and text as they are.
+    """``value`` to ``digits`` significant digits, without an exponent from 1 to a
+    million; integers, booleans and text as they are.
 
     Example:
         >>> format_number(-16.94000816345215), format_number(12345678.9), format_number(3)
         ('-16.94', '1.235e+07', '3')
+        >>> format_number(1234.5, 2), format_number(0.0731449), format_number(2.0)
+        ('1200', '0.07314', '2')
     """
     if isinstance(value, (bool, np.bool_, int, np.integer, str)):
         return str(value)
     if isinstance(value, (float, np.floating)):
-        return f"{float(value):.{digits}g}"
+        number = float(value)
+        if math.isfinite(number) and 1 <= abs(number) < 1e6:
+            places = digits - 1 - math.floor(math.log10(abs(number)))
+            text = f"{round(number, places):.{max(places, 0)}f}"
+            return text.rstrip("0").rstrip(".") if "." in text else text
+        return f"{number:.{digits}g}"
     if isinstance(value, (list, tuple, np.ndarray)):
         items = np.asarray(value).ravel().tolist()
         shown = ", ".join(format_number(v, digits) for v in items[:8])
@@ -190,13 +207,25 @@ def format_estimate(value: float, stderr: float | None) -> str:
 
 
 def mean_estimate(values: np.ndarray) -> str:
-    """The mean of ``values`` ± its standard error (``sd / sqrt(n)``), formatted."""
+    """The mean of ``values`` ± its standard error (``sd / sqrt(n)``), formatted; where
+    some values are not finite, the mean they make (``-inf``, ``nan``, ...) and then
+    how many they are and the mean of the others.
+
+    Example:
+        >>> mean_estimate(np.array([-7.0, -7.5, -8.0])), mean_estimate(np.array([-7.0, -np.inf]))
+        ('-7.50 ± 0.29', '-inf (1 of 2 values not finite; the others -7)')
+    """
     values = np.asarray(values, dtype=float).ravel()
-    values = values[np.isfinite(values)]
+    finite = values[np.isfinite(values)]
     if values.size == 0:
         return "n/a"
-    stderr = values.std(ddof=1) / math.sqrt(values.size) if values.size > 1 else None
-    return format_estimate(values.mean(), stderr)
+    stderr = finite.std(ddof=1) / math.sqrt(finite.size) if finite.size > 1 else None
+    if finite.size == values.size:
+        return format_estimate(finite.mean(), stderr)
+    with np.errstate(invalid="ignore"):
+        overall = format_number(float(values.mean()))
+    others = f"; the others {format_estimate(finite.mean(), stderr)}" if finite.size else ""
+    return f"{overall} ({values.size - finite.size} of {values.size} values not finite{others})"
 
 
 # ----- html helpers -----
@@ -312,6 +341,15 @@ error when an attribute ``<name>_se`` or ``<name>_stderr`` is present (``test_st
 for ``test_log_likelihood``, as in the commands' ``metrics.json``)."""
 
 
+KEY_NOTES = {
+    "test_log_likelihood": "nats per test point, importance-sampled",
+    "log_evidence": "nats, log p̂(y_1:T) of the particle filter",
+    "log_partition": "nats, log Ẑ of BiHM's model p* = √(p q) / Z (at most 0)",
+    "log_likelihood": "nats per point",
+}
+"""What each of :data:`KEY_ATTRS` is, beside its value."""
+
+
 def _stderr(attrs: dict[str, Any], name: str) -> float | None:
     aliases = ("test_stderr",) if name == "test_log_likelihood" else ()
     for key in (f"{name}_se", f"{name}_stderr", *aliases):
@@ -335,28 +373,81 @@ def _run_key_figures(idata: az.InferenceData) -> list[KeyFigure]:
     for name in KEY_ATTRS:
         if name in attrs and isinstance(attrs[name], (int, float, np.number)):
             value = format_estimate(attrs[name], _stderr(attrs, name))
-            figures.append(KeyFigure(name.replace("_", " "), value))
+            figures.append(KeyFigure(name.replace("_", " "), value, KEY_NOTES.get(name, "")))
     return figures
+
+
+@register_key_figures(groups=("log_likelihood",), order=ORDER_KEY + 1)
+def _predictive_key_figures(idata: az.InferenceData) -> list[KeyFigure] | None:
+    """The log pointwise predictive density of each observed variable, per point
+    (Gelman, Hwang & Vehtari 2014, eq. 5 over the points): on held-out data when
+    those were the data given to the conversion."""
+    if "test_log_likelihood" in _attrs(idata):
+        return None
+    figures = []
+    for name, variable in idata.log_likelihood.data_vars.items():
+        values = np.asarray(variable.values, dtype=float)
+        if values.ndim < 3:
+            continue
+        draws = values.shape[0] * values.shape[1]
+        flat = values.reshape(draws, -1)
+        peak = flat.max(0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lppd = peak + np.log(np.exp(flat - peak).mean(0))
+        figures.append(KeyFigure(
+            f"log predictive density of {name}", mean_estimate(lppd),
+            f"nats per point: the mean over {flat.shape[1]} points of log mean p({name}_i | θ) "
+            f"over {draws} draws"))
+    return figures
+
+
+@contextlib.contextmanager
+def quiet_arviz() -> Iterator[None]:
+    """ArviZ's warnings and its log messages (``Shape validation failed`` for R-hat of
+    one chain goes to its logger, on stderr) held back while a report computes."""
+    logger = getattr(az, "_log", None) or logging.getLogger("arviz")  # its own Logger
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+RHAT_LIMIT, ESS_PER_CHAIN = 1.01, 100
+"""R-hat above 1.01, or a bulk ESS under 100 per chain, mark a run whose chains have not
+mixed (Vehtari et al. 2021, *Rank-normalization, folding, and localization*, section
+4): those key figures are shown as warnings."""
 
 
 @register_key_figures(groups=("posterior",), order=ORDER_DIAGNOSTICS)
 def _chain_key_figures(idata: az.InferenceData) -> list[KeyFigure] | None:
     posterior = idata.posterior
-    if "data" in posterior.dims or posterior.sizes.get("chain", 1) < 2:
+    if "data" in posterior.dims or posterior.sizes.get("draw", 0) < 4:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rhat = np.concatenate([np.ravel(v) for v in az.rhat(posterior).data_vars.values()])
+    chains = posterior.sizes.get("chain", 1)
+    with quiet_arviz():
         ess = np.concatenate([np.ravel(v) for v in
                               az.ess(posterior, method="bulk").data_vars.values()])
-    total = posterior.sizes["chain"] * posterior.sizes["draw"]
-    over = int((rhat > 1.01).sum())
-    return [
-        KeyFigure("max R-hat", format_number(np.nanmax(rhat)),
-                  f"{over} of {rhat.size} components above 1.01"),
-        KeyFigure("min bulk ESS", format_number(float(np.nanmin(ess)), 3),
-                  f"of {total} draws in {posterior.sizes['chain']} chains"),
-    ]
+        rhat = (np.concatenate([np.ravel(v) for v in az.rhat(posterior).data_vars.values()])
+                if chains > 1 else None)
+    total = chains * posterior.sizes["draw"]
+    figures = []
+    if rhat is not None:
+        over = int((rhat > RHAT_LIMIT).sum())
+        figures.append(KeyFigure("max R-hat", format_number(np.nanmax(rhat)),
+                                 f"{over} of {rhat.size} components above {RHAT_LIMIT}",
+                                 warning=over > 0))
+    lowest = float(np.nanmin(ess)) if np.isfinite(ess).any() else math.nan
+    where = (f"of {total} draws in {chains} chains" if chains > 1 else
+             f"of {total} draws in one chain (from its two halves; R-hat needs several "
+             "chains)")
+    figures.append(KeyFigure("min bulk ESS", format_number(lowest, 3),
+                             f"{where}; under {ESS_PER_CHAIN} per chain the chains have not "
+                             "mixed", warning=not lowest >= ESS_PER_CHAIN * chains))
+    return figures
 
 
 @register_section(groups=("posterior",), order=ORDER_DETAILS)
@@ -375,23 +466,24 @@ def _attributes(idata: az.InferenceData) -> str | None:
 @register_section(groups=("posterior",), order=ORDER_DETAILS + 1)
 def _summary(idata: az.InferenceData, max_data: int = 5, max_rows: int = 60) -> str | None:
     posterior = idata.posterior
-    note = ""
+    notes = []
     if "data" in posterior.dims and posterior.sizes["data"] > max_data:
         posterior = posterior.isel(data=slice(0, max_data))
-        note = f"first {max_data} of {idata.posterior.sizes['data']} data points; "
+        notes.append(f"first {max_data} of {idata.posterior.sizes['data']} data points")
     multi_chain = posterior.sizes.get("chain", 1) > 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        summary = az.summary(posterior, kind="all" if multi_chain else "stats")
+    with quiet_arviz():
+        summary = az.summary(posterior, kind="all")
+    if not multi_chain:
+        summary = summary.drop(columns="r_hat", errors="ignore")
+        notes.append("one chain: ESS and MCSE from its two halves, R-hat needs several chains")
     rows = len(summary)
     if rows > max_rows:
-        note += f"first {max_rows} of {rows} rows; "
+        notes.append(f"first {max_rows} of {rows} rows")
         summary = summary.iloc[:max_rows]
-    if not multi_chain:
-        note += "one chain: R-hat needs several"
     return ("<h2>Posterior summary (ArviZ)</h2>"
-            + collapsed(f"{rows} rows: mean, sd, HDI" + (", ESS, R-hat" if multi_chain else ""),
-                        note_html(note) + table_html(summary), open_=rows <= 10))
+            + collapsed(f"{rows} rows: mean, sd, HDI, MCSE, ESS"
+                        + (", R-hat" if multi_chain else ""),
+                        note_html("; ".join(notes)) + table_html(summary), open_=rows <= 10))
 
 
 def _curve_panels(dataset, variables: list[str]) -> Figure:
@@ -448,7 +540,8 @@ def _key_box(figures: Sequence[KeyFigure]) -> str:
     if not figures:
         return ""
     rows = "".join(
-        f"<tr><th>{html.escape(f.label)}</th><td class='value'>{html.escape(f.value)}</td>"
+        f"<tr{' class=warn' if f.warning else ''}><th>{html.escape(f.label)}</th>"
+        f"<td class='value'>{html.escape(f.value)}</td>"
         f"<td class='note'>{html.escape(f.note)}</td></tr>"
         for f in figures
     )

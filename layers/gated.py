@@ -56,7 +56,7 @@ with or without the β warm-up.
 The networks see ``u``, ``log β`` standardized by :class:`BetaStandardizer` over the
 range a run trains on: ``beta_range`` (the β to serve) and ``extension`` decades below
 it (``DEFAULT_BETA_EXTENSION = 2``, the default ``beta_extension`` of
-:class:`posterity.infer.AmortizedVI`, which draws β over that range).
+:class:`posterity.infer.amortized.AmortizedVI`, which draws β over that range).
 
 The gate biases train at the base learning rate and only the slopes get the faster one
 (:func:`gate_parameters`, ``slopes_only``); a fast bias closed most latent units at
@@ -77,7 +77,7 @@ from .networks import activation_module, check_layer_sizes
 
 DEFAULT_BETA_RANGE = (0.01, 10.0)
 # Decades of β below ``beta_range`` that a multi-rate run also trains on (see
-# BetaStandardizer and the beta_extension argument of posterity.infer.AmortizedVI).
+# BetaStandardizer and the beta_extension argument of posterity.infer.amortized.AmortizedVI).
 DEFAULT_BETA_EXTENSION = 2.0
 
 
@@ -157,7 +157,7 @@ class BetaStandardizer(nn.Module):
     """``u = (log β - m) / s``, with ``m`` and ``s`` the mean and standard deviation of
     ``log β`` when β is log-uniform on the training range
     ``(low / 10**extension, high)``, where ``beta_range = (low, high)`` is the range
-    to serve: the range :class:`posterity.infer.AmortizedVI` draws β from by default
+    to serve: the range :class:`posterity.infer.amortized.AmortizedVI` draws β from by default
     (``beta_extension``), on which ``u`` has mean 0 and variance 1.
 
     Example:
@@ -392,7 +392,7 @@ def gate_parameters(*modules: nn.Module, slopes_only: bool = False) -> list[nn.P
     The slopes are, with the low-rank β-dependent weights of :class:`GatedLinear`, the
     parameters through which the networks depend on β; at the base learning rate they
     lag behind the weights, so the multi-rate engines give them their own optimizer
-    group (``gate_lr_multiplier`` of :class:`posterity.infer.AmortizedVI`; the low-rank
+    group (``gate_lr_multiplier`` of :class:`posterity.infer.amortized.AmortizedVI`; the low-rank
     weights stay at the base rate, where they train, and diverged when fast). The
     biases ``b`` stay at the base rate: a gate's bias scales its unit at every β alike,
     which the weights can do too, and a fast bias follows the β-average of the
@@ -484,7 +484,7 @@ class MultiRateMixin:
     ``beta`` is ``None`` (the plain VAE, β = 1), a float, or a ``[B]`` tensor with one
     β per data point; the gated networks see its standardized logarithm. A module of
     your own needs none of this: a :class:`BetaStandardizer` inside it is enough for
-    :class:`~posterity.infer.AmortizedVI` (see :func:`multi_rate_settings` and
+    :class:`~posterity.infer.amortized.AmortizedVI` (see :func:`multi_rate_settings` and
     ``docs/families/amortized.md``).
     """
 

@@ -13,7 +13,7 @@ every Bernoulli layer is an ``nn.Linear`` and the natural-gradient preconditione
 
 Both programs implement the density protocol of :mod:`posterity.infer.importance`
 (``sample_latents`` / ``log_joint``) and the wake-sleep extension
-(``sample_joint`` / ``log_guide``) used by :class:`posterity.infer.WakeSleep`.
+(``sample_joint`` / ``log_guide``) used by :class:`posterity.infer.wake_sleep.WakeSleep`.
 """
 
 from __future__ import annotations

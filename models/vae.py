@@ -37,6 +37,12 @@ def standard_normal_log_prob(z: Tensor) -> Tensor:
     return -0.5 * z.pow(2).sum(-1) - _HALF_LOG_2PI * z.shape[-1]
 
 
+def standard_normal_prior(x: Tensor, z_dim: int) -> dist.TorchDistribution:
+    """``N(0, I_{z_dim})`` as a distribution with event shape ``[z_dim]``, on ``x``'s
+    device and dtype."""
+    return dist.Normal(x.new_zeros(()), x.new_ones(())).expand([z_dim]).to_event(1)
+
+
 class VAE(MultiRateMixin, PyroModule):
     """A VAE with an MLP decoder of any depth.
 
@@ -135,6 +141,11 @@ class VAE(MultiRateMixin, PyroModule):
             log_lik = dist.Normal(out, self.log_scale.exp()).log_prob(x).sum(-1)
         return log_lik, standard_normal_log_prob(z)
 
+    def prior_distributions(self, x: Tensor, num_data: int | None = None, beta=None
+                            ) -> dict[str, dist.TorchDistribution]:
+        """``{"z": p(z)}``, the standard normal prior (closed-form KL protocol)."""
+        return {"z": standard_normal_prior(x, self.z_dim)}
+
     def forward(self, x: Tensor, num_data: int | None = None, beta=None) -> None:
         check_width(x, self.x_dim, "x")
         with data_plate(x, num_data):
@@ -211,6 +222,11 @@ class LinearGaussianVAE(PyroModule):
         loc = F.linear(z, self.weight, self.bias)
         log_lik = dist.Normal(loc, self.noise_scale).log_prob(x).sum(-1)
         return log_lik, standard_normal_log_prob(z)
+
+    def prior_distributions(self, x: Tensor, num_data: int | None = None
+                            ) -> dict[str, dist.TorchDistribution]:
+        """``{"z": p(z)}``, the standard normal prior (closed-form KL protocol)."""
+        return {"z": standard_normal_prior(x, self.z_dim)}
 
     def marginal(self) -> dist.MultivariateNormal:
         """``p(x) = N(b, W W^T + sigma^2 I)``."""

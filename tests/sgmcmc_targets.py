@@ -19,6 +19,13 @@ class GaussianMean(PyroModule):
         super().__init__()
         self.data, self.cov, self.prior_scale = data, likelihood_cov, prior_scale
         self.subsample_size = subsample_size
+        # x ~ N(θ, LLᵀ) has log density -|L⁻¹x - L⁻¹θ|²/2 + const: whitening the data once
+        # keeps the Cholesky factor and torch's shape checks out of every update
+        cholesky = torch.linalg.cholesky(likelihood_cov)
+        self.whitener = torch.linalg.inv(cholesky)
+        self.white_data = data @ self.whitener.T
+        d = data.shape[1]
+        self.log_normalizer = 0.5 * d * math.log(2 * math.pi) + cholesky.diagonal().log().sum()
 
     def forward(self):
         d = self.data.shape[1]
@@ -31,8 +38,11 @@ class GaussianMean(PyroModule):
         theta = values["theta"]
         n = len(self.data)
         idx = torch.randperm(n)[: self.subsample_size].clone()
-        prior = dist.Normal(torch.zeros_like(theta), self.prior_scale).log_prob(theta).sum()
-        lik = dist.MultivariateNormal(theta, self.cov).log_prob(self.data[idx]).sum()
+        d = theta.shape[-1]
+        prior = -0.5 * (theta / self.prior_scale).pow(2).sum() - d * (
+            math.log(self.prior_scale) + 0.5 * math.log(2 * math.pi))
+        residual = self.white_data[idx] - self.whitener @ theta
+        lik = -0.5 * residual.pow(2).sum() - len(idx) * self.log_normalizer
         return prior + n / self.subsample_size * lik
 
     def posterior(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,4 +82,5 @@ class TwentyFiveGaussians(PyroModule):
 
     def minibatch_log_joint(self, values):
         theta = values["theta"]
-        return dist.Normal(torch.zeros(2), 100.0).log_prob(theta).sum() + self.log_density(theta)
+        prior = -0.5 * (theta / 100.0).pow(2).sum() - 2 * math.log(100.0 * math.sqrt(2 * math.pi))
+        return prior + self.log_density(theta)

@@ -55,6 +55,8 @@ CASES = [
     ("vae", ["--z-dim", "0"], "--z-dim must be >= 1, got 0"),
     ("vae", ["--objective", "beta"], "--beta is needed with --objective beta"),
     ("vae", ["--beta", "2"], "--beta applies to --objective beta only"),
+    ("vae", ["--kl", "closed-form"], "--kl closed-form applies to elbo, beta and multi_rate"),
+    ("vae", ["--kl", "exact"], "--kl"),
     ("vae", ["--eval-points", "0"], "--eval-points"),
     ("vae", ["--epochs", "0"], "--epochs"),
     ("vae", ["--epochs", "abc"], "--epochs must be an integer, got 'abc'"),

@@ -22,6 +22,7 @@ import torch
 from pyro.infer import MCMC
 from user_models.sgmcmc_models import regression, regression_data
 
+from posterity.infer.report import render
 from posterity.infer.sgmcmc import (
     SGHMC,
     SGLD,
@@ -107,9 +108,15 @@ def test_each_chain_reports_the_step_it_sampled_with(monkeypatch):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="num_chains=.*available_cpu")
         mcmc.run(data)
-    steps = kernel.to_inference_data(mcmc).sample_stats["step_size"].values
+    idata = kernel.to_inference_data(mcmc)
+    steps = idata.sample_stats["step_size"].values
     assert steps.shape == (2, 5) and used[0] != used[1]
     assert np.array_equal(steps, np.array([[used[0]] * 5, [used[1]] * 5]))
+    # the report shows every chain's step and names the run (the posterior's attrs)
+    assert idata.posterior.attrs["kernel"] == "SGLD" and idata.posterior.attrs["thin"] == 1
+    page = render(idata)
+    assert "chain 1" in page and "the chains sampled with different steps" in page
+    assert "warmup_steps" in page and "temperature" in page
 
 
 def test_short_warm_ups_are_warned_about():

@@ -68,6 +68,10 @@ def beta_distribution(text: str) -> str | tuple[float, float]:
             f"must be log_uniform or A,B (two positive numbers), got {text!r}") from error
 
 
+# --kl: the AmortizedVI analytic_kl of each choice
+KL_ESTIMATES = {"auto": None, "closed-form": True, "draws": False}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="digits",
                         help="digits | mnist | a .npz with train/valid/test arrays | a .npy or "
@@ -99,6 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--response-degree", type=int, choices=RESPONSE_DEGREES,
                         default=DEFAULT_RESPONSE_DEGREE,
                         help="degree in log β of those weights (multi_rate)")
+    parser.add_argument("--kl", choices=KL_ESTIMATES, default="auto",
+                        help="the rate of elbo, beta and multi_rate: in closed form where "
+                             "it has one (auto), always (closed-form) or from the draws")
     parser.add_argument("--epochs", type=integer(1), default=10)
     parser.add_argument("--time-budget", type=real(0), default=None,
                         help="stop training after this many seconds of updates")
@@ -131,6 +138,9 @@ def check(args: argparse.Namespace) -> None:
         raise UsageError("--beta", f"applies to --objective beta only, not {args.objective}")
     if args.beta is None:  # unused; recorded as before, so that earlier runs resume
         args.beta = 1.0
+    if args.objective == "iwae" and args.kl == "closed-form":
+        raise UsageError("--kl", "closed-form applies to elbo, beta and multi_rate; iwae "
+                                 "weighs whole draws and has no KL term")
     at_least_one_each("--batch-size", args.batch_size)
 
 
@@ -159,7 +169,7 @@ def run(args: argparse.Namespace, run: Run) -> Outcome:
     vi = AmortizedVI(model, guide, objective=args.objective, num_particles=args.num_particles,
                      lr=args.lr, **({"beta": args.beta} if args.objective == "beta" else {}),
                      scheduler=None if args.scheduler == "constant" else args.scheduler,
-                     **engine_kwargs)
+                     analytic_kl=KL_ESTIMATES[args.kl], **engine_kwargs)
     progress = False if args.quiet else None
     vi.fit(train, epochs=args.epochs, batch_size=args.batch_size, valid=valid,
            patience=args.patience, seed=args.seed, progress=progress,

@@ -15,7 +15,7 @@ from ..checks import check_int
 
 
 class AmortizedEngine:
-    """Mixin: ``fit`` through :func:`posterity.infer.train.fit`, state dicts and the
+    """Mixin: ``fit`` through :func:`posterity.infer.fit`, state dicts and the
     settings that checkpoints store (:meth:`config`).
 
     Subclasses set ``model``, ``guide``, ``optimizer``, ``scheduler``, ``history`` and
@@ -51,7 +51,7 @@ class AmortizedEngine:
     def config(self) -> dict[str, Any]:
         """The settings that define this engine's training, as plain values: the model
         and guide classes, the optimizer, its learning rates and what the subclass put in
-        ``self._config``. :func:`~posterity.infer.train.fit` stores them in checkpoints
+        ``self._config``. :func:`~posterity.infer.fit` stores them in checkpoints
         and refuses to resume with different ones.
 
         Example:
@@ -77,7 +77,7 @@ class AmortizedEngine:
 
     def fit(self, data: Tensor, epochs: int, batch_size: int = 100,
             valid: Tensor | None = None, **kwargs: Any) -> train.History:
-        """Train on ``data`` (``[N, D]``); see :func:`posterity.infer.train.fit`.
+        """Train on ``data`` (``[N, D]``); see :func:`posterity.infer.fit`.
 
         ``epochs`` is the run's total over every call on this engine: a second call with
         the same ``epochs`` trains nothing (pass more to continue).

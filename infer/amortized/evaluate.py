@@ -229,7 +229,10 @@ def rate_distortion(
     num_samples: int = 16,
     batch_size: int = 500,
 ) -> RateDistortion:
-    """Monte Carlo rate and distortion of ``x`` under the guide (Alemi et al. 2018).
+    """Rate and distortion of ``x`` under the guide (Alemi et al. 2018): the rate
+    ``KL(q(z | x) || p(z))`` in closed form where every latent site has one (see
+    :func:`~posterity.infer.weighted_particles`), else from the draws, and
+    the distortion ``-E_q[log p(x | z)]`` from the draws.
 
     Args:
         model, guide: the trained pair.
@@ -252,9 +255,9 @@ def rate_distortion(
             batch_kwargs = {k: v(batch) if callable(v) else v for k, v in kwargs.items()}
             particles: WeightedParticles = weighted_particles(
                 model, guide, (batch,), batch_kwargs, num_particles=num_samples,
-                plate_nesting=nesting,
+                plate_nesting=nesting, analytic_kl=None,
             )
-            rate -= particles.log_density_ratio.mean(0).sum().item()
+            rate += particles.rate.mean(0).sum().item()
             distortion -= particles.log_likelihood.mean(0).sum().item()
         return rate / x.shape[0], distortion / x.shape[0]
 

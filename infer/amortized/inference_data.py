@@ -5,10 +5,12 @@ importance weights and PSIS diagnostics.
 * ``sample_stats``: ``log_importance_weight`` ``(chain, draw, data)``;
 * ``amortization``: per data point, the PSIS shape ``pareto_k`` (Vehtari et al. 2024;
   Yao et al. 2018 read ``k > 0.5`` as a poor and ``k > 0.7`` as a failed
-  approximation), the importance-sampled ``log_likelihood``, the relative ESS, and the
-  ``rate`` ``E_q[log q(z|x) - log p(z)]`` and ``distortion`` ``-E_q[log p(x|z)]``
-  (Alemi et al. 2018) estimated with the same draws (and, from a BiHM engine,
-  ``log_likelihood_star``, ``log p̂*(x)`` of its model);
+  approximation; ``NaN`` where the largest weights are tied, see :func:`pareto_khat`),
+  the importance-sampled ``log_likelihood``, the relative ESS, and the ``rate``
+  ``E_q[log q(z|x) - log p(z)]`` (in closed form where every latent site has one) and
+  ``distortion`` ``-E_q[log p(x|z)]`` (Alemi et al. 2018) estimated with the same
+  draws (and, from a BiHM engine, ``log_likelihood_star``, ``log p̂*(x)`` of its
+  model);
 * ``observed_data``: the data points;
 * ``posterior_predictive``: ``reconstructions``, the mean of the model's observation
   distribution given one guide draw per data point (pixel probabilities of a Bernoulli
@@ -16,9 +18,10 @@ importance weights and PSIS diagnostics.
   model has a single observed site;
 * ``model_samples`` (``num_model_samples > 0``): ``x`` ``(sample, feature)``, from
   ``model.sample(n)`` where the model has one (the built-in models: mean images of
-  ancestral draws), else the observed site of ``n`` ancestral draws of the model
-  (:func:`~posterity.infer.importance.ancestral_draws`), flattened per draw; none for
-  a model with several observed sites;
+  ancestral draws; attribute ``values="means"``), else the observed site of ``n``
+  ancestral draws of the model (:func:`~posterity.infer.importance.ancestral_draws`),
+  flattened per draw (``values="draws"``); none for a model with several observed
+  sites;
 * ``training_history``: every logged quantity, by ``epoch`` and by ``step``;
 * ``rate_distortion`` (multi-rate runs): rate and distortion by ``beta``.
 """
@@ -53,11 +56,24 @@ KHAT_GOOD, KHAT_BAD = 0.5, 0.7
 
 
 def pareto_khat(log_weights: Tensor) -> np.ndarray:
-    """PSIS ``k̂`` of each column of ``log_weights`` ``[S, N]`` (``arviz.psislw``)."""
+    """PSIS ``k̂`` of each column of ``log_weights`` ``[S, N]`` (``arviz.psislw``), or
+    ``NaN`` where no tail can be fitted: fewer than 5 of the ``S`` draws lie above the
+    tail's cutoff. That happens when the largest weights are tied, as the repeated draws
+    of a discrete guide are (their weights are bounded: there is no heavy tail to fit;
+    judge those points by their relative ESS), or with ``S`` under 25. ArviZ reports
+    ``inf`` there, which would read as a failed fit.
+
+    Example:
+        >>> tied = torch.tensor([0.0, -1.0, -2.0]).repeat(100)[:, None]  # 3 distinct weights
+        >>> pareto_khat(tied)
+        array([nan])
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # small-S warnings from arviz
         _, khat = az.psislw(log_weights.T.double().cpu().numpy())
-    return np.asarray(khat)
+    khat = np.array(khat, dtype=float, ndmin=1)
+    khat[np.isposinf(khat)] = np.nan
+    return khat
 
 
 def relative_ess(log_weights: Tensor) -> Tensor:
@@ -154,10 +170,11 @@ def amortized_inference_data(
     log_weights, rate, distortion = [], [], []
     for batch in x.split(batch_size):
         particles = weighted_particles(
-            model, guide, (batch,), num_particles=num_samples, plate_nesting=nesting
+            model, guide, (batch,), num_particles=num_samples, plate_nesting=nesting,
+            analytic_kl=None,
         )
         log_weights.append(particles.log_weights)
-        rate.append(-particles.log_density_ratio.mean(0))
+        rate.append(particles.rate.mean(0))
         distortion.append(-particles.log_likelihood.mean(0))
         for name, value in particles.latents.items():
             latents.setdefault(name, []).append(value)
@@ -209,6 +226,7 @@ def amortized_inference_data(
         groups["model_samples"] = xr.Dataset(
             {"x": (("sample", "feature"), samples.cpu().numpy())},
             coords={"sample": np.arange(num_model_samples)},
+            attrs={"values": "means" if callable(getattr(model, "sample", None)) else "draws"},
         )
     if history is not None and (history.epochs or history.steps):
         groups["training_history"] = history_dataset(history)

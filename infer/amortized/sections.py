@@ -66,12 +66,19 @@ def _key_figures(idata: az.InferenceData) -> list[KeyFigure]:
             figures.append(KeyFigure(name, mean_estimate(group[name].values), f"nats; {where}"))
     khat = np.asarray(group["pareto_k"].values)
     good, bad = _thresholds(group)
-    counts = (int((khat <= good).sum()), int(((khat > good) & (khat <= bad)).sum()),
-              int((khat > bad).sum()))
+    counts = [int((khat <= good).sum()), int(((khat > good) & (khat <= bad)).sum()),
+              int((khat > bad).sum())]
+    label, note = "PSIS k̂ good / ok / bad", ""
+    tied = int(np.isnan(khat).sum())
+    if tied:
+        counts.append(tied)
+        label += " / tied"
+        note = ("; tied: no tail to fit, the largest weights repeat (a discrete guide's "
+                "draws) or S < 25, judged by their relative ESS")
     figures.append(KeyFigure(
-        "PSIS k̂ good / ok / bad", " / ".join(map(str, counts)),
+        label, " / ".join(map(str, counts)),
         f"data points with k̂ ≤ {good:g}, ≤ {bad:g}, > {bad:g} of {khat.size}: "
-        "where the guide fails (Yao et al. 2018)"))
+        f"where the guide fails (Yao et al. 2018){note}"))
     return figures
 
 
@@ -89,13 +96,38 @@ def _reconstructions(idata: az.InferenceData, count: int = 40) -> str | None:
     data = _images(idata, "observed_data", "x")
     means = _images(idata, "posterior_predictive", "reconstructions")
     if data is None or means is None:
-        return None
+        return _reconstructions_as_rows(idata, count)
     count = min(count, data.shape[0])
     return ("<h2>Data and reconstructions</h2>"
             + note_html(f"the first {count} diagnostic points and the mean of p(x | z) at one "
                         "draw z ~ q(z | x) each")
             + image_panels_html([("data", data[:count]), ("reconstructions", means[:count])],
                                 columns=8, alt="data and reconstructions"))
+
+
+def _reconstructions_as_rows(idata: az.InferenceData, count: int) -> str | None:
+    """Data that are not square images: data and reconstructions as heat maps, one row
+    per data point."""
+    if "x" not in getattr(idata, "observed_data", {}) or \
+            "reconstructions" not in getattr(idata, "posterior_predictive", {}):
+        return None
+    data = np.asarray(idata.observed_data["x"].values, dtype=float)
+    means = np.asarray(idata.posterior_predictive["reconstructions"].values, dtype=float)
+    data = data.reshape(data.shape[0], -1)[:count]
+    means = means.reshape(-1, data.shape[1])[: data.shape[0]]
+    fig = Figure(figsize=(10, 3))
+    low, high = min(data.min(), means.min()), max(data.max(), means.max())
+    for ax, values, title in zip(fig.subplots(1, 2), (data, means), ("data", "reconstructions")):
+        shown = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest",
+                          vmin=low, vmax=high)
+        ax.set_xlabel("feature")
+        ax.set_ylabel("data point")
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(shown, ax=ax)
+    return ("<h2>Data and reconstructions</h2>"
+            + note_html(f"the first {data.shape[0]} diagnostic points (rows) and the mean of "
+                        "p(x | z) at one draw z ~ q(z | x) each, on one colour scale")
+            + figure_html(fig, "data and reconstructions"))
 
 
 @register_section(groups=("rate_distortion",), order=ORDER_FIRST + 1)
@@ -147,7 +179,7 @@ def _amortization(idata: az.InferenceData, worst: int = 8) -> str | None:
     ax_map.set_xlabel("data point")
     ax_map.set_ylabel("PSIS k̂")
     ax_map.set_title("k̂ of every data point", fontsize=9)
-    finite = khat[np.isfinite(khat)]  # PSIS gives k̂ = inf where all weight sits on one draw
+    finite = khat[np.isfinite(khat)]  # NaN: tied weights, no tail to fit (pareto_khat)
     if finite.size:
         ax_hist.hist(finite, bins=min(30, max(5, finite.size // 4)), color="0.6")
     ax_hist.set_xlabel("PSIS k̂")
@@ -164,7 +196,11 @@ def _amortization(idata: az.InferenceData, worst: int = 8) -> str | None:
         "<h2>Amortization: PSIS k̂ per data point</h2>",
         note_html(f"S = {group.attrs.get('num_samples', '?')} guide draws per data point. "
                   f"k̂ ≤ {good:g}: importance sampling with the guide is reliable; "
-                  f"k̂ > {bad:g}: the guide misses mass of the posterior (Yao et al. 2018)."),
+                  f"k̂ > {bad:g}: the guide misses mass of the posterior (Yao et al. 2018)."
+                  + (f" {int(np.isnan(khat).sum())} data points have no k̂ and are not drawn:"
+                     " their largest weights are tied (a discrete guide's repeated draws, "
+                     "whose weights are bounded) or S < 25; their relative ESS judges them."
+                     if np.isnan(khat).any() else "")),
         figure_html(fig, "k-hat"),
     ]
     data = _images(idata, "observed_data", "x")

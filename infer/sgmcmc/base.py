@@ -15,7 +15,7 @@ from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from torch import Tensor
 
 from .. import distributed
-from ..checks import check_int, check_positive
+from ..checks import check_int, check_positive, user_stacklevel
 from ..train import NonFiniteError
 from .inference_data import sgmcmc_inference_data
 from .potential import Potential, chain_seed
@@ -232,13 +232,13 @@ class SGMCMCKernel(MCMCKernel):
                 f"{self.chain} goes on past them (warm-up {self.warmup_steps} × thin "
                 f"{self.thin} already takes {self.warmup_steps * self.thin}): the schedule "
                 f"wraps into extra cycles. Build it with total_steps = (warmup_steps + "
-                f"num_samples) × thin plus the exploration updates", stacklevel=3)
+                f"num_samples) × thin plus the exploration updates", stacklevel=user_stacklevel())
         elif total - self.num_steps >= self.thin:
             warnings.warn(
                 f"{self.schedule!r} was built for total_steps={total} updates, but chain "
                 f"{self.chain} stopped after {self.num_steps}: its last cycle was cut short. "
                 f"Build it with total_steps = (warmup_steps + num_samples) × thin plus the "
-                f"exploration updates", stacklevel=3)
+                f"exploration updates", stacklevel=user_stacklevel())
 
     def logging(self) -> dict[str, float]:
         return {"step_size": self.schedule(max(self.num_steps - 1, 0)),
@@ -276,7 +276,7 @@ class SGMCMCKernel(MCMCKernel):
                     "posterior, and where the noise is far larger the step may be much too "
                     "small to leave, so they may not be from the posterior at all. Give a "
                     "warm-up (warmup_steps of 2 or more, long enough to reach the "
-                    "posterior)", stacklevel=4)
+                    "posterior)", stacklevel=user_stacklevel())
             return
         if warmup < 2 or draw not in {warmup // 4, warmup // 2, 3 * warmup // 4, warmup}:
             return
@@ -298,7 +298,7 @@ class SGMCMCKernel(MCMCKernel):
                 f"step_size='auto': chain {self.chain} had not settled at the posterior by "
                 f"the end of the warm-up ({reason}): its first draws are not from the "
                 "posterior. Give a longer warm-up (warmup_steps × thin updates)",
-                stacklevel=4)
+                stacklevel=user_stacklevel())
         if draw < warmup:
             self._cooling = self._cooling or settled
             self._set_step(noise, curvature, sampling=self._cooling)
@@ -525,7 +525,7 @@ class SGMCMCKernel(MCMCKernel):
     # --- ArviZ --------------------------------------------------------------------------
     def to_inference_data(self, mcmc: Any, *args: Any, **kwargs: Any) -> az.InferenceData:
         """``InferenceData`` of ``mcmc`` (a finished ``pyro.infer.MCMC`` run with this
-        kernel); see :func:`~posterity.infer.sgmcmc.inference_data.sgmcmc_inference_data`
+        kernel); see :func:`~posterity.infer.sgmcmc.sgmcmc_inference_data`
         for the groups and for ``args``/``kwargs`` (new model arguments)."""
         if mcmc.kernel is not self:
             raise ValueError("mcmc was not run with this kernel")

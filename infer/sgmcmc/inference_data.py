@@ -226,14 +226,16 @@ def sgmcmc_inference_data(mcmc: Any, *args: Any, **kwargs: Any) -> az.InferenceD
     groups = gather_chains(groups)  # every rank's chains, rank 0's first
     if observed:
         groups["observed_data"] = observed
-    return az.from_dict(
-        **groups, dims=dims, coords=coords,
-        attrs={"kernel": type(kernel).__name__,
-               "schedule": ("auto: each chain's own, in sample_stats.step_size"
-                            if getattr(kernel, "auto_step", False) else repr(kernel.schedule)),
-               "thin": kernel.thin, "temperature": kernel.temperature,
-               "warmup_steps": warmup},
-    )
+    idata = az.from_dict(**groups, dims=dims, coords=coords)
+    run = {"kernel": type(kernel).__name__,
+           "schedule": ("auto: each chain's own, in sample_stats.step_size"
+                        if getattr(kernel, "auto_step", False) else repr(kernel.schedule)),
+           "thin": kernel.thin, "temperature": kernel.temperature, "warmup_steps": warmup}
+    # az.from_dict(attrs=) puts them on one group only; the report reads these two
+    for group in ("posterior", "sample_stats"):
+        if group in idata.groups():
+            getattr(idata, group).attrs.update(run)
+    return idata
 
 
 def _step_sizes(mcmc: Any, steps: list[int], chains: int) -> np.ndarray:

@@ -24,7 +24,7 @@ the unconstrained space of the model's latent sites, with the minibatch potentia
 
 Every kernel takes a step size (float or :mod:`.schedules` schedule; by default
 ``step_size="auto"``, each chain measures its own, see
-:meth:`~posterity.infer.sgmcmc.base.SGMCMCKernel.measure_step_size`), a temperature
+:meth:`~posterity.infer.sgmcmc.SGMCMCKernel.measure_step_size`), a temperature
 (``T < 1``: a colder, tempered posterior) and ``thin``: each returned sample is
 ``thin`` updates after the previous one, so memory stays bounded on long runs. During
 the exploration stage of a cyclical schedule (Zhang et al. 2020) the kernels take
@@ -76,7 +76,7 @@ from .schedules import StepSize
 
 class _LangevinStepRule:
     """``step_size="auto"`` for Langevin kernels (see
-    :meth:`~posterity.infer.sgmcmc.base.SGMCMCKernel.measure_step_size`)."""
+    :meth:`~posterity.infer.sgmcmc.SGMCMCKernel.measure_step_size`)."""
 
     temperature: float
 

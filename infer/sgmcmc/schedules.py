@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 
-from ..checks import check_int, check_positive
+from ..checks import check_int, check_positive, user_stacklevel
 
 
 class Schedule:
@@ -59,7 +59,7 @@ class PolynomialDecay(Schedule):
                 f"sizes meet the Robbins-Monro conditions: "
                 + ("they shrink too fast for the chain to keep moving" if self.gamma > 1
                    else "their squares do not sum, so the discretization error does not "
-                        "vanish"), stacklevel=2)
+                        "vanish"), stacklevel=user_stacklevel())
 
     def __call__(self, t: int) -> float:
         return self.a * (self.b + t) ** (-self.gamma)
@@ -110,7 +110,7 @@ class CyclicalSchedule(Schedule):
 class NoiseScaledStep(Schedule):
     """``step_size="auto"``: a constant step that the kernel sets, chain by chain, from
     the minibatch gradient noise it measures (see
-    :meth:`~posterity.infer.sgmcmc.base.SGMCMCKernel.measure_step_size`); ``nan`` until
+    :meth:`~posterity.infer.sgmcmc.SGMCMCKernel.measure_step_size`); ``nan`` until
     the first chain starts."""
 
     def __init__(self) -> None:

@@ -61,6 +61,8 @@ def _predictions(idata: az.InferenceData, max_points: int = 300) -> str | None:
     predicted = np.asarray(idata.posterior_predictive[name].values)
     observed = np.asarray(idata.observed_data[name].values).ravel()
     draws = predicted.reshape(-1, observed.size)
+    if _discrete(observed, draws):
+        return _discrete_predictions(name, observed, draws)
     low, mean, high = np.quantile(draws, [0.05, 0.5, 0.95], axis=0)
     shown = slice(0, min(max_points, observed.size))
     fig = Figure(figsize=(10, 3.6))
@@ -81,6 +83,55 @@ def _predictions(idata: az.InferenceData, max_points: int = 300) -> str | None:
     return ("<h2>Predictions</h2>"
             + note_html(f"{observed.size} points; {100 * covered:.0f}% inside their 90% "
                         "predictive interval")
+            + figure_html(fig, "predictions"))
+
+
+def _discrete(observed: np.ndarray, draws: np.ndarray, max_classes: int = 20) -> bool:
+    """Counts or classes: integer values, at most ``max_classes`` of them."""
+    return (np.array_equal(observed, np.round(observed)) and np.array_equal(draws, np.round(draws))
+            and np.unique(observed).size <= max_classes)
+
+
+def randomized_pit(observed: np.ndarray, draws: np.ndarray, seed: int = 0) -> np.ndarray:
+    """``P(Y < y) + V P(Y = y)`` per point, ``V ~ U(0, 1)``, with ``P`` the fraction of
+    predictive ``draws`` ``[S, n]``: uniform on (0, 1) when the predictive distribution
+    is calibrated, for discrete outcomes too (Czado, Gneiting & Held 2009, eq. 1).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> y, draws = rng.integers(0, 2, 4000), rng.integers(0, 2, (500, 4000))
+        >>> round(float(randomized_pit(y, draws).mean()), 2)
+        0.5
+    """
+    below, equal = (draws < observed).mean(0), (draws == observed).mean(0)
+    return below + np.random.default_rng(seed).random(observed.shape) * equal
+
+
+def _discrete_predictions(name: str, observed: np.ndarray, draws: np.ndarray) -> str:
+    """Class frequencies against the predictive probabilities, and the randomized PIT
+    ``P(Y < y) + V P(Y = y)``, ``V ~ U(0, 1)``, which is uniform under calibration for
+    discrete outcomes as the plain PIT is not (Czado, Gneiting & Held 2009)."""
+    classes = np.union1d(np.unique(observed), np.unique(draws))
+    predicted = np.array([(draws == c).mean() for c in classes])
+    frequency = np.array([(observed == c).mean() for c in classes])
+    fig = Figure(figsize=(10, 3.6))
+    ax_fit, ax_cover = fig.subplots(1, 2)
+    positions = np.arange(classes.size)
+    ax_fit.bar(positions - 0.2, frequency, width=0.4, label="observed", color="0.4")
+    ax_fit.bar(positions + 0.2, predicted, width=0.4, label="predicted", color="C0")
+    ax_fit.set_xticks(positions, [format_number(c) for c in classes])
+    ax_fit.set_xlabel(f"{name}")
+    ax_fit.set_ylabel("fraction of points")
+    ax_fit.legend(fontsize=8)
+    ax_fit.set_title("outcome frequencies: data and posterior predictive", fontsize=9)
+    ax_cover.hist(randomized_pit(observed, draws), bins=20, range=(0, 1), color="0.6")
+    ax_cover.set_xlabel("randomized PIT")
+    ax_cover.set_title("calibration (randomized PIT): uniform when calibrated", fontsize=9)
+    modes = classes[np.argmax([(draws == c).mean(0) for c in classes], axis=0)]
+    return ("<h2>Predictions</h2>"
+            + note_html(f"{observed.size} points with {classes.size} distinct outcomes; the "
+                        "most probable outcome of each point's predictive distribution is "
+                        f"right for {100 * float((modes == observed).mean()):.0f}% of them")
             + figure_html(fig, "predictions"))
 
 
@@ -135,15 +186,25 @@ def _step_sizes(idata: az.InferenceData) -> str | None:
     stats = idata.sample_stats
     if "step_size" not in stats:
         return None
-    step = np.asarray(stats["step_size"].values)[0]
-    update = np.asarray(stats["update"].values)[0] if "update" in stats else np.arange(step.size)
+    steps = np.atleast_2d(np.asarray(stats["step_size"].values))  # [chain, draw]
+    updates = (np.atleast_2d(np.asarray(stats["update"].values)) if "update" in stats
+               else np.broadcast_to(np.arange(steps.shape[1]), steps.shape))
     fig = Figure(figsize=(10, 2.6))
     ax = fig.subplots()
-    ax.plot(update, step, ".", ms=2)
+    for chain, (update, step) in enumerate(zip(updates, steps)):
+        ax.plot(update, step, ".", ms=2, label=f"chain {chain}")
+    if steps.shape[0] > 1:
+        ax.legend(fontsize=7, markerscale=4)
     ax.set_xlabel("update" if "update" in stats else "draw")
     ax.set_ylabel("step size")
-    ax.set_title("step size of the update behind each draw", fontsize=9)
+    ax.set_title("step size of the update behind each draw, every chain", fontsize=9)
     attrs = idata.posterior.attrs if "posterior" in idata.groups() else {}
     temperature = stats.attrs.get("temperature", attrs.get("temperature"))
-    note = f"temperature {format_number(temperature)}" if temperature is not None else ""
-    return "<h2>Step-size schedule</h2>" + note_html(note) + figure_html(fig, "step sizes")
+    notes = [f"temperature {format_number(temperature)}"] if temperature is not None else []
+    last = steps[:, -1]
+    if steps.shape[0] > 1 and not np.allclose(last, last[0]):
+        notes.append("the chains sampled with different steps (each measured its own): last "
+                     "step " + ", ".join(f"chain {c} {format_number(v)}"
+                                         for c, v in enumerate(last)))
+    return ("<h2>Step-size schedule</h2>" + note_html("; ".join(notes))
+            + figure_html(fig, "step sizes"))

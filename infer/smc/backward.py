@@ -31,6 +31,8 @@ from torch import Tensor
 
 from posterity.models.ssm import StateSpaceModel
 
+from ..checks import user_stacklevel
+
 _MAX_ELEMENTS = 2**24
 
 
@@ -249,7 +251,8 @@ class BackwardKernel:
                     f"bound: a log transition density exceeds it by {excess:.3g} nats at "
                     f"time step {t}. Accept-reject backward draws would be biased; steps "
                     "where this is seen use the exact kernel (see result.bound_violations). "
-                    "Fix the bound, or pass backward='exact'.", RuntimeWarning, stacklevel=2)
+                    "Fix the bound, or pass backward='exact'.", RuntimeWarning,
+                    stacklevel=user_stacklevel())
             self.bound_violations.append((t, excess))
         return indices
 
@@ -276,7 +279,7 @@ def backward_sampler(ssm: StateSpaceModel, method: str = "auto",
             f"{type(ssm).__name__} declares no transition_log_bound(t), so backward='auto' "
             f"uses the exact backward kernel: O(N²) = {num_particles}² work per step. "
             "Declare the bound for O(N) rejection sampling, or pass backward='exact' to "
-            "silence this warning.", UserWarning, stacklevel=3)
+            "silence this warning.", UserWarning, stacklevel=user_stacklevel())
     if method == "exact" or (method == "auto" and not has_bound):
         return BackwardKernel(ssm, "exact")
     return BackwardKernel(ssm, "rejection", max_trials)

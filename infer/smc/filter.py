@@ -34,7 +34,7 @@ from torch import Tensor
 from posterity.models.ssm import StateSpaceModel
 
 from .. import distributed
-from ..checks import check_int
+from ..checks import check_int, user_stacklevel
 from ..progress import progress_bar
 from . import across_ranks as ranks
 from .protocol import validate_model
@@ -150,7 +150,7 @@ class WeightMonitor:
             f"{self.engine}: the effective sample size collapsed to {ess:.2f} of "
             f"{self.num_particles} particles at time step {t}{spread}; the estimates there "
             "rest on very few particles (an outlying observation, a model that misfits the "
-            "data, or too few particles)", RuntimeWarning, stacklevel=3)
+            "data, or too few particles)", RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def _overflow_note(increment: Tensor, y: Tensor) -> str:

@@ -11,7 +11,7 @@ exactly the PaRIS (or PPG) estimate of that score. Any torch optimizer then clim
   parameter updates: Markov score climbing. Each update first runs ``burn_in`` sweeps
   that only move the path, then averages the score of ``sweeps_per_update`` sweeps.
 
-Training goes through the shared loop :func:`posterity.infer.train.fit`: the series is
+Training goes through the shared loop :func:`posterity.infer.fit`: the series is
 one row and one epoch is one update, so checkpoints, exact resume, the NaN guard, the
 history, the time budget and the progress bar are those of every gradient engine.
 
@@ -112,7 +112,7 @@ class ScoreAscentResult:
         history: the value of each parameter (flattened) after every update,
             ``history[name]`` ``[num_steps, size]``.
         objective: the smoothed complete-data log-density at every update.
-        training: the shared loop's :class:`~posterity.infer.train.History`.
+        training: the shared loop's :class:`~posterity.infer.History`.
         bound_violations: ``(t, excess)`` where a transition density exceeded
             ``transition_log_bound(t)`` (those steps used the exact backward kernel).
     """
@@ -393,16 +393,16 @@ class ScoreAscent:
             time_budget: float | None = None, config: Mapping[str, Any] | None = None,
             safe_keys: Iterable[str] = ()) -> ScoreAscentResult:
         """Climb the score for ``num_steps`` updates in all (a resumed run, or a second
-        call, counts the updates already done) through :func:`posterity.infer.train.fit`.
+        call, counts the updates already done) through :func:`posterity.infer.fit`.
 
         Args:
             ys: observations ``[T, obs_dim]``.
             num_steps: total number of updates.
             checkpoint, checkpoint_every, resume, seed, time_budget: as in
-                :func:`~posterity.infer.train.fit` (one epoch is one update).
+                :func:`~posterity.infer.fit` (one epoch is one update).
             progress: overrides the engine's ``progress``.
             config, safe_keys: the run's settings stored in the checkpoint, and those
-                that may change on resume (see :func:`~posterity.infer.train.fit`).
+                that may change on resume (see :func:`~posterity.infer.fit`).
         """
         ys = self._series(ys)
         check_int("num_steps", num_steps, 1)

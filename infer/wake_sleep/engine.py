@@ -591,7 +591,7 @@ class WakeSleep(AmortizedEngine):
     def fit(self, data: Tensor, epochs: int, batch_size: int = 32,
             valid: Tensor | None = None, **kwargs: Any) -> train.History:
         """Train on binary ``data`` (``[N, D]``) with the shared loop
-        (:func:`posterity.infer.train.fit`)."""
+        (:func:`posterity.infer.fit`)."""
         return super().fit(data, epochs, batch_size, valid, **kwargs)
 
     def state_dict(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Registered with :mod:`posterity.infer.report` when :mod:`posterity.infer.wake_sleep` is
 imported. It reads the ``model_samples`` group (``x``, dims ``(sample, feature)``) that
-:meth:`~posterity.infer.WakeSleep.to_inference_data` writes: square images are shown
+:meth:`~posterity.infer.wake_sleep.WakeSleep.to_inference_data` writes: square images are shown
 as a grid, other data as a heat map of samples by feature.
 
 Example:
@@ -46,7 +46,11 @@ def _model_samples(idata: az.InferenceData, count: int = 64) -> str | None:
         ax.set_xlabel("feature")
         ax.set_ylabel("sample")
         picture = figure_html(fig, "model samples")
+    what = {
+        "means": "the mean of p(x | z) at each draw of z (pixel probabilities for binary "
+                 "data), from the model's sample()",
+        "draws": "the observed site of each draw, as the model samples it",
+    }.get(idata.model_samples.attrs.get("values"), "")
     return ("<h2>Samples from the model</h2>"
-            + note_html(f"{samples.shape[0]} ancestral draws (the mean of the last layer: "
-                        "pixel probabilities for binary data)")
+            + note_html(f"{samples.shape[0]} ancestral draws" + (f": {what}" if what else ""))
             + picture)

@@ -1,5 +1,5 @@
 """A convolutional VAE written from the documented protocol alone (DESIGN.md, the
-``posterity.infer.AmortizedVI`` docstring): a ``PyroModule`` model and guide whose
+``posterity.infer.amortized.AmortizedVI`` docstring): a ``PyroModule`` model and guide whose
 ``forward(images)`` are the Pyro programs, images ``[N, 1, 8, 8]`` in
 ``pyro.plate("data")``, a reparameterizable latent site with the same name in both,
 ``Conv2d`` layers in the encoder and ``ConvTranspose2d`` layers in the decoder. The

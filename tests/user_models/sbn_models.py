@@ -1,5 +1,5 @@
 """Sigmoid belief nets written from the documented protocol alone (DESIGN.md, the
-``posterity.infer.WakeSleep`` docstring): a ``PyroModule`` whose ``forward(images)`` is
+``posterity.infer.wake_sleep.WakeSleep`` docstring): a ``PyroModule`` whose ``forward(images)`` is
 the Pyro program, data in ``pyro.plate("data")``, Bernoulli latents whose logits come
 out of ``nn.Linear`` layers, and a recognition program with the same latent site names.
 Nothing here uses the built-in classes or their site names (``z_1``, ``x``).
