@@ -609,8 +609,9 @@ def run_local(fn: Callable[..., Any], nprocs: int = 2, args: Sequence[Any] = (),
         while len(outcomes) < nprocs:
             left = deadline - time.monotonic()
             if left <= 0:
+                missing = ", ".join(str(r) for r in range(nprocs) if r not in outcomes)
                 raise TimeoutError(f"run_local: {nprocs - len(outcomes)} of {nprocs} ranks "
-                                   f"did not finish within {timeout:g} s")
+                                   f"did not finish within {timeout:g} s (ranks {missing})")
             try:
                 r, ok, payload = results.get(timeout=min(left, 1.0))
             except queue_module.Empty:

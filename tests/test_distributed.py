@@ -224,7 +224,8 @@ def test_a_failing_rank_raises_with_its_traceback():
 
 def test_a_rank_that_never_finishes_is_killed_at_the_timeout():
     started = time.monotonic()
-    with pytest.raises(TimeoutError, match="1 of 2 ranks did not finish within 20 s"):
+    # on a loaded machine rank 0 may not have started its work in 20 s either
+    with pytest.raises(TimeoutError, match=r"ranks did not finish within 20 s \(ranks (0, )?1\)"):
         distributed.run_local(hanging_on_rank_1, 2, timeout=20)
     assert time.monotonic() - started < 60
 

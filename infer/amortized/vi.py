@@ -182,8 +182,9 @@ class AmortizedVI(AmortizedEngine):
             / -6.0 / +1.5 / -0.1 / -1.6 and +0.0 / -6.7 / +1.2 / -0.1 / -1.8 % against
             +0.7 / -6.1 / +1.7 / +0.4 / -1.3 and +0.5 / -6.0 / +2.1 / +0.4 / -1.1 %;
             averaged over two seeds of the β-VAEs too, its worst β is +1.02 % (β = 1;
-            30: +1.57 %), hence the default 10. Over four seeds of each side: +0.99
-            / -6.30 / +1.08 / -1.26 / -1.74 % (standard errors 0.11-0.62 %). 5 gave,
+            30: +1.57 %), hence the default 10. Over four seeds of each side
+            (single-draw rate): +0.99 / -6.30 / +1.08 / -1.26 / -1.74 % (standard
+            errors 0.11-0.62 %). 5 gave,
             over three seeds, +1.18 / -6.23 / +0.94 / -1.30 / -1.63 % (10 on the same
             seeds: +0.88 / -6.32 / +0.97 / -1.39 / -1.63 %); with 1.5 decades of
             ``beta_extension`` +1.4 / -6.2 / +0.8 / -0.6 / -1.9 and +1.1 / -6.5 / +1.0
