@@ -27,11 +27,11 @@ def mrvae():
     return module
 
 
-def run(seed, mr, ref, betas=(0.01, 1.0), epochs=200):
+def run(seed, mr, ref, betas=(0.01, 1.0), epochs=200, kl="auto"):
     """What bench/mrvae.py writes for one seed, reduced to the fields the summary reads."""
     table = [{"beta": b, "mr_vae_objective": m, "beta_vae_objective": r}
              for b, m, r in zip(betas, mr, ref)]
-    return {"seed": seed, "protocol": "full", "epochs": epochs,
+    return {"seed": seed, "protocol": "full", "epochs": epochs, "kl": kl,
             "configs": {"default": {"table": table}}}
 
 
@@ -57,7 +57,8 @@ def test_one_seed_has_no_standard_error(mrvae):
 
 @pytest.mark.parametrize("runs, message", [
     ([], "at least one run"),
-    ([run(0, (1, 1), (1, 1)), run(1, (1, 1), (1, 1), epochs=20)], "different protocols or epochs"),
+    ([run(0, (1, 1), (1, 1)), run(1, (1, 1), (1, 1), epochs=20)], "different protocols, epochs"),
+    ([run(0, (1, 1), (1, 1)), run(1, (1, 1), (1, 1), kl="draws")], "or rate estimates"),
     ([run(0, (1, 1), (1, 1)), run(0, (1, 1), (1, 1))], "the same seed twice"),
     ([run(0, (1, 1), (1, 1)), run(1, (1, 1), (1, 1), betas=(0.1, 1.0))], "different grids"),
 ])
@@ -150,3 +151,27 @@ def test_the_mr_vae_of_the_full_protocol_costs_023_of_five_beta_vaes_in_matrix_p
 
     ratio = flops(multi_rate=True) / (len(mrvae.BETAS) * flops())
     assert round(ratio, 2) == 0.23
+
+
+def test_single_beta_networks_serve_one_beta_each(mrvae, monkeypatch):
+    """``--single-beta`` trains the MR-VAE's networks once per β, on β within 5 % of it
+    and nothing below, and scores each at its own β."""
+    from posterity.datasets import binarized_digits
+
+    served = []
+    train_model = mrvae.train_model
+
+    def recording(*args, **kwargs):
+        model, guide, *rest = train_model(*args, **kwargs)
+        served.append((guide.standardize.training_range, kwargs["served"]))
+        return (model, guide, *rest)
+
+    monkeypatch.setattr(mrvae, "train_model", recording)
+    train, _, test = binarized_digits()
+    rows = mrvae.single_beta_networks(train[:200], test[:20], {"z_dim": 3, "hidden": (8,)},
+                                      1, 1e-3, 2, betas=(0.1, 10.0))
+    assert [row["beta"] for row in rows] == [0.1, 10.0]
+    for row, (trained_on, serves) in zip(rows, served):
+        assert serves == pytest.approx((row["beta"] / 1.05, row["beta"] * 1.05))
+        assert trained_on == pytest.approx(serves)  # no extension below
+        assert row["objective"] == pytest.approx(row["distortion"] + row["beta"] * row["rate"])
