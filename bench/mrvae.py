@@ -57,7 +57,9 @@ Measured (5000 test images x 8 draws; excess objective per β of 0.01 / 0.1 / 1 
   hard zero) moved the error between the ends of the range; none lowered it at every
   β on both seeds. ``beta_extension=1``, **200 epochs**: the mean of two seeds against
   the mean of two +4.44 / -5.12 / +0.92 / +0.14 / +1.37 (the defaults +0.43 / -6.27 /
-  +1.88 / +1.11 / +1.85): not kept. The MR-VAE's networks trained at one β match or beat the
+  +1.88 / +1.11 / +1.85): not kept. Hard-zero latent gates, 200 epochs: seed 1 +0.08
+  / -0.07 / +0.02 / -0.07 / -0.85 nats against the defaults, seed 0 diverged at epoch
+  52: not kept. The MR-VAE's networks trained at one β match or beat the
   β-VAE there (99.16 against 100.44 at β = 1, 181.45 against 181.40 at β = 10, 20
   epochs), so serving every β is what costs; hidden layers of 400 help the small β
   (-4.0 nats at 0.01) and not β = 10 (+0.1).
