@@ -57,9 +57,12 @@ finally:
 
 
 @pytest.fixture(scope="module")
-def short_runs(tmp_path_factory):
-    """Every notebook executed in short mode, two at a time (each kernel is a process of
-    its own, so the suite's second core is used): ``{stem: (process, executed path)}``."""
+def short_runs(request, tmp_path_factory):
+    """The notebooks whose short-mode test was selected, executed two at a time (each
+    kernel is a process of its own, so the suite's second core is used):
+    ``{stem: (process, executed path)}``."""
+    selected = [item.callspec.params["path"] for item in request.session.items
+                if getattr(item, "originalname", None) == "test_notebook_runs_in_short_mode"]
     env = {**os.environ, "POSTERITY_NOTEBOOK_SHORT": "1", "POSTERITY_PROGRESS": "0",
            "MPLBACKEND": "Agg"}
 
@@ -72,7 +75,7 @@ def short_runs(tmp_path_factory):
 
     workers = min(2, len(os.sched_getaffinity(0)))
     with ThreadPoolExecutor(workers) as pool:
-        return dict(pool.map(execute, NOTEBOOKS))
+        return dict(pool.map(execute, selected))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
